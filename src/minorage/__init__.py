@@ -1,0 +1,6 @@
+"""minorage: age estimation for minors and young adults, robust to eye occlusion."""
+
+from .models import AgeEstimator
+
+__all__ = ["AgeEstimator"]
+__version__ = "0.1.0"

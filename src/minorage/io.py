@@ -1,0 +1,107 @@
+"""Safe image reading: evidence is opened read-only, every failure is a clear `ImageReadError`.
+
+Out comes an 8-bit BGR array (OpenCV's order) with the EXIF orientation applied, whatever the
+file held: grayscale, alpha, CMYK, 16-bit, the first frame of a GIF. Images with more pixels
+than the limit are refused before they are decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below, with a clear message
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used; `status` is a short machine-readable reason."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """Whether the bytes start like one of the image formats we read (magic numbers)."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels; None if unrecognised."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def decode_image(data: bytes, max_pixels: int, name: str = "image") -> np.ndarray:
+    """Decode image bytes to uint8 BGR (H, W, 3), EXIF orientation applied."""
+    if not data:
+        raise ImageReadError("empty", f"{name}: empty file (0 bytes)")
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(
+            "too_large",
+            f"{name}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is above the limit of "
+            f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to read it)",
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        if size is None and not _looks_like_image(data):
+            raise ImageReadError("not_image", f"{name}: not an image (no known image format)")
+        raise ImageReadError("corrupt", f"{name}: image data is corrupt or truncated and cannot be decoded")
+    return image
+
+
+def read_image(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
+    """Read one image file read-only; see `decode_image`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:  # read-only: evidence is never modified
+            data = f.read()
+    except PermissionError as exc:
+        raise ImageReadError("unreadable", f"{path}: permission denied ({exc.strerror})") from exc
+    except IsADirectoryError as exc:
+        raise ImageReadError("unreadable", f"{path}: is a directory") from exc
+    except FileNotFoundError as exc:
+        raise ImageReadError("missing", f"{path}: no such file") from exc
+    except OSError as exc:
+        raise ImageReadError("unreadable", f"{path}: {exc.strerror or exc}") from exc
+    return decode_image(data, max_pixels, str(path))
+
+
+def iter_files(paths: Iterable[str | os.PathLike], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
+    """Files named directly (always, whatever their suffix) and, in folders, recursively, those
+    with an image suffix; sorted, each once, symlinked folders not followed (no loops)."""
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = (
+                Path(root) / name
+                for root, _dirs, names in os.walk(path, followlinks=False)
+                for name in names
+                if Path(name).suffix.lower() in suffixes
+            )
+            candidates = sorted(found)
+        else:
+            candidates = [path]
+        for candidate in candidates:
+            if candidate not in seen:
+                seen.add(candidate)
+                yield candidate

@@ -1,0 +1,376 @@
+"""SSR-Net (Yang et al., IJCAI 2018) in PyTorch, its Keras weights, checkpoints and `AgeEstimator`.
+
+The network is the released 3-3-3 model: two convolution streams (ReLU + average pooling, tanh
++ max pooling), three stage heads that each output a soft distribution `p` over `s` bins, a
+shift `eta` of each bin (local, "lambda_local") and a scale `delta` of the stage's bin width
+("lambda_d"); the soft stagewise regression merges them into an age in [0, V).
+
+Input: uint8 (N, 64, 64, 3), BGR as OpenCV reads it, raw 0..255 values, exactly as the original
+Keras model was fed; no normalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import config
+from .config import Framing
+
+
+@dataclass(frozen=True)
+class SSRNetConfig:
+    """Architecture hyper-parameters (the paper's 3-3-3, lambda_local = lambda_d = 1)."""
+
+    stages: tuple[int, int, int] = (3, 3, 3)
+    lambda_local: float = 1.0
+    lambda_d: float = 1.0
+    V: int = 101  # ages span [0, V); 101 for the released weights, 26 for [0, 25]
+    image_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SSRNetConfig":
+        return cls(
+            stages=tuple(data["stages"]),
+            lambda_local=float(data["lambda_local"]),
+            lambda_d=float(data["lambda_d"]),
+            V=int(data["V"]),
+            image_size=int(data["image_size"]),
+        )
+
+
+def _conv_block(c_in: int, c_out: int, act: nn.Module) -> nn.Sequential:
+    # Keras BatchNormalization: epsilon 1e-3, moving average 0.99
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3), nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01), act)
+
+
+class _Stream(nn.Module):
+    """Four 3x3 conv blocks, pooled after the first three; returns the maps the stages read."""
+
+    def __init__(self, channels: int, act: type[nn.Module], pool: type[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [_conv_block(3 if i == 0 else channels, channels, act()) for i in range(4)]
+        )
+        self.pool = pool(2, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        layer1 = self.pool(self.blocks[0](x))
+        layer2 = self.pool(self.blocks[1](layer1))
+        top = self.blocks[3](self.pool(self.blocks[2](layer2)))
+        return layer1, layer2, top
+
+
+class _StageHead(nn.Module):
+    """One stage: fuse the two streams' features into (p, delta, eta) over `bins` bins."""
+
+    def __init__(self, bins: int, feat_dim: int, pool: int):
+        super().__init__()
+        self.s_conv = nn.Conv2d(16, 10, 1)
+        self.x_conv = nn.Conv2d(32, 10, 1)
+        self.s_pool = nn.MaxPool2d(pool, pool) if pool > 1 else nn.Identity()
+        self.x_pool = nn.AvgPool2d(pool, pool) if pool > 1 else nn.Identity()
+        self.dropout = nn.Dropout(0.2)
+        self.s_fc = nn.Linear(feat_dim, bins)
+        self.x_fc = nn.Linear(feat_dim, bins)
+        self.delta = nn.Linear(feat_dim, 1)
+        self.feat = nn.Linear(bins, 2 * bins)
+        self.pred = nn.Linear(2 * bins, bins)
+        self.local = nn.Linear(2 * bins, bins)
+
+    def forward(self, s: torch.Tensor, x: torch.Tensor):
+        s = self.s_pool(torch.relu(self.s_conv(s))).flatten(1)
+        x = self.x_pool(torch.relu(self.x_conv(x))).flatten(1)
+        delta = torch.tanh(self.delta(s * x))
+        mix = torch.relu(self.s_fc(self.dropout(s))) * torch.relu(self.x_fc(self.dropout(x)))
+        feat = torch.relu(self.feat(mix))
+        # the released code uses ReLU here, not the softmax of the paper's text
+        p = torch.relu(self.pred(feat))
+        eta = torch.tanh(self.local(feat))
+        return p, delta, eta
+
+
+class SSRNet(nn.Module):
+    """Soft Stagewise Regression Network; `forward` takes float NCHW BGR 0..255, returns years."""
+
+    def __init__(self, cfg: SSRNetConfig = SSRNetConfig()):
+        super().__init__()
+        if cfg.image_size != 64:
+            raise ValueError("SSR-Net's stage heads are sized for 64x64 inputs")
+        self.cfg = cfg
+        self.x_stream = _Stream(32, nn.ReLU, nn.AvgPool2d)
+        self.s_stream = _Stream(16, nn.Tanh, nn.MaxPool2d)
+        s1, s2, s3 = cfg.stages
+        # stage 1 reads the top maps (4x4), stage 2 layer2 (14x14 -> 3x3), stage 3 layer1 (31 -> 3)
+        self.stages = nn.ModuleList(
+            [_StageHead(s1, 160, 1), _StageHead(s2, 90, 4), _StageHead(s3, 90, 8)]
+        )
+        self.register_buffer("bin_index", torch.arange(max(cfg.stages), dtype=torch.float32), persistent=False)
+
+    def stage_outputs(self, x: torch.Tensor):
+        """(p, delta, eta) of stages 1..3, for losses that look inside the regression."""
+        x1, x2, x_top = self.x_stream(x)
+        s1, s2, s_top = self.s_stream(x)
+        return [self.stages[0](s_top, x_top), self.stages[1](s2, x2), self.stages[2](s1, x1)]
+
+    def merge(self, outputs) -> torch.Tensor:
+        """Soft stagewise regression: age = V * sum_k sum_i (i + l*eta_ki) p_ki / prod_j s_j(1+d*delta_j)."""
+        cfg = self.cfg
+        age = torch.zeros(outputs[0][0].shape[0], device=outputs[0][0].device)
+        width = torch.ones_like(age)
+        for (p, delta, eta), bins in zip(outputs, cfg.stages):
+            # (1 + delta) reaches 0 only when tanh saturates at -1 (untrained nets): keep it finite
+            width = width * bins * (1 + cfg.lambda_d * delta[:, 0]).clamp_min(1e-6)
+            index = self.bin_index[:bins]
+            age = age + ((index + cfg.lambda_local * eta) * p).sum(dim=1) / width
+        return age * cfg.V
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.stage_outputs(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# The original Keras weights
+
+#: Keras layer names of each stage head: (s_conv, x_conv, s_fc, x_fc, feat, pred, local, delta)
+_KERAS_STAGES = (
+    ("conv2d_9", "conv2d_10", "dense_1", "dense_2", "dense_3", "pred_age_stage1", "local_delta_stage1", "delta_s1"),
+    ("conv2d_11", "conv2d_12", "dense_4", "dense_5", "dense_6", "pred_age_stage2", "local_delta_stage2", "delta_s2"),
+    ("conv2d_13", "conv2d_14", "dense_7", "dense_8", "dense_9", "pred_age_stage3", "local_delta_stage3", "delta_s3"),
+)
+#: flattened maps (H, W, C) that feed a dense layer, per stage
+_FLAT_SHAPES = ((4, 4, 10), (3, 3, 10), (3, 3, 10))
+
+
+def _keras_dense(group, flat_hwc: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+    """A Keras Dense (in, out) kernel as a torch Linear; reorders inputs that came from a Flatten."""
+    kernel = np.asarray(group["kernel:0"]).T  # (out, in)
+    if flat_hwc is not None:
+        h, w, c = flat_hwc  # Keras flattens channels-last, PyTorch channels-first
+        kernel = kernel.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(kernel.shape[0], -1)
+    return {"weight": torch.from_numpy(np.ascontiguousarray(kernel)), "bias": torch.from_numpy(np.asarray(group["bias:0"]))}
+
+
+def _keras_conv(group) -> dict[str, torch.Tensor]:
+    kernel = np.asarray(group["kernel:0"]).transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+    return {"weight": torch.from_numpy(np.ascontiguousarray(kernel)), "bias": torch.from_numpy(np.asarray(group["bias:0"]))}
+
+
+def _keras_bn(group) -> dict[str, torch.Tensor]:
+    names = {"weight": "gamma:0", "bias": "beta:0", "running_mean": "moving_mean:0", "running_var": "moving_variance:0"}
+    return {k: torch.from_numpy(np.asarray(group[v])) for k, v in names.items()}
+
+
+def keras_state_dict(h5_path: Path) -> dict[str, torch.Tensor]:
+    """Translate an original SSR-Net .h5 into this module's state dict."""
+    import h5py  # only needed for the original weights
+
+    state: dict[str, torch.Tensor] = {}
+
+    def put(prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        state.update({f"{prefix}.{k}": v.float() for k, v in tensors.items()})
+
+    with h5py.File(h5_path, "r") as f:
+        layer = lambda name: f[name][name]  # noqa: E731  Keras nests name/name/
+        for stream, first in (("x_stream", 1), ("s_stream", 5)):
+            for i in range(4):
+                put(f"{stream}.blocks.{i}.0", _keras_conv(layer(f"conv2d_{first + i}")))
+                put(f"{stream}.blocks.{i}.1", _keras_bn(layer(f"batch_normalization_{first + i}")))
+        for k, (names, flat) in enumerate(zip(_KERAS_STAGES, _FLAT_SHAPES)):
+            s_conv, x_conv, s_fc, x_fc, feat, pred, local, delta = names
+            put(f"stages.{k}.s_conv", _keras_conv(layer(s_conv)))
+            put(f"stages.{k}.x_conv", _keras_conv(layer(x_conv)))
+            put(f"stages.{k}.s_fc", _keras_dense(layer(s_fc), flat))
+            put(f"stages.{k}.x_fc", _keras_dense(layer(x_fc), flat))
+            put(f"stages.{k}.delta", _keras_dense(layer(delta), flat))
+            put(f"stages.{k}.feat", _keras_dense(layer(feat)))
+            put(f"stages.{k}.pred", _keras_dense(layer(pred)))
+            put(f"stages.{k}.local", _keras_dense(layer(local)))
+    return state
+
+
+def load_pretrained_network(name: str) -> SSRNet:
+    """One of the released SSR-Nets (age range [0, 100], V = 101)."""
+    net = SSRNet(SSRNetConfig())
+    state = keras_state_dict(config.ssrnet_weights(name))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if real_missing or unexpected:
+        raise RuntimeError(f"weight mismatch: missing {real_missing}, unexpected {unexpected}")
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The project's own checkpoints: weights in safetensors, metadata in a JSON beside them
+
+CHECKPOINT_FORMAT = "minorage-ssrnet/1"
+DEFAULT_MODEL = "default"
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: architecture, input framing, and where it came from."""
+
+    architecture: SSRNetConfig = field(default_factory=SSRNetConfig)
+    framing: Framing = field(default_factory=Framing)
+    name: str = ""
+    data: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    licence: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "name": self.name,
+            "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages)},
+            "framing": self.framing.to_dict(),
+            "data": self.data,
+            "training": self.training,
+            "metrics": self.metrics,
+            "licence": self.licence,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelCard":
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} model card (format={data.get('format')!r})")
+        return cls(
+            architecture=SSRNetConfig.from_dict(data["architecture"]),
+            framing=Framing.from_dict(data["framing"]),
+            name=data.get("name", ""),
+            data=data.get("data", {}),
+            training=data.get("training", {}),
+            metrics=data.get("metrics", {}),
+            licence=data.get("licence", ""),
+        )
+
+
+def card_path(weights_path: Path) -> Path:
+    """The metadata JSON that sits beside a checkpoint's .safetensors file."""
+    return weights_path.with_suffix(".json")
+
+
+def save_checkpoint(net: SSRNet, card: ModelCard, path: Path) -> Path:
+    """Write `path` (.safetensors) and its card (.json); returns the weights path."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    card.architecture = net.cfg
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
+    card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[SSRNet, ModelCard]:
+    """Read a checkpoint written by `save_checkpoint` (safetensors: no code is unpickled)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        if len(candidates) != 1:
+            raise FileNotFoundError(f"{path}: expected one .safetensors checkpoint, found {len(candidates)}")
+        path = candidates[0]
+    path = path.with_suffix(".safetensors")
+    if not path.is_file() or not card_path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (needs {path.name} and {card_path(path).name})")
+    card = ModelCard.from_dict(json.loads(card_path(path).read_text()))
+    net = SSRNet(card.architecture)
+    missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
+    real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if real_missing or unexpected:
+        raise RuntimeError(f"{path}: missing {real_missing}, unexpected {unexpected}")
+    return net.eval(), card
+
+
+def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """A model shipped inside the package (src/minorage/weights/)."""
+    return Path(str(resources.files("minorage") / "weights" / f"{name}.safetensors"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The public face of a model
+
+
+class AgeEstimator:
+    """An SSR-Net with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
+
+    def __init__(self, net: SSRNet, card: ModelCard, source: str = ""):
+        self.net = net.eval()
+        self.card = card
+        self.source = source
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL) -> "AgeEstimator":
+        """`imdb`, `morph2`, `wiki`, `megaface_asian` (original weights), `default`, or a path."""
+        key = str(name_or_path)
+        if key in config.PRETRAINED_NAMES:
+            card = ModelCard(
+                name=key,
+                data={"source": f"original SSR-Net weights {key}.h5 (Yang et al., IJCAI 2018)"},
+                licence="Apache-2.0 (SSR-Net pretrained weights)",
+            )
+            return cls(load_pretrained_network(key), card, source=str(config.ssrnet_weights(key)))
+        path = Path(name_or_path)
+        if not path.exists() and not any(sep in key for sep in "/\\") and not key.endswith(".safetensors"):
+            path = packaged_model_path(key)
+            if not path.exists():
+                known = ", ".join((*config.PRETRAINED_NAMES, DEFAULT_MODEL))
+                raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
+        net, card = load_checkpoint(path)
+        return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path))
+
+    @property
+    def framing(self) -> Framing:
+        return self.card.framing
+
+    @property
+    def age_range(self) -> tuple[int, int]:
+        return 0, self.net.cfg.V - 1
+
+    @torch.inference_mode()
+    def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255."""
+        faces = np.asarray(faces)
+        size = self.net.cfg.image_size
+        if faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
+            raise ValueError(f"faces must be (N, {size}, {size}, 3) uint8 BGR, got {faces.shape}")
+        if faces.dtype != np.uint8:
+            raise ValueError(f"faces must be uint8 (raw 0..255), got {faces.dtype}")
+        out = np.empty(len(faces), dtype=np.float32)
+        for start in range(0, len(faces), batch_size):
+            chunk = torch.from_numpy(faces[start : start + batch_size]).permute(0, 3, 1, 2).float()
+            out[start : start + len(chunk)] = self.net(chunk).numpy()
+        return out
+
+    def describe(self) -> dict:
+        """What `minorage info` shows: size, parameters, range, framing and the model card."""
+        params = sum(p.numel() for p in self.net.parameters())
+        source = Path(self.source) if self.source else None
+        return {
+            "model": self.card.name or self.source,
+            "source": self.source,
+            "size_bytes": source.stat().st_size if source and source.is_file() else None,
+            "sha256": file_sha256(source) if source and source.is_file() else None,
+            "parameters": params,
+            "age_range": list(self.age_range),
+            **{k: v for k, v in self.card.to_dict().items() if k not in ("format", "name")},
+        }

@@ -1,0 +1,98 @@
+"""`minorage predict --crops` and `minorage info` on real UTKFace faces."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from minorage.cli import main
+
+from .conftest import utkface_age
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path, some_faces):
+    """Eight real faces, a corrupt JPEG, a text file with a .png name, and a zero-byte .jpg."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, face in enumerate(some_faces[:8]):
+        shutil.copy(face, folder / ("sub" if i % 2 else "") / face.name)
+    (folder / "corrupt.jpg").write_bytes(some_faces[0].read_bytes()[:400])
+    (folder / "notes.png").write_text("not an image at all")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parse(fmt: str, text: str) -> list[dict]:
+    if fmt == "jsonl":
+        return [json.loads(line) for line in text.splitlines()]
+    if fmt == "json":
+        return json.loads(text)
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+def test_predict_crops_every_format(capsys, mixed_folder, fmt):
+    code, out, err = run_cli(capsys, "predict", "--crops", "--format", fmt, str(mixed_folder))
+    assert code == 0
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in parse(fmt, out)}
+    assert len(rows) == 11 and "readme.txt" not in rows
+    ok = [r for name, r in rows.items() if name.endswith(".chip.jpg")]
+    assert len(ok) == 8
+    for row in ok:
+        assert str(row["status"]) == "ok" and 0 < float(row["age"]) < 101
+    assert rows["corrupt.jpg"]["status"] == "corrupt" and rows["corrupt.jpg"]["error"]
+    assert rows["notes.png"]["status"] == "not_image" and rows["notes.png"]["error"]
+    assert rows["empty.jpg"]["status"] == "empty"
+    assert "8 read, 3 errors" in err
+
+
+def test_predictions_follow_real_ages(capsys, utkface_files):
+    """The pretrained IMDB model is poor on children but must still order babies below adults."""
+    babies = [f for f in utkface_files if utkface_age(f) <= 2][:20]
+    adults = [f for f in utkface_files if 40 <= utkface_age(f) <= 60][:20]
+    code, out, _ = run_cli(capsys, "predict", "--crops", *map(str, babies + adults))
+    ages = [r["age"] for r in parse("jsonl", out)]
+    assert code == 0 and sum(ages[:20]) / 20 < sum(ages[20:]) / 20 - 5
+
+
+def test_nothing_readable_exits_nonzero(capsys, tmp_path):
+    bad = tmp_path / "x.jpg"
+    bad.write_text("nope")
+    code, out, err = run_cli(capsys, "predict", "--crops", str(bad))
+    assert code == 1 and parse("jsonl", out)[0]["status"] == "not_image" and "0 read, 1 errors" in err
+
+
+def test_output_file_and_console_script(tmp_path, some_faces):
+    target = tmp_path / "rows.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "minorage", "predict", "--crops", "--format", "csv", "-o", str(target), *map(str, some_faces[:3])],
+        capture_output=True, text=True, check=True,
+    )
+    assert "3 read, 0 errors" in result.stderr
+    assert len(list(csv.DictReader(target.open()))) == 3
+
+
+def test_info_describes_the_model(capsys):
+    code, out, _ = run_cli(capsys, "info", "imdb")
+    info = json.loads(out)
+    assert code == 0 and info["parameters"] == 40531 and info["age_range"] == [0, 100]
+    assert info["size_bytes"] > 300_000 and info["framing"]["margin"] == 0.4
+
+
+def test_unknown_model_is_a_clear_cli_error(capsys, some_faces):
+    code, _, err = run_cli(capsys, "predict", "--crops", "--model", "nonsense", str(some_faces[0]))
+    assert code == 2 and "no model named 'nonsense'" in err

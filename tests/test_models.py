@@ -1,0 +1,78 @@
+"""The SSR-Net port against the original Keras network, and the project's checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from minorage import AgeEstimator, config
+from minorage.models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(config.ssrnet_fixture())
+
+
+@pytest.mark.parametrize("name", ["imdb", "morph2", "wiki"])
+def test_port_reproduces_keras_outputs(reference, name):
+    ages = AgeEstimator.from_pretrained(name).predict(reference["images"])
+    np.testing.assert_allclose(ages, reference[f"age_{name}"], atol=1e-3, rtol=0)
+
+
+def test_megaface_asian_loads_and_gives_adult_ages(reference):
+    ages = AgeEstimator.from_pretrained("megaface_asian").predict(reference["images"])
+    assert ages.shape == (64,) and np.all((ages > 0) & (ages < 101))
+
+
+def test_batching_does_not_change_results(reference):
+    estimator = AgeEstimator.from_pretrained("imdb")
+    whole = estimator.predict(reference["images"])
+    np.testing.assert_allclose(estimator.predict(reference["images"], batch_size=5), whole, atol=1e-5)
+
+
+def test_predict_rejects_wrong_input(reference):
+    estimator = AgeEstimator.from_pretrained("imdb")
+    with pytest.raises(ValueError, match="uint8"):
+        estimator.predict(reference["images"].astype(np.float32))
+    with pytest.raises(ValueError, match="64, 64, 3"):
+        estimator.predict(reference["images"][:, :32])
+
+
+def test_age_range_is_a_parameter():
+    torch.manual_seed(0)
+    net = SSRNet(SSRNetConfig(V=26)).eval()
+    x = torch.rand(8, 3, 64, 64) * 255
+    ages = net(x)
+    # every term of the merge is bounded: the age stays inside [0, V) up to the eta shift
+    assert ages.shape == (8,) and torch.all(ages >= -1) and torch.all(ages < 26 * 1.5)
+
+
+def test_checkpoint_round_trip(tmp_path, reference):
+    pretrained = AgeEstimator.from_pretrained("morph2")
+    card = ModelCard(name="copy-of-morph2", data={"note": "test"}, metrics={"mae": 1.0})
+    path = save_checkpoint(pretrained.net, card, tmp_path / "m")
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["architecture"]["V"] == 101 and meta["framing"]["margin"] == 0.4
+    reloaded = AgeEstimator.from_pretrained(path)
+    assert reloaded.card.metrics == {"mae": 1.0}
+    np.testing.assert_allclose(reloaded.predict(reference["images"]), reference["age_morph2"], atol=1e-3)
+    net, _ = load_checkpoint(tmp_path)  # a folder with one checkpoint also works
+    assert isinstance(net, SSRNet)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no model named 'nonsense'"):
+        AgeEstimator.from_pretrained("nonsense")
+
+
+def test_missing_shared_file_names_path_and_source(tmp_path, monkeypatch):
+    monkeypatch.setenv(config.SHARED_ENV, str(tmp_path))
+    with pytest.raises(config.MissingResourceError) as info:
+        AgeEstimator.from_pretrained("imdb")
+    message = str(info.value)
+    assert str(tmp_path / "weights" / "ssrnet" / "imdb.h5") in message and "SSR-Net repository" in message
