@@ -57,7 +57,7 @@ def test_predict_crops_every_format(capsys, mixed_folder, fmt):
     assert rows["corrupt.jpg"]["status"] == "corrupt" and rows["corrupt.jpg"]["error"]
     assert rows["notes.png"]["status"] == "not_image" and rows["notes.png"]["error"]
     assert rows["empty.jpg"]["status"] == "empty"
-    assert "8 read, 3 errors" in err
+    assert "8 read, 0 without a face, 3 errors" in err
 
 
 def test_predictions_follow_real_ages(capsys, utkface_files):
@@ -73,7 +73,7 @@ def test_nothing_readable_exits_nonzero(capsys, tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_text("nope")
     code, out, err = run_cli(capsys, "predict", "--crops", str(bad))
-    assert code == 1 and parse("jsonl", out)[0]["status"] == "not_image" and "0 read, 1 errors" in err
+    assert code == 1 and parse("jsonl", out)[0]["status"] == "not_image" and "0 read, 0 without a face, 1 errors" in err
 
 
 def test_output_file_and_console_script(tmp_path, some_faces):
@@ -82,7 +82,7 @@ def test_output_file_and_console_script(tmp_path, some_faces):
         [sys.executable, "-m", "minorage", "predict", "--crops", "--format", "csv", "-o", str(target), *map(str, some_faces[:3])],
         capture_output=True, text=True, check=True,
     )
-    assert "3 read, 0 errors" in result.stderr
+    assert "3 read, 0 without a face, 0 errors" in result.stderr
     assert len(list(csv.DictReader(target.open()))) == 3
 
 
@@ -96,3 +96,70 @@ def test_info_describes_the_model(capsys):
 def test_unknown_model_is_a_clear_cli_error(capsys, some_faces):
     code, _, err = run_cli(capsys, "predict", "--crops", "--model", "nonsense", str(some_faces[0]))
     assert code == 2 and "no model named 'nonsense'" in err
+
+
+def sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def photos_folder(tmp_path, some_faces):
+    """Four real faces in nested folders, a face-free picture and a corrupt file."""
+    import numpy as np
+    import cv2
+
+    folder = tmp_path / "photos"
+    (folder / "a" / "b").mkdir(parents=True)
+    for i, face in enumerate(some_faces[:4]):
+        shutil.copy(face, folder / ("a/b" if i % 2 else "a") / face.name)
+    cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 90, np.uint8))
+    (folder / "broken.jpg").write_bytes(some_faces[0].read_bytes()[:300])
+    return folder
+
+
+def test_occlude_writes_barred_copies_and_a_sidecar(capsys, tmp_path, photos_folder):
+    before = {p: sha256(p) for p in photos_folder.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "occlude", str(photos_folder), "--out", str(out))
+    assert code == 0 and "4 read, 1 without a face, 1 errors" in err and "wall.png" in err
+    assert {p: sha256(p) for p in photos_folder.rglob("*") if p.is_file()} == before  # evidence untouched
+    entries = {e["path"].rsplit("/", 1)[-1]: e for e in parse("jsonl", (out / "occlusions.jsonl").read_text())}
+    assert entries["wall.png"]["status"] == "no_face" and not (out / "wall.png").exists()
+    assert entries["broken.jpg"]["status"] == "corrupt" and not (out / "broken.jpg").exists()
+    copies = [e for e in entries.values() if e["status"] == "ok"]
+    assert len(copies) == 4
+    import cv2
+
+    for entry in copies:
+        src = photos_folder / entry["output"]
+        dst = out / entry["output"]
+        assert src.is_file() and dst.is_file() and sha256(src) != sha256(dst)
+        face = entry["faces"][0]
+        assert set(face) >= {"box", "score", "eyes", "bar"}
+        barred = cv2.imread(str(dst))
+        for x, y in face["eyes"]:
+            assert barred[int(round(y)), int(round(x))].max() < 40  # black, up to JPEG ringing
+
+
+def test_occlude_refuses_to_overwrite_inputs(capsys, photos_folder):
+    before = {p: sha256(p) for p in photos_folder.rglob("*") if p.is_file()}
+    code, _, err = run_cli(capsys, "occlude", str(photos_folder), "--out", str(photos_folder), "--sidecar", "side.jsonl")
+    entries = parse("jsonl", (photos_folder / "side.jsonl").read_text())
+    assert {e["status"] for e in entries if e["path"].endswith(".chip.jpg")} == {"refused"}
+    assert {p: sha256(p) for p in photos_folder.rglob("*") if p.is_file() and p.name != "side.jsonl"} == before
+
+
+def test_predict_detects_faces_in_photos(capsys, tmp_path, photos_folder):
+    annotated = tmp_path / "annotated"
+    code, out, err = run_cli(capsys, "predict", "--model", "imdb", "--annotate", str(annotated), str(photos_folder))
+    rows = parse("jsonl", out)
+    assert code == 0 and "4 read, 1 without a face, 1 errors, 4 faces" in err
+    faces = [r for r in rows if r["status"] == "ok"]
+    assert len(faces) == 4
+    for row in faces:
+        assert row["face"] == 0 and len(row["box"]) == 4 and len(row["eyes"]) == 2 and row["score"] > 0.9
+        assert 0 < row["age"] < 101 and row["group"] in {"0-5", "6-10", "11-15", "16-17", "18-25", "26+"}
+    assert [r["status"] for r in rows if r["path"].endswith("wall.png")] == ["no_face"]
+    assert len(list(annotated.rglob("*.jpg"))) == 4 and not list(annotated.rglob("wall.png"))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import InferenceConfig
@@ -19,27 +20,72 @@ def _progress_wanted() -> bool:
     return sys.stderr.isatty()
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import CROP_COLUMNS, CropOptions, predict_crops
-    from .models import AgeEstimator
+def _detector(args: argparse.Namespace):
+    from .detection import DetectorConfig, FaceDetector
 
-    if not args.crops:
-        print("minorage predict: face detection in full photos is not available yet; use --crops", file=sys.stderr)
-        return 2
-    estimator = AgeEstimator.from_pretrained(args.model)
-    options = CropOptions(face_fraction=args.face_fraction, batch_size=args.batch_size, max_pixels=args.max_pixels)
-    counts = {"ok": 0, "error": 0}
+    return FaceDetector(
+        DetectorConfig(
+            min_face_size=args.min_face_size,
+            thresholds=tuple(args.thresholds),
+            weights=args.detector,
+            crop_padding=args.crop_padding,
+        )
+    )
 
-    def counted(rows):
+
+class _Counter:
+    """Counts rows by outcome as they stream past, for the closing summary line."""
+
+    def __init__(self):
+        self.files: dict[str, set] = {"ok": set(), "no_face": set(), "error": set()}
+        self.faces = 0
+
+    def __call__(self, rows):
         for row in rows:
-            counts["ok" if row["status"] == "ok" else "error"] += 1
+            status = row.get("status")
+            kind = status if status in ("ok", "no_face") else "error"
+            self.files[kind].add(row["path"])
+            self.faces += len(row["faces"]) if "faces" in row else int(row.get("age") is not None)
             yield row
 
-    rows = counted(predict_crops(args.paths, estimator, options, progress=_progress_wanted()))
+    def summary(self) -> str:
+        n = {kind: len(paths) for kind, paths in self.files.items()}
+        return f"{n['ok']} read, {n['no_face']} without a face, {n['error']} errors, {self.faces} faces"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor
+    from .models import AgeEstimator
+
+    options = PredictOptions(
+        crops=args.crops,
+        face_fraction=args.face_fraction,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        annotate_dir=Path(args.annotate) if args.annotate else None,
+    )
+    predictor = Predictor(AgeEstimator.from_pretrained(args.model), None if args.crops else _detector(args), options)
+    counter = _Counter()
     with _open_output(args.output) as stream:
-        write_rows(rows, args.format, stream, CROP_COLUMNS)
-    print(f"minorage predict: {counts['ok']} read, {counts['error']} errors", file=sys.stderr)
-    return 0 if counts["ok"] else 1
+        write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, CROP_COLUMNS if args.crops else FACE_COLUMNS)
+    print(f"minorage predict: {counter.summary()}", file=sys.stderr)
+    return 0 if counter.files["ok"] or counter.files["no_face"] else 1
+
+
+def cmd_occlude(args: argparse.Namespace) -> int:
+    from .occlusion import occlude_files
+
+    out_dir = Path(args.out)
+    sidecar = out_dir / args.sidecar
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counter = _Counter()
+    with open(sidecar, "w", encoding="utf-8") as stream:
+        rows = occlude_files(args.paths, out_dir, _detector(args), args.max_pixels, _progress_wanted())
+        write_rows(counter(rows), "jsonl", stream, ())
+    for path in sorted(counter.files["no_face"]):
+        print(f"no face (not copied): {path}", file=sys.stderr)
+    print(f"minorage occlude: {counter.summary()} barred; sidecar {sidecar}", file=sys.stderr)
+    return 0 if counter.files["ok"] or counter.files["no_face"] else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -63,14 +109,27 @@ def _open_output(path: str | None):
     return open(path, "w", newline="", encoding="utf-8") if path else _Stdout()
 
 
+def _detector_options(p: argparse.ArgumentParser) -> None:
+    from .detection import DetectorConfig
+
+    d = DetectorConfig()
+    g = p.add_argument_group("face detection (MTCNN)")
+    g.add_argument("--detector", default=d.weights, help="stock (facenet-pytorch weights), occlusion (fine-tuned on eye-barred faces, shipped) or a folder with pnet/rnet/onet.pt (default: %(default)s)")
+    g.add_argument("--min-face-size", type=int, default=d.min_face_size, help="smallest face in pixels; larger is faster (default: %(default)s)")
+    g.add_argument("--thresholds", type=float, nargs=3, default=list(d.thresholds), metavar=("P", "R", "O"), help="P-Net, R-Net, O-Net score thresholds (default: %(default)s)")
+    g.add_argument("--crop-padding", type=float, default=d.crop_padding, help="black border, as a share of the image side, for a second look when a face touches the edge (face crops); 0 = off (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minorage", description="Age estimation for minors and young adults, robust to eye occlusion.")
     parser.add_argument("--version", action="version", version=f"minorage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="estimate ages for image files or folders")
+    p = sub.add_parser("predict", help="estimate the age of every face in image files or folders")
     p.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
     p.add_argument("--crops", action="store_true", help="each image is one face crop (no detection)")
+    p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and ages drawn into DIR")
+    _detector_options(p)
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output rows (default: %(default)s)")
     p.add_argument("--output", "-o", help="write rows to this file instead of standard output")
@@ -82,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="faces per network call (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images (default: %(default)s)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("occlude", help="eye-barred copies of images (paper §3.2) with a JSONL sidecar")
+    p.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
+    p.add_argument("--out", required=True, help="output folder: same relative paths and names as the inputs")
+    p.add_argument("--sidecar", default="occlusions.jsonl", help="sidecar file name in --out (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images (default: %(default)s)")
+    _detector_options(p)
+    p.set_defaults(func=cmd_occlude)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

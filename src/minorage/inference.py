@@ -1,66 +1,142 @@
 """Ages for the files a user names: `minorage predict`.
 
-Files are read one by one, framed the way the model's card says, and sent to the network in
-batches; a file that cannot be read becomes a row with an `error`, never an exception, and rows
-come out in the order of the files.
+Each image is read, its faces found (or, with `crops`, the image taken as one face crop), each
+face framed the way the model's card says, and the faces sent to the network in batches. A file
+that cannot be read becomes a row with an `error`, an image without a face a row that says so;
+rows come out in the order of the files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .config import InferenceConfig
+from .detection import Face, FaceDetector
 from .framing import crop_box, frame_face
-from .io import ImageReadError, iter_files, read_image
+from .io import ImageReadError, iter_files, read_image, write_image
 from .metrics import age_group, is_minor
 from .models import AgeEstimator
 
 CROP_COLUMNS = ("path", "age", "group", "minor", "status", "error")
+FACE_COLUMNS = ("path", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error")
 
 
 @dataclass(frozen=True)
-class CropOptions:
-    """How a ready-made face crop is read: the face box is its central `face_fraction`."""
+class PredictOptions:
+    """What `predict` does with each image."""
 
-    face_fraction: float = 1.0
+    crops: bool = False  # each image is one face crop: no detection
+    face_fraction: float = 1.0  # with crops: the central share of each side that is the face box
     batch_size: int = InferenceConfig.batch_size
     max_pixels: int = InferenceConfig.max_pixels
+    annotate_dir: Path | None = None  # write copies with boxes and ages drawn here
 
 
-def age_row(path: Path, age: float) -> dict:
-    return {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age), "status": "ok"}
+@dataclass
+class _Image:
+    """One file on its way through the batch: its faces and their framed crops, or its error."""
+
+    path: Path
+    relative: Path
+    error: ImageReadError | None = None
+    faces: list[Face | None] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    image: np.ndarray | None = None  # kept only to annotate
 
 
-def error_row(path: Path, exc: ImageReadError) -> dict:
-    return {"path": str(path), "age": None, "group": None, "minor": None, "status": exc.status, "error": str(exc)}
+def _face_row(path: Path, index: int | None, face: Face | None, age: float) -> dict:
+    row = {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age), "status": "ok"}
+    if face is not None:
+        info = face.to_dict()
+        row.update({"face": index, "score": info["score"], "box": info["box"], "eyes": info["eyes"]})
+    return row
 
 
-def predict_crops(
-    paths: Iterable[str | Path], estimator: AgeEstimator, options: CropOptions = CropOptions(), progress: bool = True
-) -> Iterator[dict]:
-    """One row per file: each image is one face crop."""
-    files = list(iter_files(paths))
-    pending: list[tuple[Path, np.ndarray | ImageReadError]] = []
+def _rows(item: _Image, ages: Iterator[float], crops_mode: bool) -> list[dict]:
+    if item.error is not None:
+        return [{"path": str(item.path), "status": item.error.status, "error": str(item.error)}]
+    if not item.faces:
+        return [{"path": str(item.path), "face": None, "status": "no_face", "error": "no face found"}]
+    return [
+        _face_row(item.path, None if crops_mode else i, face, next(ages))
+        for i, face in enumerate(item.faces)
+    ]
 
-    def flush() -> Iterator[dict]:
-        faces = [item for _, item in pending if isinstance(item, np.ndarray)]
-        ages = iter(estimator.predict(np.stack(faces)) if faces else [])
-        for path, item in pending:
-            yield error_row(path, item) if isinstance(item, ImageReadError) else age_row(path, next(ages))
-        pending.clear()
 
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):
+def annotate(image: np.ndarray, faces: list[Face], ages: list[float]) -> np.ndarray:
+    """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
+    out = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for face, age in zip(faces, ages):
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        colour = (0, 0, 255) if is_minor(age) else (0, 200, 0)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        label = f"{age:.1f}"
+        scale = max(0.4, face.width / 160)
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(y1, th + 4)
+        cv2.rectangle(out, (x1, top - th - 4), (x1 + tw + 4, top), colour, -1)
+        cv2.putText(out, label, (x1 + 2, top - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+class Predictor:
+    """Runs `predict` over files: reading, detection, framing and batched age estimation."""
+
+    def __init__(self, estimator: AgeEstimator, detector: FaceDetector | None, options: PredictOptions):
+        if not options.crops and detector is None:
+            raise ValueError("a face detector is needed unless every image is a face crop")
+        self.estimator, self.detector, self.options = estimator, detector, options
+
+    def load(self, path: Path, relative: Path) -> _Image:
+        """Read one file and cut out its faces; errors are kept, not raised."""
+        item = _Image(path, relative)
         try:
-            image = read_image(path, options.max_pixels)
-            face = frame_face(image, crop_box(image, options.face_fraction), estimator.framing)
-            pending.append((path, face))
+            image = read_image(path, self.options.max_pixels)
         except ImageReadError as exc:
-            pending.append((path, exc))
-        if len(pending) >= options.batch_size:
-            yield from flush()
-    yield from flush()
+            item.error = exc
+            return item
+        if self.options.crops:
+            item.faces = [None]
+            boxes = [crop_box(image, self.options.face_fraction)]
+        else:
+            item.faces = list(self.detector.detect(image))
+            boxes = [face.box for face in item.faces]
+        item.crops = [frame_face(image, box, self.estimator.framing) for box in boxes]
+        if self.options.annotate_dir is not None and not self.options.crops:
+            item.image = image
+        return item
+
+    def finish(self, batch: list[_Image]) -> Iterator[dict]:
+        """Estimate the ages of a batch of images' faces and turn them into rows."""
+        crops = [crop for item in batch for crop in item.crops]
+        ages = self.estimator.predict(np.stack(crops)) if crops else np.zeros(0)
+        position = 0
+        for item in batch:
+            mine = ages[position : position + len(item.crops)]
+            position += len(item.crops)
+            if item.image is not None and item.faces:
+                self.write_annotation(item, [float(a) for a in mine])
+            yield from _rows(item, iter(mine), self.options.crops)
+
+    def write_annotation(self, item: _Image, ages: list[float]) -> None:
+        write_image(self.options.annotate_dir / item.relative, annotate(item.image, item.faces, ages))
+
+    def run(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[dict]:
+        files = list(iter_files(paths))
+        batch: list[_Image] = []
+        pending_faces = 0
+        for path, relative in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):
+            item = self.load(path, relative)
+            batch.append(item)
+            pending_faces += len(item.crops)
+            if pending_faces >= self.options.batch_size:
+                yield from self.finish(batch)
+                batch, pending_faces = [], 0
+        yield from self.finish(batch)

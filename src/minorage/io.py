@@ -85,23 +85,44 @@ def read_image(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
     return decode_image(data, max_pixels, str(path))
 
 
-def iter_files(paths: Iterable[str | os.PathLike], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
-    """Files named directly (always, whatever their suffix) and, in folders, recursively, those
-    with an image suffix; sorted, each once, symlinked folders not followed (no loops)."""
+_WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def write_image(target: Path, image: np.ndarray, jpeg_quality: int = 95) -> Path:
+    """Write an image under `target` (PNG where its suffix is not writable, e.g. .gif); creates
+    folders, never writes over an existing file's inode in place. Returns the path written."""
+    if target.suffix.lower() not in _WRITABLE:
+        target = target.with_name(target.name + ".png")
+    ok, data = cv2.imencode(target.suffix, image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise OSError(f"could not encode {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(data.tobytes())
+    tmp.replace(target)
+    return target
+
+
+def iter_files(
+    paths: Iterable[str | os.PathLike], suffixes: frozenset[str] = IMAGE_SUFFIXES
+) -> Iterator[tuple[Path, Path]]:
+    """(file, its path relative to the argument that named it) for files named directly
+    (always, whatever their suffix) and, in folders, recursively, those with one of `suffixes`;
+    sorted, each once; symlinked folders are not followed (no loops)."""
     seen: set[Path] = set()
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
+        root = Path(raw)
+        if root.is_dir():
             found = (
-                Path(root) / name
-                for root, _dirs, names in os.walk(path, followlinks=False)
+                Path(folder) / name
+                for folder, _dirs, names in os.walk(root, followlinks=False)
                 for name in names
                 if Path(name).suffix.lower() in suffixes
             )
-            candidates = sorted(found)
+            candidates = [(path, path.relative_to(root)) for path in sorted(found)]
         else:
-            candidates = [path]
-        for candidate in candidates:
-            if candidate not in seen:
-                seen.add(candidate)
-                yield candidate
+            candidates = [(root, Path(root.name))]
+        for path, relative in candidates:
+            if path not in seen:
+                seen.add(path)
+                yield path, relative

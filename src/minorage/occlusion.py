@@ -8,12 +8,16 @@ wide, filled pure black with no anti-aliasing (every pixel is either untouched o
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from .detection import Face
+from .detection import Face, FaceDetector
+from .io import ImageReadError, iter_files, read_image, write_image
 
 BAR_HEIGHT = 0.25  # of the face box's height
 BAR_WIDTH = 0.95  # of the face box's width
@@ -87,3 +91,38 @@ def occlude_all(image: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, list[
     for bar in bars:
         fill_bar(out, bar)
     return out, bars
+
+
+# ---------------------------------------------------------------------------------------------
+# `minorage occlude`: barred copies of image files
+
+
+def occlude_files(
+    paths: Iterable[str | Path], out_dir: Path, detector: FaceDetector, max_pixels: int, progress: bool = True
+) -> Iterator[dict]:
+    """Write an eye-barred copy of each image under `out_dir` (same relative path and name) and
+    yield one sidecar entry per input: its faces and bars, or why it was not copied."""
+    out_dir = Path(out_dir)
+    files = list(iter_files(paths))
+    for path, relative in tqdm(files, desc="occlude", unit="img", disable=not progress, leave=False):
+        entry: dict = {"path": str(path)}
+        target = out_dir / relative
+        try:
+            if target.exists() and target.resolve() == path.resolve():
+                raise ImageReadError("refused", f"{path}: output would overwrite the input; choose another --out")
+            image = read_image(path, max_pixels)
+        except ImageReadError as exc:
+            yield {**entry, "status": exc.status, "error": str(exc)}
+            continue
+        faces = detector.detect(image)
+        if not faces:
+            yield {**entry, "status": "no_face", "error": "no face found: not copied"}
+            continue
+        barred, bars = occlude_all(image, faces)
+        written = write_image(target, barred)
+        yield {
+            **entry,
+            "status": "ok",
+            "output": str(written.relative_to(out_dir)),
+            "faces": [{**face.to_dict(), "bar": bar.to_dict()} for face, bar in zip(faces, bars)],
+        }

@@ -1,0 +1,122 @@
+"""MTCNN and the paper's eye bar (§3.2) on real UTKFace faces."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from minorage.detection import DetectorConfig, FaceDetector, main_face, nms
+from minorage.occlusion import eye_bar, occlude
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def detected(detector, utkface_files):
+    """240 real photos spread over all ages, each with its main face (or None)."""
+    photos = utkface_files[:: len(utkface_files) // 240][:240]
+    out = []
+    for path in photos:
+        image = cv2.imread(str(path))
+        out.append((image, main_face(detector.detect(image), image.shape)))
+    return out
+
+
+def test_finds_the_face_in_almost_every_photo(detected):
+    found = sum(face is not None for _, face in detected)
+    assert found >= 0.97 * len(detected)
+
+
+def test_eye_points_are_plausible(detected):
+    """On UTKFace's aligned crops the eyes sit level in the upper half, left eye on the left."""
+    for image, face in detected:
+        if face is None:
+            continue
+        (lx, ly), (rx, ry) = face.eyes
+        assert lx < rx
+        assert face.box[1] < ly < (face.box[1] + face.box[3]) / 2 + 0.1 * face.height
+
+
+def test_bar_covers_both_eyes(detected):
+    hits = total = 0
+    for image, face in detected:
+        if face is None:
+            continue
+        barred, bar = occlude(image, face)
+        total += 1
+        inside = all(bar.contains(eye) for eye in face.eyes)
+        black = all(not barred[int(round(y)), int(round(x))].any() for x, y in face.eyes if 0 <= round(y) < image.shape[0] and 0 <= round(x) < image.shape[1])
+        hits += inside and black
+    assert total >= 200 and hits >= 0.97 * total
+
+
+def test_bar_geometry_follows_the_paper(detected):
+    for image, face in detected:
+        if face is None:
+            continue
+        bar = eye_bar(face)
+        assert abs(bar.width - 0.95 * face.width) <= 1 and abs(bar.height - 0.25 * face.height) <= 1
+        (lx, ly), (rx, ry) = face.eyes
+        assert bar.angle == pytest.approx(math.degrees(math.atan2(ry - ly, rx - lx)), abs=1e-6)
+        assert bar.center == pytest.approx(((lx + rx) / 2, (ly + ry) / 2))
+
+
+def test_bar_is_pure_black_and_touches_nothing_else(detected):
+    image, face = next((i, f) for i, f in detected if f is not None)
+    barred, bar = occlude(image, face)
+    changed = np.any(barred != image, axis=2)
+    assert np.all(barred[changed] == 0)  # no blending: changed pixels are black
+    inside = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(bar.corners()).astype(np.int32)], 1)
+    inside = cv2.dilate(inside, np.ones((3, 3), np.uint8))  # 1 px of rounding at the edges
+    assert not np.any(changed & (inside == 0))
+    black_area = np.count_nonzero(np.all(barred == 0, axis=2) & (inside == 1))
+    assert black_area == pytest.approx(bar.width * bar.height, rel=0.05)
+    assert np.any(image != barred) and image is not barred
+
+
+@pytest.mark.parametrize("turn", [-20, 20])
+def test_bar_turns_with_a_rotated_face(detector, detected, turn):
+    """A face turned by +-20 degrees gets a bar turned by the same angle."""
+    diffs = []
+    for image, face in [d for d in detected if d[1] is not None][:20]:
+        h, w = image.shape[:2]
+        # cv2 turns counter-clockwise on screen for positive angles; image y points down
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), turn, 1.0)
+        rotated = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        turned = main_face(detector.detect(rotated), rotated.shape)
+        if turned is None:
+            continue
+        diffs.append(eye_bar(turned).angle - eye_bar(face).angle)
+    assert len(diffs) >= 15
+    assert np.median(diffs) == pytest.approx(-turn, abs=3)
+
+
+def test_images_without_faces(detector):
+    rng = np.random.default_rng(0)
+    flat = np.full((240, 320, 3), 128, np.uint8)
+    noise = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    squares = (np.indices((240, 320)).sum(axis=0) // 20 % 2 * 255).astype(np.uint8)
+    texture = cv2.cvtColor(squares, cv2.COLOR_GRAY2BGR)
+    tiny = np.zeros((5, 7, 3), np.uint8)
+    for image in (flat, noise, texture, tiny):
+        assert detector.detect(image) == []
+
+
+def test_thresholds_and_min_size_are_options(detected):
+    image, _ = detected[0]
+    strict = FaceDetector(DetectorConfig(thresholds=(0.99, 0.999, 0.99999)))
+    huge = FaceDetector(DetectorConfig(min_face_size=400, crop_padding=0))
+    assert len(strict.detect(image)) <= 1 and huge.detect(image) == []
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5)
+    assert keep.tolist() == [1, 2]
