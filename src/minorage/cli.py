@@ -88,6 +88,71 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     return 0 if counter.files["ok"] or counter.files["no_face"] else 1
 
 
+def cmd_detector_train(args: argparse.Namespace) -> int:
+    from .detector_training import DetectorTrainingConfig, train_detector
+
+    cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr)
+    card = train_detector(Path(args.out), cfg, progress=True)
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def cmd_detector_evaluate(args: argparse.Namespace) -> int:
+    from .detection import DetectorConfig
+    from .detector_training import DetectorTrainingConfig, evaluate_detectors, split_photos
+
+    _, held = split_photos(DetectorTrainingConfig())
+    held = held[: args.photos] if args.photos else held
+    settings = {name: DetectorConfig(weights=name) for name in args.weights}
+    results = evaluate_detectors(settings, held, progress=_progress_wanted())
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from .config import Framing
+    from .datasets import DatasetConfig, build_dataset
+    from .detection import DetectorConfig
+
+    sources = []
+    for spec in args.source:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--source takes NAME=FOLDER, got {spec!r}")
+        sources.append((name, folder))
+    cfg = DatasetConfig(
+        sources=tuple(sources),
+        per_age=args.per_age,
+        adults_per_age=args.adults_per_age,
+        seed=args.seed,
+        near_duplicate_bits=args.near_duplicate_bits,
+        framing=Framing(margin=args.margin),
+        detector=DetectorConfig(weights=args.detector),
+    )
+    summary = build_dataset(cfg, Path(args.out), progress=True)
+    faces = summary["faces"]
+    print(json.dumps(summary, indent=2))
+    print(f"minorage dataset build: {summary['records']} photos read, {summary['after_cleaning']} after cleaning, "
+          f"{summary['selected']} selected, {summary['no_face']} without a face; faces {faces}", file=sys.stderr)
+    return 0
+
+
+def cmd_dataset_info(args: argparse.Namespace) -> int:
+    from .datasets import dataset_info
+
+    info = dataset_info(Path(args.dir))
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    columns = ("train_org", "train_ocl", "test_org", "test_ocl")
+    print(f"{info['folder']}: {info['photos']} photos, {info['faces']} faces, sources {info['sources']}, framing {info['framing']}")
+    print("age  " + "  ".join(f"{c:>9s}" for c in columns))
+    for age, counts in info["per_age"].items():
+        print(f"{age:>3}  " + "  ".join(f"{counts.get(c, 0):9d}" for c in columns))
+    print(f"shortfall per age: {info['shortfall_per_age'] or 'none'}; cleaning: {info['cleaning']}; no face: {info['no_face']}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import AgeEstimator
 
@@ -149,6 +214,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images (default: %(default)s)")
     _detector_options(p)
     p.set_defaults(func=cmd_occlude)
+
+    det = sub.add_parser("detector", help="fine-tune and measure the face detector on eye-barred faces")
+    det_sub = det.add_subparsers(dest="detector_command", required=True)
+    p = det_sub.add_parser("train", help="fine-tune MTCNN's R-Net and O-Net on eye-barred UTKFace faces")
+    p.add_argument("--out", required=True, help="folder for rnet.pt, onet.pt and card.json")
+    p.add_argument("--photos", type=int, default=3000, help="training photos (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=4, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_detector_train)
+    p = det_sub.add_parser("evaluate", help="recall on held-out faces, as they are and eye-barred, and false detections")
+    p.add_argument("weights", nargs="+", help="stock, occlusion (shipped) or weight folders")
+    p.add_argument("--photos", type=int, default=0, help="use only the first N held-out photos (default: all)")
+    p.set_defaults(func=cmd_detector_evaluate)
+
+    ds = sub.add_parser("dataset", help="build and inspect the balanced minors and young adults data set")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    p = ds_sub.add_parser("build", help="read sources, clean labels, select N per age, prepare org/ocl faces, split 80/20")
+    p.add_argument("--source", action="append", required=True, metavar="NAME=FOLDER",
+                   help="utkface, appa-real, agedb, imdb, wiki, fgnet or csv, with its folder; repeat for several")
+    p.add_argument("--per-age", type=int, required=True, help="photos per age 0..25 (the paper: 250, 500, 1000, 5000)")
+    p.add_argument("--out", required=True, help="data set folder (an interrupted build resumes here)")
+    p.add_argument("--adults-per-age", type=int, default=0, help="also photos per age 26..60, for the minor/adult decision (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--margin", type=float, default=0.4, help="framing: share of the face box added on every side (default: %(default)s)")
+    p.add_argument("--near-duplicate-bits", type=int, default=4, help="perceptual-hash bits within which photos count as copies (default: %(default)s)")
+    p.add_argument("--detector", default="stock", help="MTCNN weights for the original photos (default: %(default)s)")
+    p.set_defaults(func=cmd_dataset_build)
+    p = ds_sub.add_parser("info", help="counts per age, split and variant")
+    p.add_argument("dir")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_dataset_info)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

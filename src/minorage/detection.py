@@ -221,10 +221,10 @@ def squared(boxes: np.ndarray) -> np.ndarray:
     return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
 
 
-def patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
-    """The boxes cut from an RGB image (zeros outside it), resized, as normalised NCHW."""
+def cut_patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """The boxes cut from an image (zeros outside it), resized to size x size, uint8 NHWC."""
     h, w = rgb.shape[:2]
-    out = np.zeros((len(boxes), size, size, 3), np.float32)
+    out = np.zeros((len(boxes), size, size, 3), np.uint8)
     for k, (x1, y1, x2, y2) in enumerate(np.round(boxes[:, :4]).astype(int)):
         if x2 <= x1 or y2 <= y1:
             continue
@@ -233,7 +233,7 @@ def patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
         if sx2 > sx1 and sy2 > sy1:
             canvas[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = rgb[sy1:sy2, sx1:sx2]
         out[k] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    return normalise(out)
+    return out
 
 
 def normalise(rgb: np.ndarray) -> torch.Tensor:
@@ -285,7 +285,7 @@ class FaceDetector:
 
     def refine(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Stage 2: R-Net on 24x24 patches keeps, regresses and re-squares the candidates."""
-        logits, reg = self.rnet(patches(rgb, boxes, 24))
+        logits, reg = self.rnet(normalise(cut_patches(rgb, boxes, 24)))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[1]
         boxes = np.concatenate([regress(boxes[keep], reg.numpy()[keep]), score[keep, None]], axis=1)
@@ -294,7 +294,7 @@ class FaceDetector:
 
     def output(self, rgb: np.ndarray, boxes: np.ndarray) -> list[Face]:
         """Stage 3: O-Net scores 48x48 patches, places the points, regresses the final boxes."""
-        logits, reg, points = self.onet(patches(rgb, boxes, 48))
+        logits, reg, points = self.onet(normalise(cut_patches(rgb, boxes, 48)))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[2]
         boxes, reg, points, score = boxes[keep], reg.numpy()[keep], points.numpy()[keep], score[keep]

@@ -1,0 +1,70 @@
+"""Face detection: time per image at 250, 640 and 1280 px on 2 threads, and recall on held-out
+UTKFace faces as they are and eye-barred, stock MTCNN vs the shipped occlusion detector.
+
+    .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N]
+
+Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
+UTKFace faces pasted in at 1/4 and 1/8 of its width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from minorage import config
+from minorage.detection import DetectorConfig, FaceDetector
+from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, evaluate_detectors, face_free_pictures, split_photos
+
+
+def scenes(size: int, count: int) -> list[np.ndarray]:
+    faces = sorted(config.utkface_dir().glob("*.jpg"))[::97][:count * 2]
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    out = []
+    for k in range(count):
+        scene = cv2.resize(backgrounds[k % len(backgrounds)], (size, size * 3 // 4))
+        for j, share in enumerate((4, 8)):
+            side = max(24, size // share)
+            face = cv2.resize(cv2.imread(str(faces[2 * k + j])), (side, side))
+            x, y = (size // 8) * (1 + 4 * j), size // 10
+            scene[y : y + side, x : x + side] = face
+        out.append(scene)
+    return out
+
+
+def time_per_image(detector: FaceDetector, images: list[np.ndarray], repeats: int) -> float:
+    detector.detect(images[0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for image in images:
+            detector.detect(image)
+    return (time.perf_counter() - start) / (repeats * len(images))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=600, help="held-out photos for recall (0 = all)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cv2.setNumThreads(2)
+    report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
+    for weights in ("stock", "occlusion"):
+        detector = FaceDetector(DetectorConfig(weights=weights))
+        for size in (250, 640, 1280):
+            ms = 1000 * time_per_image(detector, scenes(size, 8), args.repeats)
+            report["ms_per_image"][f"{weights}@{size}px"] = round(ms, 1)
+            print(f"{weights:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
+    _, held = split_photos(DetectorTrainingConfig())
+    held = held[: args.photos] if args.photos else held
+    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in ("stock", "occlusion")}, held, progress=False)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
