@@ -23,3 +23,24 @@ def utkface_files() -> list[Path]:
 def some_faces(utkface_files) -> list[Path]:
     """A spread of 24 real photos across ages (every 400th file)."""
     return utkface_files[::400][:24]
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, utkface_files):
+    """A data set built from 500 real photos, with a planted exact copy under another age:
+    (config, folder, summary, the photo that was copied)."""
+    import shutil
+
+    from minorage.datasets import DatasetConfig, build_dataset
+
+    folder = tmp_path_factory.mktemp("utk")
+    chosen = utkface_files[::19][:500]
+    for f in chosen:
+        (folder / f.name).symlink_to(f)
+    victim = chosen[7]
+    age = utkface_age(victim)
+    shutil.copy(victim, folder / victim.name.replace(f"{age}_", f"{age + 3}_", 1))
+    out = tmp_path_factory.mktemp("ds")
+    cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=2)
+    summary = build_dataset(cfg, out, progress=False)
+    return cfg, out, summary, victim

@@ -173,19 +173,8 @@ def test_cleaning_drops_conflicts_and_keeps_one_copy(tmp_path, some_faces):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, utkface_files):
-    """A small build from 500 real photos with planted copies (one exact with another age)."""
-    folder = tmp_path_factory.mktemp("utk")
-    chosen = utkface_files[::19][:500]
-    for f in chosen:
-        (folder / f.name).symlink_to(f)
-    victim = chosen[7]
-    age = utkface_age(victim)
-    shutil.copy(victim, folder / victim.name.replace(f"{age}_", f"{age + 3}_", 1))
-    out = tmp_path_factory.mktemp("ds")
-    cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=2)
-    summary = build_dataset(cfg, out, progress=False)
-    return cfg, out, summary, victim
+def built(small_dataset):
+    return small_dataset
 
 
 def _manifest(out: Path) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,30 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    options = json.loads(Path(args.config).read_text()) if args.config else {}
+    for key in ("variant", "init", "epochs", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    card = train(Path(args.data), Path(args.out), TrainConfig.from_dict(options), progress=True)
+    print(json.dumps({k: card[k] for k in ("name", "training", "metrics")}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import as_markdown, evaluate_model
+    from .models import AgeEstimator
+
+    variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
+    estimator = AgeEstimator.from_pretrained(args.model)
+    results = evaluate_model(estimator, Path(args.data), variants)
+    print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import AgeEstimator
 
@@ -247,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_dataset_info)
 
+    p = sub.add_parser("train", help="fine-tune SSR-Net on a data set's training split (paper §3.3)")
+    p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build`")
+    p.add_argument("--out", required=True, help="run folder: model.safetensors/.json, history.json, curves.png (resumes here)")
+    p.add_argument("--variant", choices=("org", "ocl", "org+ocl"), help="faces to train on (default: org+ocl)")
+    p.add_argument("--init", help="imdb, morph2, wiki, megaface_asian, scratch or a checkpoint (default: imdb)")
+    p.add_argument("--epochs", type=int, help="(default: 90)")
+    p.add_argument("--seed", type=int, help="(default: 0)")
+    p.add_argument("--config", help="JSON file of training options (minorage.training.TrainConfig); flags override it")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="MAE, group accuracy, confusion and the minor decision on a test split")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build`")
+    p.add_argument("--variant", choices=("org", "ocl", "both"), default="both", help="(default: %(default)s)")
+    p.add_argument("--format", choices=("md", "json"), default="md", help="(default: %(default)s)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)
     p.set_defaults(func=cmd_info)
@@ -254,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `minorage predict ... | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

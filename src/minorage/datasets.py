@@ -381,7 +381,7 @@ class DatasetConfig:
     test_fraction: float = 0.2
     near_duplicate_bits: int = 4  # chosen on UTKFace, see the README's data set section
     framing: Framing = Framing()
-    detector: DetectorConfig = DetectorConfig()
+    detector: DetectorConfig = DetectorConfig(weights="stock")  # the paper's MTCNN, on unbarred photos
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .config import ADULT_GROUP, AGE_GROUPS, MINOR_LIMIT
 
 
@@ -17,3 +19,88 @@ def age_group(age: float) -> str:
 def is_minor(age: float) -> bool:
     """Under 18 once rounded to whole years, the same rounding as the groups."""
     return int(round(age)) < MINOR_LIMIT
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures over a test set
+
+GROUP_NAMES = tuple(name for name, _, _ in AGE_GROUPS)
+ALL_GROUPS = (*GROUP_NAMES, ADULT_GROUP)
+
+
+def group_index(ages: np.ndarray) -> np.ndarray:
+    """Index into ALL_GROUPS of each age, rounded to whole years (5 = 26+)."""
+    years = np.maximum(0, np.rint(np.asarray(ages, float))).astype(int)
+    edges = np.array([high for _, _, high in AGE_GROUPS])
+    return np.searchsorted(edges, years, side="left")
+
+
+def mae(true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute error in years (the paper's Eq. 1)."""
+    return float(np.mean(np.abs(np.asarray(true, float) - np.asarray(pred, float))))
+
+
+def age_averaged_mae(true: np.ndarray, pred: np.ndarray) -> float:
+    """The MAE of each whole age, averaged over ages: what a test set with the same number of
+    faces per age would give, so a model cannot win by being good at the commonest ages."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    years = np.rint(true).astype(int)
+    return float(np.mean([np.mean(np.abs(true[years == a] - pred[years == a])) for a in np.unique(years)]))
+
+
+def confusion(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Counts (6, 6): rows the true group, columns the predicted one, over ALL_GROUPS."""
+    matrix = np.zeros((len(ALL_GROUPS), len(ALL_GROUPS)), int)
+    np.add.at(matrix, (group_index(true), group_index(pred)), 1)
+    return matrix
+
+
+def group_accuracy(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Per paper group, the share of its faces predicted in it; `Acc` is their mean over the
+    groups present (the paper's Acc)."""
+    matrix = confusion(true, pred)
+    out = {}
+    for g, name in enumerate(GROUP_NAMES):
+        total = matrix[g].sum()
+        if total:
+            out[name] = float(matrix[g, g] / total)
+    out["Acc"] = float(np.mean(list(out.values()))) if out else float("nan")
+    return out
+
+
+def impv(a: float, b: float) -> float:
+    """The paper's Eq. 2: (A - B) / A x 100, B against baseline A. Positive is better for MAE,
+    negative is better for Acc."""
+    return (a - b) / a * 100
+
+
+def minor_decision(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """The forensic question, under 18 or not: recall on minors, specificity on 18-25 year olds
+    and on people aged 26+ (each where present)."""
+    true, pred = np.rint(np.asarray(true, float)), np.rint(np.asarray(pred, float))
+    minor_pred = pred < MINOR_LIMIT
+    out = {}
+    for name, mask, want_minor in (
+        ("minor_recall", true < MINOR_LIMIT, True),
+        ("specificity_18_25", (true >= MINOR_LIMIT) & (true <= 25), False),
+        ("specificity_26plus", true > 25, False),
+    ):
+        if mask.any():
+            out[name] = float(np.mean(minor_pred[mask] == want_minor))
+    if "specificity_26plus" in out:
+        out["adults_called_minors"] = 1 - out["specificity_26plus"]
+    return out
+
+
+def evaluate(true: np.ndarray, pred: np.ndarray) -> dict:
+    """Every measure at once: the paper's on ages 0-25, the forensic ones on all faces."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    young = true <= 25
+    return {
+        "n": int(len(true)),
+        "MAE": mae(true[young], pred[young]) if young.any() else float("nan"),
+        "MAE_age_averaged": age_averaged_mae(true[young], pred[young]) if young.any() else float("nan"),
+        **group_accuracy(true[young], pred[young]),
+        **minor_decision(true, pred),
+        "confusion": confusion(true, pred).tolist(),
+    }

@@ -1,0 +1,63 @@
+"""Age model speed and memory: training seconds per epoch, inference faces/s at batch 1 and
+256 on 2 threads (fp32, and the fast path if the model has one), peak memory.
+
+    .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR]
+
+With --data, the training epoch is timed on that data set's training split (org+ocl) and the
+MAE of each inference path on its test split is printed, to show speed was not bought with
+accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minorage import AgeEstimator, config
+from minorage.metrics import mae
+
+
+def faces_per_second(estimator: AgeEstimator, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
+    estimator.predict(faces[:batch], batch_size=batch)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        estimator.predict(faces[:batch], batch_size=batch)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", help="a data set folder for the training epoch and the MAE check")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    estimator = AgeEstimator.from_pretrained(args.model)
+    faces = np.load(config.ssrnet_fixture())["images"]
+    faces = np.concatenate([faces] * 4)  # 256 real faces
+    report = {"model": args.model, "threads": torch.get_num_threads()}
+    for batch in (1, 256):
+        report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(estimator, faces, batch), 1)
+    if args.data:
+        from minorage.datasets import load_faces
+        from minorage.training import TrainConfig, train
+
+        test = load_faces(Path(args.data), "test", "org+ocl")
+        report["test_mae"] = round(mae(test.ages, estimator.predict(test.faces)), 4)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as run:
+            train(Path(args.data), Path(run), TrainConfig(epochs=1), progress=False)
+        report["training_seconds_per_epoch"] = round(time.perf_counter() - start, 1)
+    report["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

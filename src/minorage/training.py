@@ -1,0 +1,283 @@
+"""Fine-tuning SSR-Net for minors and young adults (the paper's §3.3), and what beats it.
+
+The paper's recipe: start from the IMDB or MORPH weights, ages [0, 25], up to 90 epochs, 80 %
+of the training split to fit and 20 % to validate, keep the epoch with the best validation MAE.
+Everything that changes the result is a field of `TrainConfig`, recorded in the model card:
+the output range V, the loss, age-balanced sampling, augmentation (including occluders of other
+shapes than the paper's bar), the schedule, and what to do with adults older than the range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import metrics
+from .datasets import FaceSet, load_faces
+from .models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, save_checkpoint
+
+INITS = ("imdb", "morph2", "wiki", "megaface_asian", "scratch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice of a training run; the defaults are the paper's recipe."""
+
+    variant: str = "org+ocl"  # org | ocl | org+ocl: which faces to train on
+    init: str = "imdb"  # imdb | morph2 | wiki | megaface_asian | scratch | a checkpoint path
+    epochs: int = 90
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    loss: str = "l1"  # l1 | smooth_l1
+    V: int = 26  # output range [0, V)
+    max_age: int = 25  # ages above are adults: see `adult_target`
+    adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
+    balance: bool = False  # sample every age equally often
+    augment: bool = False  # flips, shifts, zooms, light and colour changes
+    occluders: float = 0.0  # share of faces given a random black occluder
+    val_fraction: float = 0.2
+    seed: int = 0
+    patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the training split, its validation part, targets
+
+
+def validation_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the faces of the validation part: a seeded choice of photos, so a photo's
+    twin goes with it (§3.3: 80 % fit, 20 % validate)."""
+    unique = np.unique(ids)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(unique, size=int(round(len(unique) * fraction)), replace=False).tolist())
+    return np.array([i in chosen for i in ids])
+
+
+def targets(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Training targets: ages in range as they are, adults at `adult_target`."""
+    return np.where(ages > cfg.max_age, cfg.adult_target, ages).astype(np.float32)
+
+
+def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
+    """The training split in the chosen variant; adults only if they have a target."""
+    faces = load_faces(data_dir, "train", cfg.variant)
+    if not cfg.adult_target:
+        faces = faces.subset(faces.ages <= cfg.max_age)
+    return faces
+
+
+def sample_weights(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Per-face sampling weights: every age equally often when balancing (adults as one age)."""
+    if not cfg.balance:
+        return np.ones(len(ages))
+    keys = np.where(ages > cfg.max_age, cfg.max_age + 1, np.rint(ages))
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation on uint8 batches, in torch (no torchvision)
+
+
+def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Float NCHW 0..255 in, the same out: random flip, shift, zoom, small turn, brightness,
+    contrast and colour balance, and (with `occluders`) a random black rectangle."""
+    n = batch.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    if cfg.augment:
+        angle = (u(n) - 0.5) * math.radians(20)
+        scale = 1 + (u(n) - 0.5) * 0.2
+        flip = torch.where(u(n) < 0.5, -1.0, 1.0)
+        shift = (u(n, 2) - 0.5) * 0.16
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+        grid = nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+        batch = nn.functional.grid_sample(batch, grid, padding_mode="border", align_corners=False)
+        contrast = 1 + (u(n, 1, 1, 1) - 0.5) * 0.5
+        brightness = (u(n, 1, 1, 1) - 0.5) * 50
+        colour = 1 + (u(n, 3, 1, 1) - 0.5) * 0.16
+        mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+        batch = ((batch - mean) * contrast + mean + brightness) * colour
+    if cfg.occluders:
+        batch = _random_occluders(batch, cfg.occluders, generator)
+    return batch.clamp(0, 255)
+
+
+def _random_occluders(batch: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Black rectangles of random size and place on a share of the faces (bars elsewhere than
+    the eyes, masks, hands): the model must not rely on any one region."""
+    n, _, h, w = batch.shape
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    hit = u(n) < share
+    bw, bh = (0.3 + 0.7 * u(n)) * w, (0.1 + 0.3 * u(n)) * h
+    x0, y0 = u(n) * (w - bw), u(n) * (h - bh)
+    xs, ys = torch.arange(w).view(1, 1, w), torch.arange(h).view(1, h, 1)
+    inside = (xs >= x0.view(n, 1, 1)) & (xs < (x0 + bw).view(n, 1, 1)) & (ys >= y0.view(n, 1, 1)) & (ys < (y0 + bh).view(n, 1, 1))
+    mask = (inside & hit.view(n, 1, 1)).unsqueeze(1)
+    return batch.masked_fill(mask, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def initial_network(cfg: TrainConfig) -> SSRNet:
+    """SSR-Net with the chosen start: original weights, a checkpoint, or random."""
+    arch = SSRNetConfig(V=cfg.V)
+    if cfg.init == "scratch":
+        return SSRNet(arch)
+    if cfg.init in INITS:
+        source = load_pretrained_network(cfg.init)
+    else:
+        source, _ = load_checkpoint(Path(cfg.init))
+    net = SSRNet(arch)
+    net.load_state_dict(source.state_dict())
+    return net
+
+
+def predict_faces(net: SSRNet, faces: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Ages for uint8 NHWC faces with a network in eval mode."""
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(faces), batch_size):
+            chunk = torch.from_numpy(faces[start : start + batch_size]).permute(0, 3, 1, 2).float()
+            out.append(net(chunk).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _loss(cfg: TrainConfig) -> nn.Module:
+    return {"l1": nn.L1Loss(), "smooth_l1": nn.SmoothL1Loss(beta=2.0)}[cfg.loss]
+
+
+def _lr_at(epoch: int, cfg: TrainConfig) -> float:
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr
+
+
+def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
+    """Validation MAE on ages in range (the model selection criterion), and the age-averaged
+    MAE, with adults' share called minors where adults are trained."""
+    pred = predict_faces(net, val.faces)
+    young = val.ages <= cfg.max_age
+    out = {"val_mae": metrics.mae(val.ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(val.ages[young], pred[young])}
+    if (~young).any():
+        out["val_adults_called_minors"] = float(np.mean(np.rint(pred[~young]) < metrics.MINOR_LIMIT))
+    return out
+
+
+def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) in `out_dir`; writes model.safetensors + model.json, history.json,
+    curves.png. Returns the model card's dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data = training_faces(Path(data_dir), cfg)
+    val_mask = validation_mask(data.ids, cfg.val_fraction, cfg.seed)
+    fit, val = data.subset(~val_mask), data.subset(val_mask)
+    fit_targets = torch.from_numpy(targets(fit.ages, cfg))
+    fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view
+    weights = torch.from_numpy(sample_weights(fit.ages, cfg))
+    net = initial_network(cfg)
+    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"epoch": 0, "history": [], "best": None}
+    resume = out_dir / "resume.pt"
+    if resume.is_file():
+        saved = torch.load(resume, weights_only=True)
+        if saved["config"] == asdict(cfg):
+            net.load_state_dict(saved["net"])
+            optimiser.load_state_dict(saved["optimiser"])
+            generator.set_state(saved["generator"])
+            state = saved["state"]
+    loss_fn = _loss(cfg)
+    started = time.time()
+    epochs = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc="epochs", disable=not progress)
+    for epoch in epochs:
+        for group in optimiser.param_groups:
+            group["lr"] = _lr_at(epoch, cfg)
+        net.train()
+        order = torch.multinomial(weights, len(weights), replacement=True, generator=generator) if cfg.balance else torch.randperm(len(weights), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start : start + cfg.batch_size]
+            if len(index) < 2:
+                continue
+            batch = augment(fit_faces[index].float(), cfg, generator)
+            loss = loss_fn(net(batch), fit_targets[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(index)
+        record = {"epoch": epoch + 1, "train_loss": total / len(order), **_validation_score(net, val, cfg), "lr": _lr_at(epoch, cfg)}
+        state["history"].append(record)
+        if state["best"] is None or record["val_mae"] < state["best"]["val_mae"]:
+            state["best"] = record
+            torch.save(net.state_dict(), out_dir / "best.pt")
+        state["epoch"] = epoch + 1
+        torch.save({"config": asdict(cfg), "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                    "generator": generator.get_state(), "state": state}, resume)
+        epochs.set_postfix(loss=f"{record['train_loss']:.2f}", val_mae=f"{record['val_mae']:.2f}", best=state["best"]["epoch"])
+        if cfg.patience and epoch + 1 - state["best"]["epoch"] >= cfg.patience:
+            break
+    net.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
+    card = _card(data_dir, cfg, state, len(fit), len(val), time.time() - started)
+    save_checkpoint(net, card, out_dir / "model")
+    (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+    plot_curves(state["history"], out_dir / "curves.png")
+    return card.to_dict()
+
+
+def _card(data_dir: Path, cfg: TrainConfig, state: dict, n_fit: int, n_val: int, seconds: float) -> ModelCard:
+    summary_path = Path(data_dir) / "dataset.json"
+    dataset = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    from .config import Framing
+
+    framing = Framing.from_dict(dataset["config"]["framing"]) if dataset else Framing()
+    return ModelCard(
+        name=Path(data_dir).name + f"-{cfg.variant}-{cfg.init}",
+        framing=framing,
+        data={"dataset": str(data_dir), "dataset_config": dataset.get("config", {}), "faces_fit": n_fit, "faces_val": n_val},
+        training={**asdict(cfg), "epochs_run": state["epoch"], "best_epoch": state["best"]["epoch"], "seconds": round(seconds, 1)},
+        metrics={k: v for k, v in state["best"].items() if k.startswith("val_")},
+        licence="trained from SSR-Net weights (Apache-2.0) on UTKFace (non-commercial research only)",
+    )
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and validation MAE per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="training loss")
+    ax.plot(epochs, [h["val_mae"] for h in history], label="validation MAE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("years")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

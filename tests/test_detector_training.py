@@ -1,0 +1,57 @@
+"""Fine-tuning MTCNN on eye-barred faces: a miniature run, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import torch
+
+from minorage.detection import DetectorConfig, FaceDetector, main_face, shipped_weights_dir
+from minorage.detector_training import DetectorTrainingConfig, _flip_points, face_candidates, is_held_out, train_detector
+from minorage.occlusion import occlude
+
+
+def test_miniature_fine_tuning_writes_usable_weights(tmp_path):
+    cfg = DetectorTrainingConfig(photos=12, epochs=1, negative_scales=(1.0,), negatives_per_picture=20)
+    card = train_detector(tmp_path, cfg, progress=False)
+    assert (tmp_path / "rnet.pt").is_file() and (tmp_path / "onet.pt").is_file()
+    assert json.loads((tmp_path / "card.json").read_text())["config"]["photos"] == 12
+    assert card["data"]["samples"]["onet"]["positive"] > 0 and card["data"]["samples"]["onet"]["negative"] > 0
+    FaceDetector(DetectorConfig(weights=str(tmp_path)))  # loads
+
+
+def test_shipped_detector_finds_barred_faces_stock_misses(utkface_files):
+    """On held-out photos (never trained on): the shipped R/O-Net find eye-barred faces."""
+    stock, shipped = FaceDetector(DetectorConfig(weights="stock")), FaceDetector(DetectorConfig(weights="occlusion"))
+    held = [p for p in utkface_files[::23] if is_held_out(p)][:60]
+    found = {"stock": 0, "shipped": 0}
+    total = 0
+    for path in held:
+        image = cv2.imread(str(path))
+        face = main_face(stock.detect(image), image.shape)
+        if face is None:
+            continue
+        barred, _ = occlude(image, face)
+        total += 1
+        found["stock"] += bool(stock.detect(barred))
+        found["shipped"] += bool(shipped.detect(barred))
+    assert total >= 50
+    assert found["shipped"] >= 0.95 * total and found["shipped"] > found["stock"] + 0.2 * total
+    assert json.loads((shipped_weights_dir() / "card.json").read_text())["config"]["photos"] == 3000
+
+
+def test_candidates_are_labelled_by_overlap():
+    from minorage.detection import Face
+
+    truth = Face((50, 50, 150, 170), 0.99, np.zeros((5, 2)))
+    proposals = np.array([[52, 55, 152, 155, 0.9], [300, 300, 400, 400, 0.8], [90, 90, 190, 190, 0.7]])
+    boxes, labels = face_candidates(proposals, truth, np.random.default_rng(0), DetectorTrainingConfig())
+    assert set(labels.tolist()) <= {1, 0, -1} and (labels == 1).any() and (labels == 0).any()
+
+
+def test_mirrored_point_targets_swap_sides():
+    points = torch.tensor([[0.3, 0.7, 0.5, 0.35, 0.65, 0.4, 0.42, 0.6, 0.8, 0.82]])
+    flipped = _flip_points(points, torch.tensor([True]))
+    assert torch.allclose(flipped, torch.tensor([[0.3, 0.7, 0.5, 0.35, 0.65, 0.42, 0.4, 0.6, 0.82, 0.8]]))

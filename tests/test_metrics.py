@@ -1,0 +1,60 @@
+"""The paper's measures and the forensic ones, against examples computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minorage import metrics
+
+
+def test_groups_round_ages_first():
+    ages = np.array([0, 5.4, 5.5, 10.49, 15.6, 17.49, 17.5, 25.4, 25.5, 40])
+    names = [metrics.ALL_GROUPS[i] for i in metrics.group_index(ages)]
+    assert names == ["0-5", "0-5", "6-10", "6-10", "16-17", "16-17", "18-25", "18-25", "26+", "26+"]
+    assert [metrics.age_group(a) for a in (5.4, 5.5, 25.5)] == ["0-5", "6-10", "26+"]
+
+
+def test_mae_and_age_averaged_mae():
+    true = np.array([2, 2, 2, 20])
+    pred = np.array([3, 3, 3, 30])
+    assert metrics.mae(true, pred) == pytest.approx((1 + 1 + 1 + 10) / 4)
+    # per age: age 2 -> 1, age 20 -> 10; averaged over the two ages
+    assert metrics.age_averaged_mae(true, pred) == pytest.approx(5.5)
+
+
+def test_group_accuracy_is_the_mean_over_groups():
+    true = np.array([1, 2, 3, 7, 8, 12, 16, 20, 21])
+    pred = np.array([1, 9, 3, 7, 12, 12, 19, 20, 30])
+    acc = metrics.group_accuracy(true, pred)
+    # [0-5]: 2/3, [6-10]: 1/2, [11-15]: 1/1, [16-17]: 0/1, [18-25]: 1/2
+    assert acc["0-5"] == pytest.approx(2 / 3) and acc["6-10"] == 0.5 and acc["11-15"] == 1.0
+    assert acc["16-17"] == 0.0 and acc["18-25"] == 0.5
+    assert acc["Acc"] == pytest.approx((2 / 3 + 0.5 + 1 + 0 + 0.5) / 5)
+
+
+def test_confusion_counts():
+    matrix = metrics.confusion(np.array([1, 1, 16, 30]), np.array([1, 7, 18, 17]))
+    assert matrix.sum() == 4 and matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[3, 4] == 1 and matrix[5, 3] == 1
+
+
+def test_impv_follows_equation_2():
+    assert metrics.impv(7.26, 4.07) == pytest.approx(43.94, abs=0.01)  # the paper's headline
+    assert metrics.impv(20.0, 39.2) == pytest.approx(-96.0)  # for Acc, negative is better
+
+
+def test_minor_decision():
+    true = np.array([5, 10, 17, 17, 18, 24, 30, 50])
+    pred = np.array([6, 19, 17.4, 17.6, 16, 22, 20, 12])
+    out = metrics.minor_decision(true, pred)
+    # minors: 5->6 yes, 10->19 no, 17->17 yes, 17->18 (17.6 rounds up) no: 2/4
+    assert out["minor_recall"] == 0.5
+    assert out["specificity_18_25"] == 0.5  # 18->16 wrong, 24->22 right
+    assert out["specificity_26plus"] == 0.5 and out["adults_called_minors"] == 0.5
+
+
+def test_evaluate_leaves_adults_out_of_the_paper_measures():
+    true = np.array([3, 12, 20, 45])
+    pred = np.array([3, 12, 20, 10])
+    out = metrics.evaluate(true, pred)
+    assert out["MAE"] == 0 and out["Acc"] == 1.0 and out["adults_called_minors"] == 1.0 and out["n"] == 4
