@@ -76,3 +76,19 @@ def test_missing_shared_file_names_path_and_source(tmp_path, monkeypatch):
         AgeEstimator.from_pretrained("imdb")
     message = str(info.value)
     assert str(tmp_path / "weights" / "ssrnet" / "imdb.h5") in message and "SSR-Net repository" in message
+
+
+def test_ensemble_averages_its_members(tmp_path, reference):
+    from minorage.models import combine_checkpoints
+
+    paths = []
+    for name in ("imdb", "morph2"):
+        estimator = AgeEstimator.from_pretrained(name)
+        paths.append(save_checkpoint(estimator.net, ModelCard(name=name), tmp_path / name))
+    net, card = combine_checkpoints(paths, mirror=False, name="pair")
+    path = save_checkpoint(net, card, tmp_path / "pair")
+    ensemble = AgeEstimator.from_pretrained(path)
+    expected = (reference["age_imdb"] + reference["age_morph2"]) / 2
+    np.testing.assert_allclose(ensemble.predict(reference["images"]), expected, atol=1e-3)
+    mirrored, card = combine_checkpoints(paths, mirror=True, name="pair-mirror")
+    assert card.training["mirror"] and len(mirrored.members) == 2

@@ -178,6 +178,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .models import combine_checkpoints, save_checkpoint
+
+    net, card = combine_checkpoints([Path(m) for m in args.models], args.mirror, args.name or Path(args.out).stem)
+    path = save_checkpoint(net, card, Path(args.out))
+    print(f"minorage combine: {len(net.members)} SSR-Nets{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import AgeEstimator
 
@@ -288,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=("org", "ocl", "both"), default="both", help="(default: %(default)s)")
     p.add_argument("--format", choices=("md", "json"), default="md", help="(default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("combine", help="average several trained models into one (e.g. the Org and Ocl models)")
+    p.add_argument("models", nargs="+", help="checkpoints (.safetensors) to average")
+    p.add_argument("--out", required=True, help="the ensemble's checkpoint path")
+    p.add_argument("--mirror", action="store_true", help="also average each model over the mirrored face")
+    p.add_argument("--name", help="the model card's name (default: the file name)")
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

@@ -136,6 +136,23 @@ class SSRNet(nn.Module):
         return self.merge(self.stage_outputs(x))
 
 
+class AveragedSSRNet(nn.Module):
+    """Several SSR-Nets (e.g. the Org and the Ocl model, the paper's future work), optionally
+    each also on the mirrored face; the age is the mean of all their outputs."""
+
+    def __init__(self, members: list[SSRNet], mirror: bool = False):
+        super().__init__()
+        if not members or len({m.cfg for m in members}) != 1:
+            raise ValueError("an ensemble needs one or more SSR-Nets of the same configuration")
+        self.members = nn.ModuleList(members)
+        self.mirror = mirror
+        self.cfg = members[0].cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = [x, x.flip(3)] if self.mirror else [x]
+        return torch.stack([m(v) for m in self.members for v in views]).mean(dim=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The original Keras weights
 
@@ -225,12 +242,15 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     licence: str = ""
+    members: int = 1  # SSR-Nets averaged (an ensemble when above 1)
+    mirror: bool = False  # each also averaged over the mirrored face
 
     def to_dict(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "name": self.name,
-            "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages)},
+            "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages),
+                             "members": self.members, "mirror": self.mirror},
             "framing": self.framing.to_dict(),
             "data": self.data,
             "training": self.training,
@@ -244,6 +264,8 @@ class ModelCard:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} model card (format={data.get('format')!r})")
         return cls(
             architecture=SSRNetConfig.from_dict(data["architecture"]),
+            members=int(data["architecture"].get("members", 1)),
+            mirror=bool(data["architecture"].get("mirror", False)),
             framing=Framing.from_dict(data["framing"]),
             name=data.get("name", ""),
             data=data.get("data", {}),
@@ -258,20 +280,22 @@ def card_path(weights_path: Path) -> Path:
     return weights_path.with_suffix(".json")
 
 
-def save_checkpoint(net: SSRNet, card: ModelCard, path: Path) -> Path:
+def save_checkpoint(net: SSRNet | AveragedSSRNet, card: ModelCard, path: Path) -> Path:
     """Write `path` (.safetensors) and its card (.json); returns the weights path."""
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     card.architecture = net.cfg
+    ensemble = isinstance(net, AveragedSSRNet)
+    card.members, card.mirror = (len(net.members), net.mirror) if ensemble else (1, False)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
     card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[SSRNet, ModelCard]:
+def load_checkpoint(path: Path) -> tuple[SSRNet | AveragedSSRNet, ModelCard]:
     """Read a checkpoint written by `save_checkpoint` (safetensors: no code is unpickled)."""
     from safetensors.torch import load_file
 
@@ -285,12 +309,31 @@ def load_checkpoint(path: Path) -> tuple[SSRNet, ModelCard]:
     if not path.is_file() or not card_path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (needs {path.name} and {card_path(path).name})")
     card = ModelCard.from_dict(json.loads(card_path(path).read_text()))
-    net = SSRNet(card.architecture)
+    members = [SSRNet(card.architecture) for _ in range(card.members)]
+    net = AveragedSSRNet(members, card.mirror) if card.members > 1 or card.mirror else members[0]
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
     real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if real_missing or unexpected:
         raise RuntimeError(f"{path}: missing {real_missing}, unexpected {unexpected}")
     return net.eval(), card
+
+
+def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedSSRNet, ModelCard]:
+    """One ensemble of several trained checkpoints (same architecture and framing); the card
+    keeps each member's card."""
+    loaded = [load_checkpoint(Path(p)) for p in paths]
+    members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedSSRNet) else [net])]
+    framings = {card.framing for _, card in loaded}
+    if len(framings) != 1:
+        raise ValueError(f"members frame faces differently: {framings}")
+    card = ModelCard(
+        name=name,
+        framing=framings.pop(),
+        data={"members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
+        training={"ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        licence=loaded[0][1].licence,
+    )
+    return AveragedSSRNet(members, mirror), card
 
 
 def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:

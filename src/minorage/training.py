@@ -195,9 +195,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     val_mask = validation_mask(data.ids, cfg.val_fraction, cfg.seed)
     fit, val = data.subset(~val_mask), data.subset(val_mask)
     fit_targets = torch.from_numpy(targets(fit.ages, cfg))
-    fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view
+    fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view of NHWC memory
     weights = torch.from_numpy(sample_weights(fit.ages, cfg))
-    net = initial_network(cfg)
+    net = initial_network(cfg).to(memory_format=torch.channels_last)  # about 2x faster on CPU
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "history": [], "best": None}
@@ -222,7 +222,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             index = order[start : start + cfg.batch_size]
             if len(index) < 2:
                 continue
-            batch = augment(fit_faces[index].float(), cfg, generator)
+            batch = augment(fit_faces[index].float(), cfg, generator).contiguous(memory_format=torch.channels_last)
             loss = loss_fn(net(batch), fit_targets[index])
             optimiser.zero_grad()
             loss.backward()
