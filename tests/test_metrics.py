@@ -58,3 +58,11 @@ def test_evaluate_leaves_adults_out_of_the_paper_measures():
     pred = np.array([3, 12, 20, 10])
     out = metrics.evaluate(true, pred)
     assert out["MAE"] == 0 and out["Acc"] == 1.0 and out["adults_called_minors"] == 1.0 and out["n"] == 4
+
+
+def test_minor_threshold_calibration_reaches_the_recall():
+    true = np.array([10, 15, 16, 17, 17, 20, 22])
+    pred = np.array([11, 16, 17.2, 17.8, 18.6, 21, 23])
+    assert metrics.calibrate_minor_threshold(true, pred, 0.5) == 17.5  # 3 of 5 already below 17.5
+    below = metrics.calibrate_minor_threshold(true, pred, 1.0)
+    assert below == pytest.approx(18.7) and metrics.minor_decision(true, pred, below)["minor_recall"] == 1.0

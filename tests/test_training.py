@@ -36,7 +36,7 @@ def test_training_is_reproducible_and_resumes(small_dataset, tmp_path):
     # b stopped after epoch 1; run it on to 2 epochs: it resumes from its saved state
     (tmp_path / "b" / "resume.pt").replace(tmp_path / "b" / "resume_1.pt")
     saved = torch.load(tmp_path / "b" / "resume_1.pt", weights_only=True)
-    saved["config"]["epochs"] = 2
+    saved["config"]["epochs"] = 2  # as if it had been asked for 2 from the start
     torch.save(saved, tmp_path / "b" / "resume.pt")
     train(data, tmp_path / "b", cfg, progress=False)
     history_a = json.loads((tmp_path / "a" / "history.json").read_text())

@@ -25,7 +25,9 @@ AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("18-25", 18, 25),
 )
 ADULT_GROUP = "26+"
-MINOR_LIMIT = 18  # an age below this is a minor
+MINOR_LIMIT = 18  # a true age below this is a minor
+MINOR_BELOW = 17.5  # an estimate below this is flagged "probably a minor" (rounds to 17 or less),
+# unless the model's card sets its own threshold, calibrated on validation faces
 
 HOW_TO_OBTAIN = {
     "ssrnet": (

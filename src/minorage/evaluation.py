@@ -18,7 +18,7 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
     results = {}
     for variant in variants:
         faces = load_faces(data_dir, split, variant)
-        results[variant] = metrics.evaluate(faces.ages, estimator.predict(faces.faces))
+        results[variant] = metrics.evaluate(faces.ages, estimator.predict(faces.faces), estimator.minor_below)
     return results
 
 
@@ -30,7 +30,8 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         ("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"),
         *[(f"accuracy [{g}]", g, "{:.1%}") for g in metrics.GROUP_NAMES],
         ("Acc (mean of the groups)", "Acc", "{:.1%}"),
-        ("minors' recall (< 18 called < 18)", "minor_recall", "{:.1%}"),
+        ("minor flag threshold (estimate below)", "minor_below", "{:.1f}"),
+        ("minors' recall (< 18 flagged)", "minor_recall", "{:.1%}"),
         ("specificity on 18-25", "specificity_18_25", "{:.1%}"),
         ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),
     ]

@@ -50,32 +50,32 @@ class _Image:
     image: np.ndarray | None = None  # kept only to annotate
 
 
-def _face_row(path: Path, index: int | None, face: Face | None, age: float) -> dict:
-    row = {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age), "status": "ok"}
+def _face_row(path: Path, index: int | None, face: Face | None, age: float, minor_below: float) -> dict:
+    row = {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age, minor_below), "status": "ok"}
     if face is not None:
         info = face.to_dict()
         row.update({"face": index, "score": info["score"], "box": info["box"], "eyes": info["eyes"]})
     return row
 
 
-def _rows(item: _Image, ages: Iterator[float], crops_mode: bool) -> list[dict]:
+def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, minor_below: float) -> list[dict]:
     if item.error is not None:
         return [{"path": str(item.path), "status": item.error.status, "error": str(item.error)}]
     if not item.faces:
         return [{"path": str(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item.path, None if crops_mode else i, face, next(ages))
+        _face_row(item.path, None if crops_mode else i, face, next(ages), minor_below)
         for i, face in enumerate(item.faces)
     ]
 
 
-def annotate(image: np.ndarray, faces: list[Face], ages: list[float]) -> np.ndarray:
+def annotate(image: np.ndarray, faces: list[Face], ages: list[float], minor_below: float) -> np.ndarray:
     """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 400))
     for face, age in zip(faces, ages):
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        colour = (0, 0, 255) if is_minor(age) else (0, 200, 0)
+        colour = (0, 0, 255) if is_minor(age, minor_below) else (0, 200, 0)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         label = f"{age:.1f}"
         scale = max(0.4, face.width / 160)
@@ -123,10 +123,10 @@ class Predictor:
             position += len(item.crops)
             if item.image is not None and item.faces:
                 self.write_annotation(item, [float(a) for a in mine])
-            yield from _rows(item, iter(mine), self.options.crops)
+            yield from _rows(item, iter(mine), self.options.crops, self.estimator.minor_below)
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
-        write_image(self.options.annotate_dir / item.relative, annotate(item.image, item.faces, ages))
+        write_image(self.options.annotate_dir / item.relative, annotate(item.image, item.faces, ages, self.estimator.minor_below))
 
     def run(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[dict]:
         files = list(iter_files(paths))

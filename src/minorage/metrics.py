@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ADULT_GROUP, AGE_GROUPS, MINOR_LIMIT
+from .config import ADULT_GROUP, AGE_GROUPS, MINOR_BELOW, MINOR_LIMIT
 
 
 def age_group(age: float) -> str:
@@ -16,9 +16,10 @@ def age_group(age: float) -> str:
     return ADULT_GROUP
 
 
-def is_minor(age: float) -> bool:
-    """Under 18 once rounded to whole years, the same rounding as the groups."""
-    return int(round(age)) < MINOR_LIMIT
+def is_minor(age: float, below: float = MINOR_BELOW) -> bool:
+    """The "probably a minor" flag: the estimate is below the threshold (by default, under 18
+    once rounded, the same rounding as the groups)."""
+    return bool(age < below)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,11 +75,11 @@ def impv(a: float, b: float) -> float:
     return (a - b) / a * 100
 
 
-def minor_decision(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """The forensic question, under 18 or not: recall on minors, specificity on 18-25 year olds
-    and on people aged 26+ (each where present)."""
-    true, pred = np.rint(np.asarray(true, float)), np.rint(np.asarray(pred, float))
-    minor_pred = pred < MINOR_LIMIT
+def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[str, float]:
+    """The forensic question, under 18 or not (flagged when the estimate is below `below`):
+    recall on minors, specificity on 18-25 year olds and on people aged 26+ (where present)."""
+    true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
+    minor_pred = pred < below
     out = {}
     for name, mask, want_minor in (
         ("minor_recall", true < MINOR_LIMIT, True),
@@ -92,7 +93,19 @@ def minor_decision(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return out
 
 
-def evaluate(true: np.ndarray, pred: np.ndarray) -> dict:
+def calibrate_minor_threshold(true: np.ndarray, pred: np.ndarray, recall: float) -> float:
+    """The lowest flag threshold (from 17.5 up, in steps of 0.1 year) whose recall on the
+    minors among these (validation) faces reaches `recall`."""
+    true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
+    minors = pred[true < MINOR_LIMIT]
+    for step in range(int(round((25 - MINOR_BELOW) * 10)) + 1):
+        below = round(MINOR_BELOW + step / 10, 1)
+        if np.mean(minors < below) >= recall:
+            return below
+    return 25.0
+
+
+def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict:
     """Every measure at once: the paper's on ages 0-25, the forensic ones on all faces."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     young = true <= 25
@@ -101,6 +114,7 @@ def evaluate(true: np.ndarray, pred: np.ndarray) -> dict:
         "MAE": mae(true[young], pred[young]) if young.any() else float("nan"),
         "MAE_age_averaged": age_averaged_mae(true[young], pred[young]) if young.any() else float("nan"),
         **group_accuracy(true[young], pred[young]),
-        **minor_decision(true, pred),
+        **minor_decision(true, pred, below),
+        "minor_below": below,
         "confusion": confusion(true, pred).tolist(),
     }

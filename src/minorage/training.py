@@ -48,6 +48,11 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
+    minor_recall: float = 0.0  # calibrate the minor flag to this recall on validation; 0 = 17.5
+
+    def resume_key(self) -> dict:
+        """The options that decide the weights (the flag's calibration comes after them)."""
+        return {k: v for k, v in asdict(self).items() if k != "minor_recall"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -181,7 +186,7 @@ def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
     young = val.ages <= cfg.max_age
     out = {"val_mae": metrics.mae(val.ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(val.ages[young], pred[young])}
     if (~young).any():
-        out["val_adults_called_minors"] = float(np.mean(np.rint(pred[~young]) < metrics.MINOR_LIMIT))
+        out["val_adults_called_minors"] = float(np.mean(pred[~young] < metrics.MINOR_BELOW))
     return out
 
 
@@ -204,7 +209,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     resume = out_dir / "resume.pt"
     if resume.is_file():
         saved = torch.load(resume, weights_only=True)
-        if saved["config"] == asdict(cfg):
+        if saved["config"] == cfg.resume_key():
             net.load_state_dict(saved["net"])
             optimiser.load_state_dict(saved["optimiser"])
             generator.set_state(saved["generator"])
@@ -234,13 +239,15 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             state["best"] = record
             torch.save(net.state_dict(), out_dir / "best.pt")
         state["epoch"] = epoch + 1
-        torch.save({"config": asdict(cfg), "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+        torch.save({"config": cfg.resume_key(), "net": net.state_dict(), "optimiser": optimiser.state_dict(),
                     "generator": generator.get_state(), "state": state}, resume)
         epochs.set_postfix(loss=f"{record['train_loss']:.2f}", val_mae=f"{record['val_mae']:.2f}", best=state["best"]["epoch"])
         if cfg.patience and epoch + 1 - state["best"]["epoch"] >= cfg.patience:
             break
     net.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
     card = _card(data_dir, cfg, state, len(fit), len(val), time.time() - started)
+    if cfg.minor_recall:
+        card.minor_below = metrics.calibrate_minor_threshold(val.ages, predict_faces(net, val.faces), cfg.minor_recall)
     save_checkpoint(net, card, out_dir / "model")
     (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
     plot_curves(state["history"], out_dir / "curves.png")
