@@ -237,3 +237,29 @@ def test_same_seed_same_manifest_and_resume(built, tmp_path):
     assert (again / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
     summary = json.loads((again / "dataset.json").read_text())
     assert summary["faces"] == json.loads((out / "dataset.json").read_text())["faces"]
+
+
+def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface_files):
+    """All 9,977 UTKFace photos: after cleaning no two photos are copies (bytes or hash), no
+    conflicting group survives, the split never separates copies, counts stay within N."""
+    from minorage.datasets import _Cache, assign_splits, fingerprint, select_balanced
+
+    records = read_utkface(utkface_files[0].parent).records
+    photos, unreadable = fingerprint(records, _Cache(tmp_path, "k"), 10**8, progress=False)
+    assert len(photos) == 9977 and not unreadable
+    kept, dropped = clean_labels(photos, 4)
+    assert all(len(group) == 1 for group in duplicate_groups(kept, 4))  # no copies left at all
+    conflicted = {d["source_path"] for d in dropped if d["reason"].startswith("conflicting")}
+    assert len(conflicted) > 100 and not conflicted & {str(p.record.path) for p in kept}
+    chosen, shortfall = select_balanced(kept, range(0, 26), 100, seed=0)
+    counts = {}
+    for p in chosen:
+        counts[p.record.age] = counts.get(p.record.age, 0) + 1
+    assert max(counts.values()) <= 100 and shortfall[0] == 100 and 11 in shortfall
+    split = assign_splits(chosen, 0.2, seed=0)
+    assert split == assign_splits(list(reversed(chosen)), 0.2, seed=0)  # stable, order-free
+    # every copy of a chosen photo (its dropped duplicates) would land on the same side: they
+    # share the kept photo's group, and groups are never split because only one photo remains
+    test_share = sum(s == "test" for s in split.values()) / len(split)
+    assert 0.18 <= test_share <= 0.22
+    assert select_balanced(kept, range(0, 26), 100, seed=0)[0] == chosen

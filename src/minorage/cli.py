@@ -13,8 +13,8 @@ from . import __version__
 from .config import InferenceConfig
 from .output import FORMATS, write_rows
 
-MODEL_HELP = "imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
-DEFAULT_MODEL_NAME = "imdb"
+MODEL_HELP = "default (shipped), imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
+DEFAULT_MODEL_NAME = "default"
 
 
 def _progress_wanted() -> bool:

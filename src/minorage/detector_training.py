@@ -53,6 +53,7 @@ class DetectorTrainingConfig:
     negatives_per_picture: int = 300  # per scale and mirror image
     negative_scales: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
     pad: float = 0.25  # photos are tight crops: detected padded, as `FaceDetector.detect_padded`
+    rotate: float = 25.0  # half the photos turned by up to this many degrees, so points follow a tilt
 
 
 def is_held_out(path: Path, every: int = 5) -> bool:
@@ -162,6 +163,10 @@ def build_samples(photos: list[Path], cfg: DetectorTrainingConfig, progress: boo
         image = cv2.imread(str(path))
         pad = int(round(cfg.pad * max(image.shape[:2])))
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        if cfg.rotate and rng.random() < 0.5:
+            h, w = padded.shape[:2]
+            turn = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-cfg.rotate, cfg.rotate), 1.0)
+            padded = cv2.warpAffine(padded, turn, (w, h), borderValue=(0, 0, 0))
         truth = main_face(stock.cascade(padded), padded.shape)
         if truth is None:
             continue

@@ -123,8 +123,7 @@ class SSRNet(nn.Module):
     def merge(self, outputs) -> torch.Tensor:
         """Soft stagewise regression: age = V * sum_k sum_i (i + l*eta_ki) p_ki / prod_j s_j(1+d*delta_j)."""
         cfg = self.cfg
-        age = torch.zeros(outputs[0][0].shape[0], device=outputs[0][0].device)
-        width = torch.ones_like(age)
+        age, width = 0.0, 1.0
         for (p, delta, eta), bins in zip(outputs, cfg.stages):
             # (1 + delta) reaches 0 only when tanh saturates at -1 (untrained nets): keep it finite
             width = width * bins * (1 + cfg.lambda_d * delta[:, 0]).clamp_min(1e-6)

@@ -1,0 +1,46 @@
+"""The shipped default model: loads with no shared folder, ages real faces plausibly."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from minorage import AgeEstimator, config
+from minorage.framing import crop_box, frame_face
+from minorage.models import packaged_model_path
+
+from .conftest import utkface_age
+
+
+def test_default_model_is_small_and_documented():
+    path = packaged_model_path()
+    assert path.is_file() and path.stat().st_size < 1_000_000
+    estimator = AgeEstimator.from_pretrained("default")
+    info = estimator.describe()
+    assert info["age_range"] == [0, 25] and info["training"]["best_epoch"] >= 1
+    assert info["data"]["dataset_config"]["sources"] and info["metrics"]["val_mae"] < 5
+    assert 17.5 <= estimator.minor_below <= 21
+
+
+def test_default_model_needs_no_shared_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.SHARED_ENV, str(tmp_path / "nothing-here"))
+    estimator = AgeEstimator.from_pretrained("default")
+    ages = estimator.predict(np.full((2, 64, 64, 3), 128, np.uint8))
+    assert ages.shape == (2,) and np.all(np.isfinite(ages))
+
+
+def test_default_model_ages_real_faces(utkface_files):
+    estimator = AgeEstimator.from_pretrained("default")
+    picks = {"babies": (1, 2), "children": (8, 10), "adults": (40, 60)}
+    ages = {}
+    for name, (low, high) in picks.items():
+        files = [f for f in utkface_files if low <= utkface_age(f) <= high][::7][:30]
+        faces = []
+        for f in files:
+            image = cv2.imread(str(f))
+            faces.append(frame_face(image, crop_box(image, 1.0), estimator.framing))
+        ages[name] = estimator.predict(np.stack(faces))
+    assert np.median(ages["babies"]) < 5
+    assert 5 <= np.median(ages["children"]) <= 13
+    assert np.mean(ages["adults"] < estimator.minor_below) <= 0.1  # adults are not called minors
