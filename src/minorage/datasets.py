@@ -285,8 +285,8 @@ def clean_labels(photos: list[Photo], max_bits: int) -> tuple[list[Photo], list[
         members = sorted((photos[i] for i in group), key=lambda p: (p.record.source, str(p.record.path)))
         ages = sorted({p.record.age for p in members})
         if len(ages) > 1:
-            reason = f"conflicting ages {ages} among {len(members)} copies"
-            dropped += [_dropped(p, reason, members[0]) for p in members]
+            detail = f" {ages} among {len(members)} copies"
+            dropped += [_dropped(p, "conflicting ages", members[0], detail) for p in members]
             continue
         kept.append(members[0])
         dropped += [_dropped(p, _copy_kind(p, members[0]), members[0]) for p in members[1:]]
@@ -298,9 +298,9 @@ def _copy_kind(photo: Photo, keeper: Photo) -> str:
     return "exact duplicate" if photo.sha256 == keeper.sha256 else "near duplicate"
 
 
-def _dropped(photo: Photo, reason: str, keeper: Photo) -> dict:
+def _dropped(photo: Photo, kind: str, keeper: Photo, detail: str = "") -> dict:
     return {"source": photo.record.source, "source_path": str(photo.record.path), "sha256": photo.sha256,
-            "age": photo.record.age, "reason": reason, "group_of": str(keeper.record.path)}
+            "age": photo.record.age, "kind": kind, "reason": kind + detail, "group_of": str(keeper.record.path)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,8 +516,8 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
         "records": len(records),
         "skipped_by_readers": len(skipped),
         "unreadable": len(unreadable),
-        "cleaning": dict(Counter(d["reason"].split(" [")[0].split(" among")[0] for d in dropped)),
-        "groups_with_conflicting_ages": len({d["group_of"] for d in dropped if d["reason"].startswith("conflicting")}),
+        "cleaning": dict(Counter(d["kind"] for d in dropped)),
+        "groups_with_conflicting_ages": len({d["group_of"] for d in dropped if d["kind"] == "conflicting ages"}),
         "after_cleaning": len(kept),
         "selected": len(chosen),
         "shortfall_per_age": shortfall,
