@@ -9,6 +9,7 @@ import torch
 
 from minorage import AgeEstimator
 from minorage.cli import main
+from minorage.datasets import load_faces
 from minorage.training import TrainConfig, augment, sample_weights, train, validation_mask
 
 
@@ -75,3 +76,29 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
         assert np.array(variant["confusion"]).sum() == variant["n"]
     main(["evaluate", "--model", "imdb", "--data", str(data)])
     assert "| Acc (mean of the groups) |" in capsys.readouterr().out
+
+
+def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path):
+    """Adults trained at a target past 25 (V = 31) push them away from the minor flag; the model
+    still reports ages on [0, 25], "25" meaning 25 or older."""
+    _, data, _, _ = small_dataset
+    train(data, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, V=31, adult_target=30), progress=False)
+    estimator = AgeEstimator.from_pretrained(tmp_path / "run" / "model.safetensors")
+    assert estimator.card.max_age == 25 and estimator.net.cfg.V == 31
+    faces = np.load(data / "faces" / "test_org.npz")["faces"]
+    with torch.no_grad():
+        raw = estimator.runtime(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
+    ages = estimator.predict(faces)
+    np.testing.assert_allclose(ages, np.minimum(raw, 25), atol=1e-4)
+    assert ages.max() <= 25
+
+
+def test_per_age_cap_keeps_twins_and_is_order_free(small_dataset):
+    _, data, _, _ = small_dataset
+    faces = load_faces(data, "train", "org+ocl")
+    capped = faces.cap_per_age(3, seed=0)
+    ages, counts = np.unique(np.rint(capped.ages), return_counts=True)
+    assert counts.max() == 6 and set(capped.ids[capped.variants == "org"]) == set(capped.ids[capped.variants == "ocl"])
+    order = np.random.default_rng(1).permutation(len(faces))
+    shuffled = faces.subset(order).cap_per_age(3, seed=0)
+    assert set(shuffled.ids) == set(capped.ids)

@@ -187,6 +187,24 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment_run(args: argparse.Namespace) -> int:
+    from .experiments import load_config, run
+
+    cfg = load_config(Path(args.config))
+    out = Path(args.out or Path("runs/experiments") / Path(args.config).stem)
+    results = run(cfg, out, progress=True)
+    print(f"minorage experiment run: {len(results)} cells finished in {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_experiment_report(args: argparse.Namespace) -> int:
+    from .experiments import report
+
+    for path in report(Path(args.dir), Path(args.out)):
+        print(path)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import AgeEstimator
 
@@ -304,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="store_true", help="also average each model over the mirrored face")
     p.add_argument("--name", help="the model card's name (default: the file name)")
     p.set_defaults(func=cmd_combine)
+
+    exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")
+    exp_sub = exp.add_subparsers(dest="experiment_command", required=True)
+    p = exp_sub.add_parser("run", help="train and test every cell of a grid (finished cells are skipped)")
+    p.add_argument("config", help="a grid YAML file, e.g. experiments/paper.yaml")
+    p.add_argument("--out", help="run folder (default: runs/experiments/<config name>)")
+    p.set_defaults(func=cmd_experiment_run)
+    p = exp_sub.add_parser("report", help="tables, figures and summary from a run folder")
+    p.add_argument("dir", help="the run folder of `minorage experiment run`")
+    p.add_argument("--out", default="results/paper", help="(default: %(default)s)")
+    p.set_defaults(func=cmd_experiment_report)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

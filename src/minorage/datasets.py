@@ -577,6 +577,19 @@ class FaceSet:
     def subset(self, mask: np.ndarray) -> "FaceSet":
         return FaceSet(self.faces[mask], self.ages[mask], self.ids[mask], self.variants[mask])
 
+    def cap_per_age(self, per_age: int, seed: int = 0) -> "FaceSet":
+        """At most `per_age` photos of each whole age, a seeded choice that does not depend
+        on the order of the faces; a photo's Org and Ocl faces stay together (the paper's
+        training sizes: N photos per age)."""
+        photos = sorted(set(zip(self.ids.tolist(), np.rint(self.ages).astype(int).tolist())))
+        rng = np.random.default_rng(seed)
+        keys = rng.permutation(len(photos))
+        kept: set = set()
+        for age in {a for _, a in photos}:
+            mine = sorted((k, i) for k, (i, a) in zip(keys, photos) if a == age)
+            kept.update(i for _, i in mine[:per_age])
+        return self.subset(np.isin(self.ids, list(kept)))
+
 
 def load_faces(data_dir: Path, split: str, variant: str = "org") -> FaceSet:
     """One split's faces in one call; variant "org", "ocl" or "org+ocl" (both, twins share ids)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,22 @@ from .models import AgeEstimator
 VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
 
 
-def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test") -> dict[str, dict]:
-    """Every measure of `metrics.evaluate` per variant of the split."""
+def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
+                   per_age: int = 0) -> dict[str, dict]:
+    """Every measure of `metrics.evaluate` per variant of the split, with the model's flag."""
+    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below)
+
+
+def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
+                       split: str = "test", per_age: int = 0, minor_below: float = metrics.MINOR_BELOW) -> dict[str, dict]:
+    """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
+    each age when set: the paper's test sets grow with the training size)."""
     results = {}
     for variant in variants:
         faces = load_faces(data_dir, split, variant)
-        results[variant] = metrics.evaluate(faces.ages, estimator.predict(faces.faces), estimator.minor_below)
+        if per_age:
+            faces = faces.cap_per_age(per_age)
+        results[variant] = metrics.evaluate(faces.ages, predict(faces.faces), minor_below)
     return results
 
 

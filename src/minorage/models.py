@@ -260,6 +260,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     licence: str = ""
     minor_below: float = config.MINOR_BELOW  # the "probably a minor" flag: an estimate below this
+    max_age: float | None = None  # estimates above are reported as this ("this age or older")
     members: int = 1  # SSR-Nets averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
 
@@ -270,7 +271,7 @@ class ModelCard:
             "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages),
                              "members": self.members, "mirror": self.mirror},
             "framing": self.framing.to_dict(),
-            "decision": {"minor_below": self.minor_below},
+            "decision": {"minor_below": self.minor_below, "max_age": self.max_age},
             "data": self.data,
             "training": self.training,
             "metrics": self.metrics,
@@ -287,6 +288,7 @@ class ModelCard:
             mirror=bool(data["architecture"].get("mirror", False)),
             framing=Framing.from_dict(data["framing"]),
             minor_below=float(data.get("decision", {}).get("minor_below", config.MINOR_BELOW)),
+            max_age=data.get("decision", {}).get("max_age"),
             name=data.get("name", ""),
             data=data.get("data", {}),
             training=data.get("training", {}),
@@ -346,11 +348,15 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
     framings = {card.framing for _, card in loaded}
     if len(framings) != 1:
         raise ValueError(f"members frame faces differently: {framings}")
+    ranges = {card.max_age for _, card in loaded}
+    if len(ranges) != 1:
+        raise ValueError(f"members report different age ranges (max_age {ranges})")
     card = ModelCard(
         name=name,
         framing=framings.pop(),
         data={"members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
         training={"ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        max_age=ranges.pop(),
         licence=loaded[0][1].licence,
     )
     return AveragedSSRNet(members, mirror), card
@@ -371,6 +377,18 @@ def file_sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The public face of a model
+
+
+@torch.inference_mode()
+def predict_ages(net: nn.Module, faces: np.ndarray, batch_size: int = 256, max_age: float | None = None) -> np.ndarray:
+    """Run a network (in eval mode) over uint8 NHWC faces in batches: ages (N,) float32."""
+    net.eval()
+    out = np.empty(len(faces), dtype=np.float32)
+    for start in range(0, len(faces), batch_size):
+        # NHWC memory seen as NCHW: channels-last, no copy before the float conversion
+        chunk = torch.from_numpy(faces[start : start + batch_size]).permute(0, 3, 1, 2).float()
+        out[start : start + len(chunk)] = net(chunk).numpy()
+    return out if max_age is None else np.minimum(out, np.float32(max_age))
 
 
 class AgeEstimator:
@@ -415,21 +433,16 @@ class AgeEstimator:
     def age_range(self) -> tuple[int, int]:
         return 0, self.net.cfg.V - 1
 
-    @torch.inference_mode()
     def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255."""
+        """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255; capped at the
+        card's `max_age` (a model trained on [0, 25] with adults beyond it says "25 or older")."""
         faces = np.asarray(faces)
         size = self.net.cfg.image_size
         if faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
             raise ValueError(f"faces must be (N, {size}, {size}, 3) uint8 BGR, got {faces.shape}")
         if faces.dtype != np.uint8:
             raise ValueError(f"faces must be uint8 (raw 0..255), got {faces.dtype}")
-        out = np.empty(len(faces), dtype=np.float32)
-        for start in range(0, len(faces), batch_size):
-            # NHWC memory seen as NCHW: channels-last, no copy before the float conversion
-            chunk = torch.from_numpy(faces[start : start + batch_size]).permute(0, 3, 1, 2).float()
-            out[start : start + len(chunk)] = self.runtime(chunk).numpy()
-        return out
+        return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
 
     def describe(self) -> dict:
         """What `minorage info` shows: size, parameters, range, framing and the model card."""

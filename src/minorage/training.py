@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .datasets import FaceSet, load_faces
-from .models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, save_checkpoint
+from .models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, predict_ages, save_checkpoint
 
 INITS = ("imdb", "morph2", "wiki", "megaface_asian", "scratch")
 
@@ -45,6 +45,7 @@ class TrainConfig:
     balance: bool = False  # sample every age equally often
     augment: bool = False  # flips, shifts, zooms, light and colour changes
     occluders: float = 0.0  # share of faces given a random black occluder
+    per_age: int = 0  # use at most this many training-split photos per age; 0 = all
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
@@ -84,6 +85,8 @@ def targets(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
 def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
     """The training split in the chosen variant; adults only if they have a target."""
     faces = load_faces(data_dir, "train", cfg.variant)
+    if cfg.per_age:
+        faces = faces.cap_per_age(cfg.per_age, cfg.seed)
     if not cfg.adult_target:
         faces = faces.subset(faces.ages <= cfg.max_age)
     return faces
@@ -158,17 +161,6 @@ def initial_network(cfg: TrainConfig) -> SSRNet:
     return net
 
 
-def predict_faces(net: SSRNet, faces: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Ages for uint8 NHWC faces with a network in eval mode."""
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(faces), batch_size):
-            chunk = torch.from_numpy(faces[start : start + batch_size]).permute(0, 3, 1, 2).float()
-            out.append(net(chunk).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
 def _loss(cfg: TrainConfig) -> nn.Module:
     return {"l1": nn.L1Loss(), "smooth_l1": nn.SmoothL1Loss(beta=2.0)}[cfg.loss]
 
@@ -182,7 +174,7 @@ def _lr_at(epoch: int, cfg: TrainConfig) -> float:
 def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
     """Validation MAE on ages in range (the model selection criterion), and the age-averaged
     MAE, with adults' share called minors where adults are trained."""
-    pred = predict_faces(net, val.faces)
+    pred = predict_ages(net, val.faces, 512, cfg.max_age)
     young = val.ages <= cfg.max_age
     out = {"val_mae": metrics.mae(val.ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(val.ages[young], pred[young])}
     if (~young).any():
@@ -247,7 +239,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     net.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
     card = _card(data_dir, cfg, state, len(fit), len(val), time.time() - started)
     if cfg.minor_recall:
-        card.minor_below = metrics.calibrate_minor_threshold(val.ages, predict_faces(net, val.faces), cfg.minor_recall)
+        card.minor_below = metrics.calibrate_minor_threshold(val.ages, predict_ages(net, val.faces, 512, cfg.max_age), cfg.minor_recall)
     save_checkpoint(net, card, out_dir / "model")
     (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
     plot_curves(state["history"], out_dir / "curves.png")
@@ -266,6 +258,7 @@ def _card(data_dir: Path, cfg: TrainConfig, state: dict, n_fit: int, n_val: int,
         data={"dataset": str(data_dir), "dataset_config": dataset.get("config", {}), "faces_fit": n_fit, "faces_val": n_val},
         training={**asdict(cfg), "epochs_run": state["epoch"], "best_epoch": state["best"]["epoch"], "seconds": round(seconds, 1)},
         metrics={k: v for k, v in state["best"].items() if k.startswith("val_")},
+        max_age=cfg.max_age,
         licence="trained from SSR-Net weights (Apache-2.0) on UTKFace (non-commercial research only)",
     )
 
