@@ -120,3 +120,20 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
     keep = nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5)
     assert keep.tolist() == [1, 2]
+
+
+def test_tells_barred_eyes_from_open_ones(detector, detected):
+    """`eyes_occluded` on faces as they are (no) and, found again, once barred (yes)."""
+    from minorage.occlusion import eyes_occluded
+
+    plain = barred = refound = 0
+    faces = [(image, face) for image, face in detected if face is not None][:120]
+    for image, face in faces:
+        plain += eyes_occluded(image, face)
+        covered, _ = occlude(image, face)
+        again = main_face(detector.detect(covered), covered.shape)
+        if again is not None:
+            refound += 1
+            barred += eyes_occluded(covered, again)
+    assert plain <= 0.02 * len(faces)
+    assert refound >= 0.95 * len(faces) and barred >= 0.95 * refound

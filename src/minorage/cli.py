@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import InferenceConfig
+from .config import InferenceConfig, ScanConfig
 from .output import FORMATS, write_rows
 
 MODEL_HELP = "default (shipped), imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
@@ -21,17 +21,21 @@ def _progress_wanted() -> bool:
     return sys.stderr.isatty()
 
 
-def _detector(args: argparse.Namespace):
-    from .detection import DetectorConfig, FaceDetector
+def _detector_config(args: argparse.Namespace):
+    from .detection import DetectorConfig
 
-    return FaceDetector(
-        DetectorConfig(
-            min_face_size=args.min_face_size,
-            thresholds=tuple(args.thresholds),
-            weights=args.detector,
-            crop_padding=args.crop_padding,
-        )
+    return DetectorConfig(
+        min_face_size=args.min_face_size,
+        thresholds=tuple(args.thresholds),
+        weights=args.detector,
+        crop_padding=args.crop_padding,
     )
+
+
+def _detector(args: argparse.Namespace):
+    from .detection import FaceDetector
+
+    return FaceDetector(_detector_config(args))
 
 
 class _Counter:
@@ -205,6 +209,30 @@ def cmd_experiment_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import ScanConfig
+    from .models import AgeEstimator
+    from .scan import scan
+
+    torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
+    cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels)
+    summary = scan(args.sources, Path(args.out), AgeEstimator.from_pretrained(args.model), _detector_config(args), cfg, _progress_wanted())
+    print(f"minorage scan: {summary.line()}; case in {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    target = Path(args.output) if args.output else Path(args.case) / f"report.{args.format}"
+    with _open_output(None if str(target) == "-" else str(target)) as stream:
+        n = write_report(Path(args.case), args.format, stream, args.max_faces)
+    print(f"minorage report: {n} faces -> {target if str(target) != '-' else 'stdout'}", file=sys.stderr)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import AgeEstimator
 
@@ -333,6 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="the run folder of `minorage experiment run`")
     p.add_argument("--out", default="results/paper", help="(default: %(default)s)")
     p.set_defaults(func=cmd_experiment_report)
+
+    p = sub.add_parser("scan", help="triage a collection: every face in images and videos into a case store (resumable)")
+    p.add_argument("sources", nargs="+", help="files and folders (walked recursively; evidence is only read)")
+    p.add_argument("--out", required=True, help="case folder: case.sqlite (a re-run resumes it)")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    scan_defaults = ScanConfig()
+    p.add_argument("--workers", type=int, default=scan_defaults.workers, help="processes reading and detecting; 0 = one per core (default: %(default)s)")
+    p.add_argument("--video-every", type=float, default=scan_defaults.video_every, help="seconds between video frames looked at (default: %(default)s)")
+    p.add_argument("--max-video-frames", type=int, default=scan_defaults.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=scan_defaults.max_pixels, help="refuse larger images and frames (decompression bombs) (default: %(default)s)")
+    _detector_options(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("report", help="review report of a scanned case: HTML page, CSV or JSON")
+    p.add_argument("case", help="a case folder written by `minorage scan`")
+    p.add_argument("--format", choices=("html", "csv", "json"), default="html", help="(default: %(default)s)")
+    p.add_argument("-o", "--output", help="file to write, - for stdout (default: CASE/report.FORMAT)")
+    p.add_argument("--max-faces", type=int, help="at most this many faces, youngest first (default: all)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

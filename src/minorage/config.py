@@ -121,3 +121,15 @@ class InferenceConfig:
     batch_size: int = 256
     max_pixels: int = 100_000_000  # images above this are refused as possible decompression bombs
     threads: int = 2
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Defaults of `minorage scan` (each is also a command-line option)."""
+
+    workers: int = 0  # processes that read and detect; 0 = one per CPU core
+    video_every: float = 1.0  # seconds between the video frames looked at
+    max_video_frames: int = 3600  # frames looked at per video, at most
+    max_pixels: int = InferenceConfig.max_pixels  # images and frames above are refused
+    thumbnail: int = 96  # side of the face thumbnails kept in the case (pixels)
+    in_flight: int = 4  # files queued per worker: bounds memory whatever the collection size

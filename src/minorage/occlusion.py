@@ -93,6 +93,20 @@ def occlude_all(image: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, list[
     return out, bars
 
 
+def eyes_occluded(image: np.ndarray, face: Face, dark: int = 40, share: float = 0.85) -> bool:
+    """Whether a black bar (or anything as dark and as solid) covers the eye line: at least
+    `share` of the pixels in a thin band from one eye to the other are darker than `dark` in
+    every channel. Pupils, lashes and the bridge of the nose between them are not all black;
+    a bar is. Used by `scan` to tell the analyst which faces came barred."""
+    band = EyeBar(center=tuple(face.eyes.mean(axis=0)), width=float(np.linalg.norm(face.eyes[1] - face.eyes[0])) + 1,
+                  height=max(2.0, face.height * 0.08), angle=eye_bar(face).angle)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    corners = np.round(band.corners() * (1 << _SUBPIXEL_BITS)).astype(np.int32)
+    cv2.fillPoly(mask, [corners], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+    inside = image[mask.astype(bool)]
+    return bool(len(inside)) and float(np.mean(inside.max(axis=1) < dark)) >= share
+
+
 # ---------------------------------------------------------------------------------------------
 # `minorage occlude`: barred copies of image files
 

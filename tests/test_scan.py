@@ -1,0 +1,214 @@
+"""`minorage scan` and `minorage report` on real faces mixed with every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from minorage.cli import main
+
+EXPECTED = {  # relative path -> status
+    "faces/a.jpg": "ok", "faces/deeper/b.jpg": "ok", "faces/c.png": "ok",
+    "kinds/cmyk.jpg": "ok", "kinds/sixteen_bit.png": "ok", "kinds/gray.png": "ok", "kinds/alpha.png": "ok",
+    "kinds/rotated_exif.jpg": "ok", "kinds/animated.gif": "ok", "kinds/renamed_photo.dat": "ok", "video/clip.avi": "ok",
+    "bad/truncated.jpg": "corrupt", "bad/empty.jpg": "empty", "bad/text.png": "not_image", "bad/bomb.png": "too_large",
+    "bad/broken.mp4": "corrupt", "bad/notes.txt": "not_media", "bad/flat.png": "no_face",
+    "links/loop_a.jpg": "unreadable", "links/loop_b.jpg": "unreadable", "links/up": "link_not_followed",
+}
+
+
+def _face_photos(utkface_files) -> list[Path]:
+    """Clear single-face photos of children and adults."""
+    return [utkface_files[i] for i in (40, 900, 2500, 5200, 7000)]
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory, utkface_files) -> tuple[Path, dict[str, str]]:
+    """A folder mixing real faces and every bad input the issue lists; returns it with the
+    SHA-256 of every regular file, to prove nothing was changed."""
+    root = tmp_path_factory.mktemp("evidence")
+    photos = _face_photos(utkface_files)
+    for sub in ("faces/deeper", "kinds", "video", "bad", "links"):
+        (root / sub).mkdir(parents=True)
+    shutil.copy(photos[0], root / "faces/a.jpg")
+    shutil.copy(photos[1], root / "faces/deeper/b.jpg")
+    face = cv2.imread(str(photos[2]))
+    cv2.imwrite(str(root / "faces/c.png"), face)
+    pil = Image.open(photos[3]).convert("RGB")
+    pil.convert("CMYK").save(root / "kinds/cmyk.jpg")
+    cv2.imwrite(str(root / "kinds/sixteen_bit.png"), face.astype(np.uint16) * 257)
+    cv2.imwrite(str(root / "kinds/gray.png"), cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "kinds/alpha.png"), cv2.cvtColor(face, cv2.COLOR_BGR2BGRA))
+    # stored on its side, with the EXIF orientation that turns it upright (6: rotate 90 clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pil.transpose(Image.Transpose.ROTATE_90).save(root / "kinds/rotated_exif.jpg", exif=exif)
+    Image.open(photos[4]).convert("RGB").save(root / "kinds/animated.gif", save_all=True,
+                                                 append_images=[Image.new("RGB", (200, 200), "white")], duration=100)
+    shutil.copy(photos[4], root / "kinds/renamed_photo.dat")
+    writer = cv2.VideoWriter(str(root / "video/clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (200, 200))
+    for i in range(15):  # 3 s at 5 fps: a face from 0 s, a blank at 1 s, another face at 2 s
+        writer.write(cv2.imread(str(photos[0])) if i < 5 else np.full((200, 200, 3), 90, np.uint8) if i < 10 else face)
+    writer.release()
+    data = photos[1].read_bytes()
+    (root / "bad/truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "bad/empty.jpg").write_bytes(b"")
+    (root / "bad/text.png").write_text("not an image at all\n")
+    Image.new("1", (12_000, 12_000)).save(root / "bad/bomb.png")  # 144 Mpx, a few kB on disk
+    (root / "bad/broken.mp4").write_bytes(os.urandom(4096))
+    (root / "bad/notes.txt").write_text("case notes\n")
+    cv2.imwrite(str(root / "bad/flat.png"), np.full((300, 300, 3), 128, np.uint8))
+    os.symlink("loop_b.jpg", root / "links/loop_a.jpg")
+    os.symlink("loop_a.jpg", root / "links/loop_b.jpg")
+    os.symlink("..", root / "links/up")
+    return root, _fingerprints(root)
+
+
+def _fingerprints(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _db(case: Path) -> sqlite3.Connection:
+    return sqlite3.connect(case / "case.sqlite")
+
+
+def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path):
+    root, before = evidence
+    case = tmp_path / "case"
+    assert main(["scan", str(root), "--out", str(case), "--workers", "2"]) == 0
+    db = _db(case)
+    status = {str(Path(p).relative_to(root)): s for p, s in db.execute("SELECT path, status FROM files")}
+    assert status == EXPECTED
+    assert _fingerprints(root) == before  # evidence untouched
+    errors = dict(db.execute("SELECT path, error FROM files WHERE status NOT IN ('ok')"))
+    assert all(errors.values()) and "pixels is above the limit" in errors[str(root / "bad/bomb.png")]
+    sha, md5, size = db.execute("SELECT sha256, md5, size FROM files WHERE path = ?", (str(root / "faces/a.jpg"),)).fetchone()
+    data = (root / "faces/a.jpg").read_bytes()
+    assert (sha, md5, size) == (hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), len(data))
+
+    faces = {str(Path(p).relative_to(root)): rows for p, rows in
+             db.execute("SELECT path, COUNT(*) FROM faces JOIN files ON files.id = file_id GROUP BY path")}
+    assert all(faces.get(p, 0) >= 1 for p, s in EXPECTED.items() if s == "ok")
+    # the EXIF orientation is honoured: the face is found upright in the turned image
+    (x1, y1, x2, y2, lx, ly, rx, ry), = db.execute(
+        "SELECT x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, right_eye_y FROM faces JOIN files ON files.id = file_id WHERE path LIKE '%rotated_exif.jpg'")
+    assert abs(ly - ry) < 0.15 * (x2 - x1) and ly < (y1 + y2) / 2
+    # the video: faces at 0 s and 2 s, none in the blank second
+    times = sorted(t for (t,) in db.execute("SELECT frame_time FROM faces JOIN files ON files.id = file_id WHERE path LIKE '%clip.avi'"))
+    assert times == [0.0, 2.0]
+    assert db.execute("SELECT frames FROM files WHERE path LIKE '%clip.avi'").fetchone() == (3,)
+    # ages are plausible, the minor flag follows them and the model's threshold, a thumbnail is kept
+    info = dict(db.execute("SELECT key, value FROM case_info"))
+    assert info["model"] and len(info["model_sha256"]) == 64
+    for age, minor, thumb in db.execute("SELECT age, minor, thumbnail FROM faces"):
+        assert 0 <= age <= 31 and minor == int(age < float(info["minor_below"])) and thumb[:2] == b"\xff\xd8"
+
+
+def test_a_barred_face_is_marked(tmp_path, utkface_files):
+    from minorage.detection import FaceDetector, main_face
+    from minorage.occlusion import occlude
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = cv2.imread(str(_face_photos(utkface_files)[0]))
+    barred, _ = occlude(image, main_face(FaceDetector().detect(image), image.shape))
+    cv2.imwrite(str(folder / "plain.png"), image)
+    cv2.imwrite(str(folder / "barred.png"), barred)
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
+    marks = dict(_db(tmp_path / "case").execute("SELECT path, eyes_occluded FROM faces JOIN files ON files.id = file_id"))
+    assert marks == {str(folder / "plain.png"): 0, str(folder / "barred.png"): 1}
+
+
+def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_files):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for path in utkface_files[::150][:60]:
+        (folder / path.name).symlink_to(path)
+    case = tmp_path / "case"
+    command = [sys.executable, "-m", "minorage", "scan", str(folder), "--out", str(case), "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (case / "case.sqlite").exists():
+            try:
+                if _db(case).execute("SELECT COUNT(*) FROM files").fetchone()[0] >= 10:
+                    break
+            except sqlite3.OperationalError:
+                pass  # the schema is being created
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first = dict(_db(case).execute("SELECT path, scanned_at FROM files"))
+    assert 10 <= len(first) < 60
+    faces_first = _db(case).execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+
+    assert main(["scan", str(folder), "--out", str(case), "--workers", "1"]) == 0
+    db = _db(case)
+    files = db.execute("SELECT path, COUNT(*) FROM files GROUP BY path").fetchall()
+    assert len(files) == 60 and all(n == 1 for _, n in files)
+    again = dict(db.execute("SELECT path, scanned_at FROM files"))
+    assert all(again[p] == t for p, t in first.items())  # finished files were not redone
+    per_file = dict(db.execute("SELECT path, faces FROM files"))
+    stored = dict(db.execute("SELECT path, COUNT(*) FROM faces JOIN files ON files.id = file_id GROUP BY path"))
+    assert all(stored.get(p, 0) == n for p, n in per_file.items())  # each file whole: all its faces, once
+    assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] >= faces_first
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(_face_photos(utkface_files)[0], folder / "a.jpg")
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--model", "imdb"]) == 2
+    assert "same model" in capsys.readouterr().err
+
+
+def test_report_formats(evidence, tmp_path):
+    import csv
+    import json
+
+    root, _ = evidence
+    case = tmp_path / "case"
+    assert main(["scan", str(root / "faces"), str(root / "bad"), "--out", str(case), "--workers", "2"]) == 0
+    for fmt in ("csv", "json", "html"):
+        assert main(["report", str(case), "--format", fmt]) == 0
+    rows = list(csv.DictReader(io.StringIO((case / "report.csv").read_text())))
+    ages = [float(r["age"]) for r in rows]
+    assert len(rows) == 3 and ages == sorted(ages) and all(r["sha256"] for r in rows)
+    data = json.loads((case / "report.json").read_text())
+    assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 7 and data["case"]["model_sha256"]
+    page = (case / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 3 and "bomb.png" in page and "http" not in page.replace("http-equiv", "")
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is installed by scripts/setup.sh where apt is available")
+def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
+    root, _ = evidence
+    case = tmp_path / "case"
+    assert main(["scan", str(root / "faces"), "--out", str(case), "--workers", "2"]) == 0
+    assert main(["report", str(case), "--format", "html"]) == 0
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", (case / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img") == 3 and "probable minors" in dom
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1200,900", (case / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    screenshot = cv2.imread(str(shot))
+    # the three thumbnails are drawn in the first column (72 px each, below the header): not white
+    column = screenshot[260:520, 32:104]
+    assert (column.min(axis=2) < 200).mean() > 0.6
