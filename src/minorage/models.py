@@ -342,7 +342,8 @@ def load_checkpoint(path: Path) -> tuple[SSRNet | AveragedSSRNet, ModelCard]:
 
 def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedSSRNet, ModelCard]:
     """One ensemble of several trained checkpoints (same architecture and framing); the card
-    keeps each member's card."""
+    keeps each member's card. A single model only mirrored keeps its own data, training
+    and metrics, with the mirroring added."""
     loaded = [load_checkpoint(Path(p)) for p in paths]
     members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedSSRNet) else [net])]
     framings = {card.framing for _, card in loaded}
@@ -351,13 +352,17 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
     ranges = {card.max_age for _, card in loaded}
     if len(ranges) != 1:
         raise ValueError(f"members report different age ranges (max_age {ranges})")
+    first = loaded[0][1]
+    alone = len(loaded) == 1
     card = ModelCard(
         name=name,
         framing=framings.pop(),
-        data={"members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
-        training={"ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        data=first.data if alone else {"members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
+        training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        metrics=first.metrics if alone else {},
+        minor_below=first.minor_below if len({c.minor_below for _, c in loaded}) == 1 else config.MINOR_BELOW,
         max_age=ranges.pop(),
-        licence=loaded[0][1].licence,
+        licence=first.licence,
     )
     return AveragedSSRNet(members, mirror), card
 
@@ -431,7 +436,9 @@ class AgeEstimator:
 
     @property
     def age_range(self) -> tuple[int, int]:
-        return 0, self.net.cfg.V - 1
+        """The ages `predict` reports (the card's `max_age` caps the network's range)."""
+        top = self.net.cfg.V - 1
+        return 0, top if self.card.max_age is None else min(top, int(self.card.max_age))
 
     def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255; capped at the
