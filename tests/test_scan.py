@@ -212,3 +212,15 @@ def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
     # the three thumbnails are drawn in the first column (72 px each, below the header): not white
     column = screenshot[260:520, 32:104]
     assert (column.min(axis=2) < 200).mean() > 0.6
+
+
+def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files):
+    folder = tmp_path / "in" / "sub"
+    folder.mkdir(parents=True)
+    for path in _face_photos(utkface_files)[:3]:
+        shutil.copy(path, folder / path.name)
+    case = tmp_path / "case"
+    assert main(["scan", str(tmp_path / "in"), str(folder), str(folder / _face_photos(utkface_files)[0].name), "--out", str(case), "--workers", "2"]) == 0
+    db = _db(case)
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM files").fetchone() == (3, 3)
+    assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 3

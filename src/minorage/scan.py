@@ -84,25 +84,21 @@ CREATE INDEX IF NOT EXISTS faces_by_age ON faces (minor DESC, age);
 
 
 def walk(sources: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Every file under the sources (files named directly, folders recursively), sorted, each
-    once. Symbolic links to folders are yielded (to be recorded as not followed), never walked
-    into: no loops, and nothing outside the named sources."""
-    seen: set[str] = set()
+    """Every file under the sources (files named directly, folders recursively), in a stable
+    order, streamed: nothing is held per file, so a walk of millions costs no memory.
+    Symbolic links to folders are yielded (to be recorded as not followed), never walked
+    into: no loops, and nothing outside the named sources. A file reached through two
+    overlapping sources comes twice; the store keeps it once."""
     for raw in sources:
         root = Path(raw)
-        if root.is_dir() and not root.is_symlink():
-            found: list[Path] = []
-            for folder, dirs, names in os.walk(root, followlinks=False):
-                found += [Path(folder) / d for d in dirs if (Path(folder) / d).is_symlink()]
-                found += [Path(folder) / n for n in names]
-            candidates = sorted(found)
-        else:
-            candidates = [root]
-        for path in candidates:
-            key = os.path.abspath(path)
-            if key not in seen:
-                seen.add(key)
-                yield Path(key)
+        if not root.is_dir():  # a folder named directly is walked even through a link
+            yield Path(os.path.abspath(root))
+            continue
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            dirs.sort()
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            for name in sorted(names + links):
+                yield Path(os.path.abspath(os.path.join(folder, name)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +130,7 @@ class FileResult:
     error: str | None = None
     frames: int | None = None
     faces: list[FoundFace] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # reading+hashing, decoding, detection
 
 
 _worker: dict = {}
@@ -191,10 +188,11 @@ def examine(path_text: str) -> FileResult:
         info = path.lstat()
         if stat.S_ISLNK(info.st_mode) and path.is_dir():
             return FileResult(path_text, "folder_link", "link_not_followed", error=f"{path}: symbolic link to a folder, not followed (name its target to scan it)")
+        started = time.perf_counter()
         size, sha, md5, head = _hashes(path)
     except OSError as exc:
         return FileResult(path_text, "other", "missing" if isinstance(exc, FileNotFoundError) else "unreadable", error=f"{path}: {exc.strerror or exc}")
-    result = FileResult(path_text, _media_of(path, head), "ok", size, sha, md5)
+    result = FileResult(path_text, _media_of(path, head), "ok", size, sha, md5, seconds={"read": time.perf_counter() - started})
     try:
         if result.media == "image":
             _examine_image(path, result)
@@ -212,10 +210,12 @@ def examine(path_text: str) -> FileResult:
 
 
 def _examine_image(path: Path, result: FileResult) -> None:
+    started = time.perf_counter()
     with open(path, "rb") as f:  # read-only
         data = f.read()
     image = decode_image(data, _worker["cfg"].max_pixels, str(path))
-    result.faces = _faces_in(image, None)
+    result.seconds["decode"] = time.perf_counter() - started
+    result.faces = _faces_in(image, None, result.seconds)
 
 
 def _examine_video(path: Path, result: FileResult) -> None:
@@ -235,7 +235,7 @@ def _examine_video(path: Path, result: FileResult) -> None:
             if frame_no % step == 0:
                 ok, frame = capture.retrieve()
                 if ok:
-                    result.faces += _faces_in(frame, round(frame_no / fps, 3))
+                    result.faces += _faces_in(frame, round(frame_no / fps, 3), result.seconds)
                     looked += 1
             frame_no += 1
         if looked == 0:
@@ -245,12 +245,14 @@ def _examine_video(path: Path, result: FileResult) -> None:
         capture.release()
 
 
-def _faces_in(image: np.ndarray, frame_time: float | None) -> list[FoundFace]:
+def _faces_in(image: np.ndarray, frame_time: float | None, seconds: dict[str, float]) -> list[FoundFace]:
     cfg: ScanConfig = _worker["cfg"]
+    started = time.perf_counter()
     out = []
     for index, face in enumerate(_worker["detector"].detect(image)):
         crop = frame_face(image, face.box, _worker["framing"])
         out.append(FoundFace(face.to_dict(), frame_time, index, crop, eyes_occluded(image, face), _thumbnail(image, face, cfg.thumbnail)))
+    seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - started
     return out
 
 
@@ -302,13 +304,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _store(db: sqlite3.Connection, result: FileResult, ages: np.ndarray, minor_below: float) -> None:
-    """One file and all its faces, in one transaction."""
+def _store(db: sqlite3.Connection, result: FileResult, ages: np.ndarray, minor_below: float) -> bool:
+    """One file and all its faces, in one transaction; False if the file was already there."""
     with db:
         cursor = db.execute(
-            "INSERT INTO files (path, size, sha256, md5, media, status, error, frames, faces, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO files (path, size, sha256, md5, media, status, error, frames, faces, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (result.path, result.size, result.sha256, result.md5, result.media, result.status, result.error, result.frames, len(result.faces), _now()),
         )
+        if cursor.rowcount == 0:  # the same file named twice (overlapping sources): kept once
+            return False
         rows = []
         for found, age in zip(result.faces, ages):
             (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
@@ -331,6 +335,15 @@ class ScanSummary:
     minors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # summed over workers: read, decode, detect; age, store
+
+    def add(self, result: FileResult, ages: np.ndarray, minor_below: float) -> None:
+        self.scanned += 1
+        self.faces += len(ages)
+        self.minors += int(np.sum(ages < minor_below))
+        self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+        for stage, spent in result.seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + spent
 
     def line(self) -> str:
         rate = self.scanned / self.seconds if self.seconds else 0.0
@@ -344,29 +357,36 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     started = time.time()
     db = open_case(case_dir)
     _record_model(db, estimator, detector_cfg, [os.path.abspath(s) for s in sources])
-    done = {row[0] for row in db.execute("SELECT path FROM files")}
-    files = [str(p) for p in walk(sources)]
-    todo = [p for p in files if p not in done]
-    summary = ScanSummary(files=len(files), already_done=len(files) - len(todo))
+    total = sum(1 for _ in walk(sources))  # a first, cheap pass: the progress bar's length
+    summary = ScanSummary(files=total)
+
+    def todo() -> Iterator[str]:
+        for path in map(str, walk(sources)):
+            if db.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
+                summary.already_done += 1
+                bar.update()
+            else:
+                yield path
+
     workers = cfg.workers or os.cpu_count() or 1
-    bar = tqdm(total=len(todo), desc="scan", unit="file", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=total, desc="scan", unit="file", disable=not progress, smoothing=0.1)
     with get_context("spawn").Pool(workers, _init_worker, (detector_cfg, estimator.framing, cfg)) as pool:
-        for result in _bounded_map(pool, todo, workers * cfg.in_flight):
-            crops = np.stack([f.crop for f in result.faces]) if result.faces else np.zeros((0, 64, 64, 3), np.uint8)
-            ages = estimator.predict(crops) if len(crops) else np.zeros(0, np.float32)
-            _store(db, result, ages, estimator.minor_below)
-            summary.scanned += 1
-            summary.faces += len(ages)
-            summary.minors += int(np.sum(ages < estimator.minor_below))
-            summary.statuses[result.status] = summary.statuses.get(result.status, 0) + 1
+        for result in _bounded_map(pool, todo(), workers * cfg.in_flight):
+            t0 = time.perf_counter()
+            ages = estimator.predict(np.stack([f.crop for f in result.faces])) if result.faces else np.zeros(0, np.float32)
+            result.seconds["age"] = time.perf_counter() - t0
+            stored = _store(db, result, ages, estimator.minor_below)
+            result.seconds["store"] = time.perf_counter() - t0 - result.seconds["age"]
             bar.update()
+            if stored:
+                summary.add(result, ages, estimator.minor_below)
     bar.close()
     db.close()
     summary.seconds = time.time() - started
     return summary
 
 
-def _bounded_map(pool, paths: list[str], limit: int) -> Iterator[FileResult]:
+def _bounded_map(pool, paths: Iterable[str], limit: int) -> Iterator[FileResult]:
     """`examine` over the paths in the pool, in order, with at most `limit` files queued."""
     pending: deque = deque()
     for path in paths:

@@ -1,0 +1,121 @@
+"""`minorage scan` end to end on 2 cores: photos/s and faces/s for a folder of real photos as they
+are (UTKFace's 200 px chips) and as scenes of 640 and 1280 px; the share of time in reading,
+decoding, detection, age estimation and storing; and the peak memory of a 10,000-file scan.
+
+    .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--min-face-size N]
+
+Scenes: a face-free picture (scikit-image's samples) scaled to the size with two real UTKFace
+faces pasted in at 1/4 and 1/8 of its width, written as JPEG. The 10,000-file scan uses
+symbolic links to the UTKFace photos (each photo several times under other names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from minorage import config
+from minorage.config import ScanConfig
+from minorage.detection import DetectorConfig
+from minorage.detector_training import FACE_FREE_EVAL, face_free_pictures
+from minorage.models import AgeEstimator
+from minorage.scan import scan
+
+
+def write_scenes(folder: Path, size: int, count: int) -> None:
+    """`count` JPEG scenes of `size` px wide, each with two real faces."""
+    faces = sorted(config.utkface_dir().glob("*.jpg"))
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    folder.mkdir(parents=True)
+    for k in range(count):
+        scene = cv2.resize(backgrounds[k % len(backgrounds)], (size, size * 3 // 4))
+        for j, share in enumerate((4, 8)):
+            side = size // share
+            face = cv2.resize(cv2.imread(str(faces[(37 * (2 * k + j)) % len(faces)])), (side, side))
+            x, y = (size // 8) * (1 + 4 * j), size // 10
+            scene[y : y + side, x : x + side] = face
+        cv2.imwrite(str(folder / f"scene_{k:05d}.jpg"), scene, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def link_photos(folder: Path, count: int) -> None:
+    photos = sorted(config.utkface_dir().glob("*.jpg"))
+    folder.mkdir(parents=True)
+    for k in range(count):
+        (folder / f"{k:05d}_{photos[k % len(photos)].name}").symlink_to(photos[k % len(photos)])
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def run_one(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorConfig) -> dict:
+    summary = scan([str(folder)], case, AgeEstimator.from_pretrained("default"), detector, cfg, progress=False)
+    total = sum(summary.stage_seconds.values()) or 1.0
+    return {
+        "files": summary.scanned,
+        "photos_per_s": round(summary.scanned / summary.seconds, 1),
+        "faces_per_s": round(summary.faces / summary.seconds, 1),
+        "faces": summary.faces,
+        "seconds": round(summary.seconds, 1),
+        "time_share": {k: round(v / total, 3) for k, v in summary.stage_seconds.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=300, help="files per folder for the speed runs")
+    parser.add_argument("--big", type=int, default=10_000, help="files in the memory run (0 = skip)")
+    parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size)
+    parser.add_argument("--memory-run", help=argparse.SUPPRESS)  # internal: one scan in a fresh process
+    args = parser.parse_args()
+    cfg, detector = ScanConfig(workers=args.workers), DetectorConfig(min_face_size=args.min_face_size)
+    if args.memory_run:
+        folder = Path(args.memory_run)
+        print(json.dumps(run_one(folder / "photos", folder / "case", cfg, detector)))
+        return
+    report = {"cores": len(__import__("os").sched_getaffinity(0)), "workers": cfg.workers or "one per core", "min_face_size": args.min_face_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        link_photos(tmp / "utkface", args.photos)
+        report["utkface_200px"] = run_one(tmp / "utkface", tmp / "case_utk", cfg, detector)
+        for size in (640, 1280):
+            write_scenes(tmp / f"scenes_{size}", size, args.photos)
+            report[f"scenes_{size}px"] = run_one(tmp / f"scenes_{size}", tmp / f"case_{size}", cfg, detector)
+        if args.big:
+            link_photos(tmp / "big" / "photos", args.big)
+            command = [sys.executable, __file__, "--memory-run", str(tmp / "big"), "--workers", str(args.workers), "--min-face-size", str(args.min_face_size)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            peak = 0
+            while process.poll() is None:
+                peak = max(peak, tree_rss(process.pid))
+                time.sleep(0.2)
+            result = json.loads(process.stdout.read().strip().splitlines()[-1])
+            result["peak_memory_mb_all_processes"] = round(peak / 2**20, 1)
+            result["peak_memory_mb_largest_process"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+            report[f"scan_of_{args.big}_files"] = result
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
