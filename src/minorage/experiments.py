@@ -315,6 +315,7 @@ def figure3(cells: dict, cfg: ExperimentConfig, path: Path) -> Path:
                 ax.plot(*_series(cells, cfg, "pretrained", init, "", test, measure), ":", color="grey", marker="x", label=f"pretrained, test {VARIANT_NAMES[test]}")
             ax.set(xscale="log", xlabel="photos per age N", ylabel=measure + (" (%)" if measure == "Acc" else " (years)"),
                    title=f"{measure}, SSR-Net fine-tuned from {INIT_NAMES.get(init, init)}")
+            ax.minorticks_off()
             ax.set_xticks(list(cfg.sizes), [str(s) for s in cfg.sizes])
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
