@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=300, help="files per folder for the speed runs")
     parser.add_argument("--big", type=int, default=10_000, help="files in the memory run (0 = skip)")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
-    parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size)
+    parser.add_argument("--min-face-size", type=int, default=ScanConfig().min_face_size)
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)  # internal: one scan in a fresh process
     args = parser.parse_args()
     cfg, detector = ScanConfig(workers=args.workers), DetectorConfig(min_face_size=args.min_face_size)

@@ -27,6 +27,7 @@ EXPECTED = {  # relative path -> status
     "bad/truncated.jpg": "corrupt", "bad/empty.jpg": "empty", "bad/text.png": "not_image", "bad/bomb.png": "too_large",
     "bad/broken.mp4": "corrupt", "bad/notes.txt": "not_media", "bad/flat.png": "no_face",
     "links/loop_a.jpg": "unreadable", "links/loop_b.jpg": "unreadable", "links/up": "link_not_followed",
+    "bad/pipe.jpg": "not_regular",
 }
 
 
@@ -74,11 +75,14 @@ def evidence(tmp_path_factory, utkface_files) -> tuple[Path, dict[str, str]]:
     os.symlink("loop_b.jpg", root / "links/loop_a.jpg")
     os.symlink("loop_a.jpg", root / "links/loop_b.jpg")
     os.symlink("..", root / "links/up")
+    os.mkfifo(root / "bad/pipe.jpg")  # opening it would wait forever for a writer
+    cv2.imwrite(str(root / "bad/locked.png"), np.full((300, 300, 3), 60, np.uint8))
+    os.chmod(root / "bad/locked.png", 0)  # unreadable, except to root (who reads anything)
     return root, _fingerprints(root)
 
 
 def _fingerprints(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest() if os.access(p, os.R_OK) else "")
             for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
@@ -92,7 +96,8 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
     assert main(["scan", str(root), "--out", str(case), "--workers", "2"]) == 0
     db = _db(case)
     status = {str(Path(p).relative_to(root)): s for p, s in db.execute("SELECT path, status FROM files")}
-    assert status == EXPECTED
+    locked = "no_face" if os.access(root / "bad/locked.png", os.R_OK) else "unreadable"
+    assert status == {**EXPECTED, "bad/locked.png": locked}
     assert _fingerprints(root) == before  # evidence untouched
     errors = dict(db.execute("SELECT path, error FROM files WHERE status NOT IN ('ok')"))
     assert all(errors.values()) and "pixels is above the limit" in errors[str(root / "bad/bomb.png")]
@@ -190,7 +195,7 @@ def test_report_formats(evidence, tmp_path):
     ages = [float(r["age"]) for r in rows]
     assert len(rows) == 3 and ages == sorted(ages) and all(r["sha256"] for r in rows)
     data = json.loads((case / "report.json").read_text())
-    assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 7 and data["case"]["model_sha256"]
+    assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 9 and data["case"]["model_sha256"]
     page = (case / "report.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 3 and "bomb.png" in page and "http" not in page.replace("http-equiv", "")
 
@@ -214,7 +219,7 @@ def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
     assert (column.min(axis=2) < 200).mean() > 0.6
 
 
-def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files):
+def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files, capsys):
     folder = tmp_path / "in" / "sub"
     folder.mkdir(parents=True)
     for path in _face_photos(utkface_files)[:3]:
@@ -224,3 +229,4 @@ def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files):
     db = _db(case)
     assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM files").fetchone() == (3, 3)
     assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 3
+    assert "3 scanned" in capsys.readouterr().err  # the summary counts each file once

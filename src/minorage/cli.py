@@ -210,13 +210,10 @@ def cmd_experiment_report(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    import torch
-
     from .config import ScanConfig
     from .models import AgeEstimator
     from .scan import scan
 
-    torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
     cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels)
     summary = scan(args.sources, Path(args.out), AgeEstimator.from_pretrained(args.model), _detector_config(args), cfg, _progress_wanted())
     print(f"minorage scan: {summary.line()}; case in {args.out}", file=sys.stderr)
@@ -254,10 +251,10 @@ def _open_output(path: str | None):
     return open(path, "w", newline="", encoding="utf-8") if path else _Stdout()
 
 
-def _detector_options(p: argparse.ArgumentParser) -> None:
+def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = None) -> None:
     from .detection import DetectorConfig
 
-    d = DetectorConfig()
+    d = DetectorConfig(**({"min_face_size": min_face_size} if min_face_size else {}))
     g = p.add_argument_group("face detection (MTCNN)")
     g.add_argument("--detector", default=d.weights, help="stock (facenet-pytorch weights), occlusion (fine-tuned on eye-barred faces, shipped) or a folder with pnet/rnet/onet.pt (default: %(default)s)")
     g.add_argument("--min-face-size", type=int, default=d.min_face_size, help="smallest face in pixels; larger is faster (default: %(default)s)")
@@ -371,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-every", type=float, default=scan_defaults.video_every, help="seconds between video frames looked at (default: %(default)s)")
     p.add_argument("--max-video-frames", type=int, default=scan_defaults.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=scan_defaults.max_pixels, help="refuse larger images and frames (decompression bombs) (default: %(default)s)")
-    _detector_options(p)
+    _detector_options(p, scan_defaults.min_face_size)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("report", help="review report of a scanned case: HTML page, CSV or JSON")

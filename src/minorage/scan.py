@@ -31,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from . import __version__
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT,
     md5 TEXT,
     media TEXT NOT NULL,          -- image | video | other | folder_link
-    status TEXT NOT NULL,         -- ok | no_face | empty | too_large | not_image | corrupt | unreadable | missing | not_media | link_not_followed | error
+    status TEXT NOT NULL,         -- ok | no_face | empty | too_large | not_image | corrupt | unreadable | missing | not_media | not_regular | link_not_followed | error
     error TEXT,
     frames INTEGER,               -- video frames looked at
     faces INTEGER NOT NULL DEFAULT 0,
@@ -185,9 +186,10 @@ def examine(path_text: str) -> FileResult:
     """One file, start to end, never raising: every failure becomes a status and a message."""
     path = Path(path_text)
     try:
-        info = path.lstat()
-        if stat.S_ISLNK(info.st_mode) and path.is_dir():
+        if path.is_symlink() and path.is_dir():
             return FileResult(path_text, "folder_link", "link_not_followed", error=f"{path}: symbolic link to a folder, not followed (name its target to scan it)")
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
+            return FileResult(path_text, "other", "not_regular", error=f"{path}: not a regular file (FIFO, socket or device); not read")
         started = time.perf_counter()
         size, sha, md5, head = _hashes(path)
     except OSError as exc:
@@ -320,6 +322,7 @@ def _store(db: sqlite3.Connection, result: FileResult, ages: np.ndarray, minor_b
                          round(float(age), 2), age_group(age), int(is_minor(age, minor_below)), int(found.eyes_occluded), found.thumbnail))
         db.executemany("INSERT INTO faces (file_id, face, frame_time, x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, right_eye_y, "
                        "score, age, age_group, minor, eyes_occluded, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,20 +373,53 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
 
     workers = cfg.workers or os.cpu_count() or 1
     bar = tqdm(total=total, desc="scan", unit="file", disable=not progress, smoothing=0.1)
-    with get_context("spawn").Pool(workers, _init_worker, (detector_cfg, estimator.framing, cfg)) as pool:
-        for result in _bounded_map(pool, todo(), workers * cfg.in_flight):
-            t0 = time.perf_counter()
-            ages = estimator.predict(np.stack([f.crop for f in result.faces])) if result.faces else np.zeros(0, np.float32)
-            result.seconds["age"] = time.perf_counter() - t0
-            stored = _store(db, result, ages, estimator.minor_below)
-            result.seconds["store"] = time.perf_counter() - t0 - result.seconds["age"]
-            bar.update()
-            if stored:
-                summary.add(result, ages, estimator.minor_below)
-    bar.close()
-    db.close()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
+    try:
+        with get_context("spawn").Pool(workers, _init_worker, (detector_cfg, estimator.framing, cfg)) as pool:
+            for batch in _batches(_bounded_map(pool, todo(), workers * cfg.in_flight), cfg.age_batch):
+                _estimate_and_store(db, batch, estimator, summary)
+                bar.update(len(batch))
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+        db.close()
     summary.seconds = time.time() - started
     return summary
+
+
+def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) -> Iterator[list[FileResult]]:
+    """Files grouped until they hold `faces` faces or `seconds` have passed (ages are estimated
+    a batch at a time; little finished work waits uncommitted)."""
+    batch: list[FileResult] = []
+    opened = time.perf_counter()
+    for result in results:
+        if not batch:
+            opened = time.perf_counter()
+        batch.append(result)
+        if sum(len(r.faces) for r in batch) >= faces or time.perf_counter() - opened >= seconds:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _estimate_and_store(db: sqlite3.Connection, batch: list[FileResult], estimator: AgeEstimator, summary: ScanSummary) -> None:
+    """Ages for a batch of files' faces in one pass, then each file committed on its own."""
+    started = time.perf_counter()
+    crops = [f.crop for r in batch for f in r.faces]
+    ages = estimator.predict(np.stack(crops)) if crops else np.zeros(0, np.float32)
+    share = (time.perf_counter() - started) / max(1, len(crops))
+    position = 0
+    for result in batch:
+        mine = ages[position : position + len(result.faces)]
+        position += len(result.faces)
+        result.seconds["age"] = share * len(mine)
+        t0 = time.perf_counter()
+        stored = _store(db, result, mine, estimator.minor_below)
+        result.seconds["store"] = time.perf_counter() - t0
+        if stored:
+            summary.add(result, mine, estimator.minor_below)
 
 
 def _bounded_map(pool, paths: Iterable[str], limit: int) -> Iterator[FileResult]:
