@@ -20,21 +20,14 @@ import torch
 from minorage import config
 from minorage.detection import DetectorConfig, FaceDetector
 from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, evaluate_detectors, face_free_pictures, split_photos
+from scene import compose  # benchmarks/scene.py
 
 
 def scenes(size: int, count: int) -> list[np.ndarray]:
     faces = sorted(config.utkface_dir().glob("*.jpg"))[::97][:count * 2]
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
-    out = []
-    for k in range(count):
-        scene = cv2.resize(backgrounds[k % len(backgrounds)], (size, size * 3 // 4))
-        for j, share in enumerate((4, 8)):
-            side = max(24, size // share)
-            face = cv2.resize(cv2.imread(str(faces[2 * k + j])), (side, side))
-            x, y = (size // 8) * (1 + 4 * j), size // 10
-            scene[y : y + side, x : x + side] = face
-        out.append(scene)
-    return out
+    return [compose(backgrounds[k % len(backgrounds)], (cv2.imread(str(faces[2 * k])), cv2.imread(str(faces[2 * k + 1]))), size)
+            for k in range(count)]
 
 
 def time_per_image(detector: FaceDetector, images: list[np.ndarray], repeats: int) -> float:

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from minorage import config
 from minorage.config import ScanConfig
@@ -29,6 +28,7 @@ from minorage.detection import DetectorConfig
 from minorage.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.models import AgeEstimator
 from minorage.scan import scan
+from scene import compose  # benchmarks/scene.py
 
 
 def write_scenes(folder: Path, size: int, count: int) -> None:
@@ -37,12 +37,8 @@ def write_scenes(folder: Path, size: int, count: int) -> None:
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     folder.mkdir(parents=True)
     for k in range(count):
-        scene = cv2.resize(backgrounds[k % len(backgrounds)], (size, size * 3 // 4))
-        for j, share in enumerate((4, 8)):
-            side = size // share
-            face = cv2.resize(cv2.imread(str(faces[(37 * (2 * k + j)) % len(faces)])), (side, side))
-            x, y = (size // 8) * (1 + 4 * j), size // 10
-            scene[y : y + side, x : x + side] = face
+        pair = tuple(cv2.imread(str(faces[(37 * (2 * k + j)) % len(faces)])) for j in (0, 1))
+        scene = compose(backgrounds[k % len(backgrounds)], pair, size)
         cv2.imwrite(str(folder / f"scene_{k:05d}.jpg"), scene, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 

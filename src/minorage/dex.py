@@ -76,7 +76,7 @@ class DexNet(nn.Module):
 def train_dex(data_dir: Path, out_dir: Path, cfg: DexConfig = DexConfig(), progress: bool = True) -> tuple[DexNet, dict]:
     """Train DEX on a data set's training split (ages 0-25, the same 80/20 validation as SSR-Net,
     the same augmentation), keep the best validation epoch; writes dex.safetensors + dex.json."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,24 +110,10 @@ def train_dex(data_dir: Path, out_dir: Path, cfg: DexConfig = DexConfig(), progr
         if best is None or val_mae < best["val_mae"]:
             best = history[-1]
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / "dex.safetensors"))
-    net.load_state_dict(_load(out_dir / "dex.safetensors"))
+    net.load_state_dict(load_file(str(out_dir / "dex.safetensors")))
     card = {"config": asdict(cfg), "faces_fit": len(fit), "faces_val": len(val), "history": history, "best": best,
             "parameters": sum(p.numel() for p in net.parameters()), "size_bytes": (out_dir / "dex.safetensors").stat().st_size,
             "seconds": round(time.time() - started, 1),
             "note": "VGG-16 with batch normalisation, trained from scratch (no ImageNet weights offline)"}
     (out_dir / "dex.json").write_text(json.dumps(card, indent=2) + "\n")
-    return net.eval(), card
-
-
-def _load(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def load_dex(out_dir: Path) -> tuple[DexNet, dict]:
-    """A DEX model written by `train_dex`."""
-    card = json.loads((Path(out_dir) / "dex.json").read_text())
-    net = DexNet(DexConfig(**card["config"]))
-    net.load_state_dict(_load(Path(out_dir) / "dex.safetensors"))
     return net.eval(), card

@@ -123,12 +123,12 @@ def run(cfg: ExperimentConfig, out_dir: Path, progress: bool = True) -> list[dic
     out_dir = Path(out_dir)
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
     (out_dir / "experiment.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    results = []
-    for n, cell in enumerate(grid(cfg), 1):
+    results, cells = [], grid(cfg)
+    for n, cell in enumerate(cells, 1):
         path = out_dir / "cells" / cell.name / "results.json"
         if not path.is_file():
             if progress:
-                print(f"[{n}/{len(grid(cfg))}] {cell.name}", flush=True)
+                print(f"[{n}/{len(cells)}] {cell.name}", flush=True)
             started = time.time()
             record = {"cell": asdict(cell), **_run_cell(cell, cfg, data, out_dir, progress)}
             record["seconds"] = round(time.time() - started, 1)

@@ -33,7 +33,7 @@ class ImageReadError(Exception):
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
-def _looks_like_image(data: bytes) -> bool:
+def looks_like_image(data: bytes) -> bool:
     """Whether the bytes start like one of the image formats we read (magic numbers)."""
     return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
@@ -62,7 +62,7 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> np.ndarra
         )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        if size is None and not _looks_like_image(data):
+        if size is None and not looks_like_image(data):
             raise ImageReadError("not_image", f"{name}: not an image (no known image format)")
         raise ImageReadError("corrupt", f"{name}: image data is corrupt or truncated and cannot be decoded")
     return image

@@ -38,7 +38,7 @@ from . import __version__
 from .config import Framing, ScanConfig
 from .detection import DetectorConfig, Face, FaceDetector
 from .framing import frame_face
-from .io import IMAGE_SUFFIXES, ImageReadError, decode_image
+from .io import IMAGE_SUFFIXES, ImageReadError, decode_image, looks_like_image
 from .metrics import age_group, is_minor
 from .models import AgeEstimator, file_sha256
 from .occlusion import eyes_occluded
@@ -162,24 +162,29 @@ def _media_of(path: Path, head: bytes) -> str:
         return "image"
     if suffix in VIDEO_SUFFIXES:
         return "video"
-    if head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+    if looks_like_image(head):
         return "image"
     if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
         return "video"
     return "other"
 
 
-def _hashes(path: Path) -> tuple[int, str, str, bytes]:
-    """(size, SHA-256, MD5, the first 16 bytes) in one read-only pass."""
-    sha, md5, head, size = hashlib.sha256(), hashlib.md5(), b"", 0
+def _read(path: Path) -> tuple[int, str, str, str, bytes | None]:
+    """(size, SHA-256, MD5, media, the bytes if an image) in one read-only pass: an image is
+    kept to be decoded, anything else only streamed through the hashes."""
+    sha, md5, size, media, kept = hashlib.sha256(), hashlib.md5(), 0, "other", []
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            if not head:
-                head = chunk[:16]
+            if not size:
+                media = _media_of(path, chunk[:16])
+            if media == "image":
+                kept.append(chunk)
             sha.update(chunk)
             md5.update(chunk)
             size += len(chunk)
-    return size, sha.hexdigest(), md5.hexdigest(), head
+    if not size:
+        media = _media_of(path, b"")
+    return size, sha.hexdigest(), md5.hexdigest(), media, b"".join(kept) if media == "image" else None
 
 
 def examine(path_text: str) -> FileResult:
@@ -191,13 +196,13 @@ def examine(path_text: str) -> FileResult:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
             return FileResult(path_text, "other", "not_regular", error=f"{path}: not a regular file (FIFO, socket or device); not read")
         started = time.perf_counter()
-        size, sha, md5, head = _hashes(path)
+        size, sha, md5, media, data = _read(path)
     except OSError as exc:
         return FileResult(path_text, "other", "missing" if isinstance(exc, FileNotFoundError) else "unreadable", error=f"{path}: {exc.strerror or exc}")
-    result = FileResult(path_text, _media_of(path, head), "ok", size, sha, md5, seconds={"read": time.perf_counter() - started})
+    result = FileResult(path_text, media, "ok", size, sha, md5, seconds={"read": time.perf_counter() - started})
     try:
         if result.media == "image":
-            _examine_image(path, result)
+            _examine_image(path, data, result)
         elif result.media == "video":
             _examine_video(path, result)
         else:
@@ -211,10 +216,8 @@ def examine(path_text: str) -> FileResult:
     return result
 
 
-def _examine_image(path: Path, result: FileResult) -> None:
+def _examine_image(path: Path, data: bytes, result: FileResult) -> None:
     started = time.perf_counter()
-    with open(path, "rb") as f:  # read-only
-        data = f.read()
     image = decode_image(data, _worker["cfg"].max_pixels, str(path))
     result.seconds["decode"] = time.perf_counter() - started
     result.faces = _faces_in(image, None, result.seconds)
@@ -362,6 +365,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     _record_model(db, estimator, detector_cfg, [os.path.abspath(s) for s in sources])
     total = sum(1 for _ in walk(sources))  # a first, cheap pass: the progress bar's length
     summary = ScanSummary(files=total)
+    bar = tqdm(total=total, desc="scan", unit="file", disable=not progress, smoothing=0.1)
 
     def todo() -> Iterator[str]:
         for path in map(str, walk(sources)):
@@ -372,7 +376,6 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 yield path
 
     workers = cfg.workers or os.cpu_count() or 1
-    bar = tqdm(total=total, desc="scan", unit="file", disable=not progress, smoothing=0.1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
     try:
