@@ -33,6 +33,24 @@ def faces_per_second(estimator: AgeEstimator, faces: np.ndarray, batch: int, sec
     return done / (time.perf_counter() - start)
 
 
+def multiply_adds(net: torch.nn.Module) -> int:
+    """Multiply-adds of one forward pass on one 64x64 face (convolutions and dense layers)."""
+    counted: list[int] = []
+
+    def count(module: torch.nn.Module, _inputs, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            counted.append(output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups)
+        elif isinstance(module, torch.nn.Linear):
+            counted.append(module.in_features * module.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    return sum(counted)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -42,7 +60,8 @@ def main() -> None:
     estimator = AgeEstimator.from_pretrained(args.model)
     faces = np.load(config.ssrnet_fixture())["images"]
     faces = np.concatenate([faces] * 4)  # 256 real faces
-    report = {"model": args.model, "threads": torch.get_num_threads()}
+    report = {"model": args.model, "threads": torch.get_num_threads(),
+              "million_multiply_adds_per_face": round(multiply_adds(estimator.net) / 1e6, 2)}
     for batch in (1, 256):
         report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(estimator, faces, batch), 1)
     if args.data:
