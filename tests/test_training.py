@@ -10,7 +10,7 @@ import torch
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.datasets import load_faces
-from minorage.training import TrainConfig, augment, sample_weights, train, validation_mask
+from minorage.training import TrainConfig, augment, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
 def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
@@ -56,6 +56,38 @@ def test_balanced_sampling_weights_every_age_equally():
     ages = np.array([1, 1, 1, 2, 30, 40])
     w = sample_weights(ages, TrainConfig(balance=True, adult_target=30))
     assert w[:3].sum() == w[3] == w[4:].sum()
+    heavy = sample_weights(ages, TrainConfig(balance=True, adult_target=30, adult_weight=3))
+    assert heavy[4:].sum() == 3 * heavy[3] == 3 * heavy[:3].sum()
+
+
+def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path):
+    """Models of several seeds validate on the same photos (none of them fits those), so an
+    ensemble of them can be measured and calibrated there."""
+    _, data, _, _ = small_dataset
+    cards = [train(data, tmp_path / f"s{seed}", TrainConfig(epochs=1, batch_size=32, seed=seed), progress=False)
+             for seed in (0, 1)]
+    assert cards[0]["data"]["faces_val"] == cards[1]["data"]["faces_val"]
+    faces = training_faces(data, TrainConfig())
+    assert (validation_mask(faces.ids, 0.2, 0) == validation_mask(faces.ids, 0.2, TrainConfig(seed=1).val_seed)).all()
+
+
+def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):
+    """Both twins of a photo get the same blended target: the label and the teacher's estimate
+    on the open-eyed face, never on the barred one."""
+    _, data, _, _ = small_dataset
+    train(data, tmp_path / "teacher", TrainConfig(epochs=1, batch_size=32), progress=False)
+    teacher = AgeEstimator.from_pretrained(tmp_path / "teacher" / "model.safetensors")
+    cfg = TrainConfig(teacher=str(tmp_path / "teacher" / "model.safetensors"), teacher_weight=0.25)
+    fit = training_faces(data, cfg)
+    blended = teacher_targets(fit, fit.ages, cfg)
+    org = fit.variants == "org"
+    seen = dict(zip(fit.ids[org], teacher.predict(fit.faces[org])))
+    expected = np.array([0.75 * a + 0.25 * seen[i] for a, i in zip(fit.ages, fit.ids)])
+    np.testing.assert_allclose(blended, expected, atol=1e-3)
+    twins = {}
+    for i, t in zip(fit.ids, blended):
+        twins.setdefault(i, []).append(t)
+    assert all(len(v) == 2 and abs(v[0] - v[1]) < 1e-5 for v in twins.values())
 
 
 def test_augmentation_keeps_shape_and_range():

@@ -85,9 +85,9 @@ def train_dex(data_dir: Path, out_dir: Path, cfg: DexConfig = DexConfig(), progr
     if cfg.per_age:
         data = data.cap_per_age(cfg.per_age, cfg.seed)
     data = data.subset(data.ages <= cfg.classes - 1)
-    val_mask = validation_mask(data.ids, 0.2, cfg.seed)
+    shared = TrainConfig(augment=True, balance=True, seed=cfg.seed)  # the SSR-Net run's split, sampling and augmentation
+    val_mask = validation_mask(data.ids, shared.val_fraction, shared.val_seed)
     fit, val = data.subset(~val_mask), data.subset(val_mask)
-    shared = TrainConfig(augment=True, balance=True, seed=cfg.seed)  # the SSR-Net run's sampling and augmentation
     weights = torch.from_numpy(sample_weights(fit.ages, shared))
     fit_faces, fit_classes = torch.from_numpy(fit.faces).permute(0, 3, 1, 2), torch.from_numpy(np.rint(fit.ages).astype(np.int64))
     net = DexNet(cfg).to(memory_format=torch.channels_last)

@@ -43,10 +43,15 @@ class TrainConfig:
     max_age: int = 25  # ages above are adults: see `adult_target`
     adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
     balance: bool = False  # sample every age equally often
+    adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
     augment: bool = False  # flips, shifts, zooms, light and colour changes
     occluders: float = 0.0  # share of faces given a random black occluder
+    teacher: str = ""  # a trained checkpoint whose estimate on each photo's unbarred face is
+    teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
     per_age: int = 0  # use at most this many training-split photos per age; 0 = all
     val_fraction: float = 0.2
+    val_seed: int = 0  # which photos validate: fixed apart from `seed`, so that models of several
+    # seeds share their validation faces (an ensemble is then measured on faces none has fit)
     seed: int = 0
     patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
     minor_recall: float = 0.0  # calibrate the minor flag to this recall on validation; 0 = 17.5
@@ -82,6 +87,21 @@ def targets(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return np.where(ages > cfg.max_age, cfg.adult_target, ages).astype(np.float32)
 
 
+def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The targets blended with a teacher's estimates on the unbarred twin of every face.
+
+    Why: UTKFace's ages are noisy and a barred face hides what the teacher still sees, so a
+    barred face learns from what its open-eyed twin shows (learning with privileged
+    information), and every face from a smoothed label instead of a noisy one."""
+    from .models import load_checkpoint
+
+    teacher, _ = load_checkpoint(Path(cfg.teacher))
+    org_index = {i: k for k, (i, v) in enumerate(zip(fit.ids, fit.variants)) if v == "org"}
+    twin = np.array([org_index.get(i, k) for k, i in enumerate(fit.ids)])
+    estimates = predict_ages(teacher, fit.faces[twin], 512, cfg.V - 1)
+    return ((1 - cfg.teacher_weight) * plain + cfg.teacher_weight * estimates).astype(np.float32)
+
+
 def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
     """The training split in the chosen variant; adults only if they have a target."""
     faces = load_faces(data_dir, "train", cfg.variant)
@@ -93,12 +113,14 @@ def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
 
 
 def sample_weights(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """Per-face sampling weights: every age equally often when balancing (adults as one age)."""
+    """Per-face sampling weights: every age equally often when balancing, adults as
+    `adult_weight` ages (most faces in a seized collection are adults: they must not drift young)."""
     if not cfg.balance:
         return np.ones(len(ages))
-    keys = np.where(ages > cfg.max_age, cfg.max_age + 1, np.rint(ages))
+    adult = ages > cfg.max_age
+    keys = np.where(adult, cfg.max_age + 1, np.rint(ages))
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse]
+    return np.where(adult, cfg.adult_weight, 1.0) / counts[inverse]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,9 +211,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     data = training_faces(Path(data_dir), cfg)
-    val_mask = validation_mask(data.ids, cfg.val_fraction, cfg.seed)
+    val_mask = validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)
     fit, val = data.subset(~val_mask), data.subset(val_mask)
-    fit_targets = torch.from_numpy(targets(fit.ages, cfg))
+    fit_targets = targets(fit.ages, cfg)
+    fit_targets = torch.from_numpy(teacher_targets(fit, fit_targets, cfg) if cfg.teacher else fit_targets)
     fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view of NHWC memory
     weights = torch.from_numpy(sample_weights(fit.ages, cfg))
     net = initial_network(cfg).to(memory_format=torch.channels_last)  # about 2x faster on CPU
