@@ -93,8 +93,6 @@ def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.nda
     Why: UTKFace's ages are noisy and a barred face hides what the teacher still sees, so a
     barred face learns from what its open-eyed twin shows (learning with privileged
     information), and every face from a smoothed label instead of a noisy one."""
-    from .models import load_checkpoint
-
     teacher, _ = load_checkpoint(Path(cfg.teacher))
     org_index = {i: k for k, (i, v) in enumerate(zip(fit.ids, fit.variants)) if v == "org"}
     twin = np.array([org_index.get(i, k) for k, i in enumerate(fit.ids)])
