@@ -60,7 +60,7 @@ def test_balanced_sampling_weights_every_age_equally():
     assert heavy[4:].sum() == 3 * heavy[3] == 3 * heavy[:3].sum()
 
 
-def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path):
+def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path, capsys):
     """Models of several seeds validate on the same photos (none of them fits those), so an
     ensemble of them can be measured and calibrated there."""
     _, data, _, _ = small_dataset
@@ -69,6 +69,17 @@ def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path
     assert cards[0]["data"]["faces_val"] == cards[1]["data"]["faces_val"]
     faces = training_faces(data, TrainConfig())
     assert (validation_mask(faces.ids, 0.2, 0) == validation_mask(faces.ids, 0.2, TrainConfig(seed=1).val_seed)).all()
+    # the ensemble of the two, measured on those shared validation photos, into its card
+    out = tmp_path / "ens" / "model.safetensors"
+    assert main(["combine", str(tmp_path / "s0" / "model.safetensors"), str(tmp_path / "s1" / "model.safetensors"),
+                 "--mirror", "--data", str(data), "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["metrics"]["val_mae"] > 0 and card["data"]["dataset"] == str(data) and len(card["data"]["members"]) == 2
+    other = train(data, tmp_path / "v1", TrainConfig(epochs=1, batch_size=32, val_seed=1), progress=False)
+    assert other["training"]["val_seed"] == 1
+    assert main(["combine", str(tmp_path / "s0" / "model.safetensors"), str(tmp_path / "v1" / "model.safetensors"),
+                 "--data", str(data), "--out", str(tmp_path / "bad" / "model.safetensors")]) != 0
+    assert "not validated on the same photos" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):

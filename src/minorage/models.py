@@ -357,7 +357,8 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
     card = ModelCard(
         name=name,
         framing=framings.pop(),
-        data=first.data if alone else {"members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
+        data=first.data if alone else {**_shared_data(c for _, c in loaded),
+                                       "members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
         training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror},
         metrics=first.metrics if alone else {},
         minor_below=first.minor_below if len({c.minor_below for _, c in loaded}) == 1 else config.MINOR_BELOW,
@@ -365,6 +366,12 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         licence=first.licence,
     )
     return AveragedSSRNet(members, mirror), card
+
+
+def _shared_data(cards) -> dict:
+    """The data set all members were trained on, if they share one (else nothing)."""
+    sets = {json.dumps({k: c.data.get(k) for k in ("dataset", "dataset_config")}, sort_keys=True) for c in cards}
+    return json.loads(sets.pop()) if len(sets) == 1 else {}
 
 
 def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:

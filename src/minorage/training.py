@@ -202,6 +202,18 @@ def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
     return out
 
 
+def validate_combined(net: nn.Module, member_cards: list[ModelCard], data_dir: Path) -> dict:
+    """The validation measures of an ensemble on the photos its members all left out to
+    validate: possible only when they were trained on the same data set with the same split."""
+    keys = {(c.data.get("dataset"), c.training.get("val_seed", 0), c.training.get("val_fraction")) for c in member_cards}
+    if len(keys) != 1 or None in keys.pop():
+        raise ValueError("the members were not validated on the same photos (data set, val_seed, val_fraction differ)")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig.from_dict({k: v for k, v in member_cards[0].training.items() if k in known})
+    data = training_faces(Path(data_dir), cfg)
+    return _validation_score(net, data.subset(validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)), cfg)
+
+
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) in `out_dir`; writes model.safetensors + model.json, history.json,
     curves.png. Returns the model card's dict."""
