@@ -66,3 +66,14 @@ def test_minor_threshold_calibration_reaches_the_recall():
     assert metrics.calibrate_minor_threshold(true, pred, 0.5) == 17.5  # 3 of 5 already below 17.5
     below = metrics.calibrate_minor_threshold(true, pred, 1.0)
     assert below == pytest.approx(18.7) and metrics.minor_decision(true, pred, below)["minor_recall"] == 1.0
+
+
+def test_recall_at_85_percent_specificity():
+    """Minors estimated 5, 17 and 19.5; seven 18-24 year olds, one estimated 17.2. Flagging one
+    of the seven keeps 6/7 = 86 % specificity, two would not: thresholds up to 19.0 qualify, and
+    19.0 flags two of the three minors."""
+    true = np.array([5, 16, 17, 18, 19, 20, 21, 22, 23, 24])
+    pred = np.array([5, 17.0, 19.5, 17.2, 19, 20, 21, 22, 23, 24])
+    out = metrics.recall_at_specificity(true, pred)
+    assert out["threshold_at_spec85"] == pytest.approx(19.0) and out["recall_at_spec85"] == pytest.approx(2 / 3)
+    assert metrics.recall_at_specificity(true[:3], pred[:3]) == {}

@@ -45,6 +45,8 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         ("minors' recall (< 18 flagged)", "minor_recall", "{:.1%}"),
         ("specificity on 18-25", "specificity_18_25", "{:.1%}"),
         ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),
+        ("minors' recall at 85% specificity (best threshold)", "recall_at_spec85", "{:.1%}"),
+        ("  that threshold", "threshold_at_spec85", "{:.1f}"),
     ]
     variants = list(results)
     lines = [f"### {title}" if title else "", "", "| measure | " + " | ".join(VARIANT_LABELS.get(v, v) for v in variants) + " |",

@@ -93,6 +93,21 @@ def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELO
     return out
 
 
+def recall_at_specificity(true: np.ndarray, pred: np.ndarray, specificity: float = 0.85) -> dict[str, float]:
+    """The best the model can do on the forensic question whatever its threshold: the highest
+    minors' recall among thresholds (0.1-year steps) that keep at least `specificity` of the
+    18-25 year olds unflagged, and that threshold."""
+    true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
+    minors, young_adults = pred[true < MINOR_LIMIT], pred[(true >= MINOR_LIMIT) & (true <= 25)]
+    if not len(minors) or not len(young_adults):
+        return {}
+    best = {}
+    for below in np.round(np.arange(0, 25.05, 0.1), 1):
+        if np.mean(young_adults >= below) >= specificity:
+            best = {"recall_at_spec85": float(np.mean(minors < below)), "threshold_at_spec85": float(below)}
+    return best
+
+
 def calibrate_minor_threshold(true: np.ndarray, pred: np.ndarray, recall: float) -> float:
     """The lowest flag threshold (from 17.5 up, in steps of 0.1 year) whose recall on the
     minors among these (validation) faces reaches `recall`."""
@@ -115,6 +130,7 @@ def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> 
         "MAE_age_averaged": age_averaged_mae(true[young], pred[young]) if young.any() else float("nan"),
         **group_accuracy(true[young], pred[young]),
         **minor_decision(true, pred, below),
+        **recall_at_specificity(true, pred),
         "minor_below": below,
         "confusion": confusion(true, pred).tolist(),
     }
