@@ -93,9 +93,12 @@ def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELO
     return out
 
 
-def recall_at_specificity(true: np.ndarray, pred: np.ndarray, specificity: float = 0.85) -> dict[str, float]:
+SPECIFICITY_FLOOR = 0.85  # the share of 18-25 year olds that must stay unflagged (issue 5)
+
+
+def recall_at_specificity(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """The best the model can do on the forensic question whatever its threshold: the highest
-    minors' recall among thresholds (0.1-year steps) that keep at least `specificity` of the
+    minors' recall among thresholds (0.1-year steps) that keep at least SPECIFICITY_FLOOR of the
     18-25 year olds unflagged, and that threshold."""
     true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
     minors, young_adults = pred[true < MINOR_LIMIT], pred[(true >= MINOR_LIMIT) & (true <= 25)]
@@ -103,7 +106,7 @@ def recall_at_specificity(true: np.ndarray, pred: np.ndarray, specificity: float
         return {}
     best = {}
     for below in np.round(np.arange(0, 25.05, 0.1), 1):
-        if np.mean(young_adults >= below) >= specificity:
+        if np.mean(young_adults >= below) >= SPECIFICITY_FLOOR:
             best = {"recall_at_spec85": float(np.mean(minors < below)), "threshold_at_spec85": float(below)}
     return best
 

@@ -110,6 +110,13 @@ def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
     return faces
 
 
+def fit_and_validation(data_dir: Path, cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
+    """The training split's faces cut into the part that fits and the part that validates."""
+    data = training_faces(data_dir, cfg)
+    mask = validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)
+    return data.subset(~mask), data.subset(mask)
+
+
 def sample_weights(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """Per-face sampling weights: every age equally often when balancing, adults as
     `adult_weight` ages (most faces in a seized collection are adults: they must not drift young)."""
@@ -210,8 +217,7 @@ def validate_combined(net: nn.Module, member_cards: list[ModelCard], data_dir: P
         raise ValueError("the members were not validated on the same photos (data set, val_seed, val_fraction differ)")
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({k: v for k, v in member_cards[0].training.items() if k in known})
-    data = training_faces(Path(data_dir), cfg)
-    return _validation_score(net, data.subset(validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)), cfg)
+    return _validation_score(net, fit_and_validation(Path(data_dir), cfg)[1], cfg)
 
 
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
@@ -220,9 +226,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    data = training_faces(Path(data_dir), cfg)
-    val_mask = validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)
-    fit, val = data.subset(~val_mask), data.subset(val_mask)
+    fit, val = fit_and_validation(Path(data_dir), cfg)
     fit_targets = targets(fit.ages, cfg)
     fit_targets = torch.from_numpy(teacher_targets(fit, fit_targets, cfg) if cfg.teacher else fit_targets)
     fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view of NHWC memory
