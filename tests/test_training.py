@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.datasets import load_faces
+from minorage.models import load_checkpoint
 from minorage.training import TrainConfig, augment, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
@@ -80,6 +82,36 @@ def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path
     assert main(["combine", str(tmp_path / "s0" / "model.safetensors"), str(tmp_path / "v1" / "model.safetensors"),
                  "--data", str(data), "--out", str(tmp_path / "bad" / "model.safetensors")]) != 0
     assert "not validated on the same photos" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, tmp_path, capsys):
+    """The choice scores every ensemble of up to K on the validation photos; its score is what
+    the chosen ensemble, built and measured for real, gets there, and no other does better."""
+    import itertools
+
+    from minorage.models import combine_checkpoints
+    from minorage.training import choose_members, validate_combined
+
+    _, data, _, _ = small_dataset
+    runs = {"a": TrainConfig(epochs=1, batch_size=32), "b": TrainConfig(epochs=1, batch_size=32, seed=1),
+            "c": TrainConfig(epochs=1, batch_size=32, init="scratch")}
+    paths = []
+    for name, cfg in runs.items():
+        train(data, tmp_path / name, cfg, progress=False)
+        paths.append(tmp_path / name / "model.safetensors")
+    chosen, score = choose_members(paths, data, most=2, mirror=True)
+    measured = {}
+    for subset in [s for k in (1, 2) for s in itertools.combinations(paths, k)]:
+        net, _ = combine_checkpoints(list(subset), mirror=True, name="x")
+        measured[subset] = validate_combined(net, [load_checkpoint(p)[1] for p in subset], data)["val_mae_age_averaged"]
+    assert score["val_mae_age_averaged"] == pytest.approx(measured[tuple(chosen)], abs=1e-3)
+    assert score["val_mae_age_averaged"] <= min(measured.values()) + 1e-3
+    out = tmp_path / "ens" / "model.safetensors"
+    assert main(["combine", *map(str, paths), "--mirror", "--choose", "2", "--data", str(data), "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["ensemble_of"] == [str(p) for p in chosen]
+    assert "chose" in capsys.readouterr().err
+    assert main(["combine", *map(str, paths), "--choose", "2", "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
 
 
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):

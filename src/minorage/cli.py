@@ -185,12 +185,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .models import combine_checkpoints, save_checkpoint
 
-    net, card = combine_checkpoints([Path(m) for m in args.models], args.mirror, args.name or Path(args.out).stem)
+    models = [Path(m) for m in args.models]
+    if args.choose:
+        if not args.data:
+            raise ValueError("--choose needs --data: members are chosen on their validation photos")
+        from .training import choose_members
+
+        models, score = choose_members(models, Path(args.data), args.choose, args.mirror)
+        print(f"minorage combine: chose {' '.join(map(str, models))} (validation MAE averaged over ages "
+              f"{score['val_mae_age_averaged']:.3f})", file=sys.stderr)
+    net, card = combine_checkpoints(models, args.mirror, args.name or Path(args.out).stem)
     if args.data:
         from .models import load_checkpoint
         from .training import validate_combined
 
-        card.metrics = validate_combined(net, [load_checkpoint(Path(m))[1] for m in args.models], Path(args.data))
+        card.metrics = validate_combined(net, [load_checkpoint(m)[1] for m in models], Path(args.data))
     path = save_checkpoint(net, card, Path(args.out))
     print(f"minorage combine: {len(net.members)} SSR-Nets{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
     return 0
@@ -352,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="store_true", help="also average each model over the mirrored face")
     p.add_argument("--name", help="the model card's name (default: the file name)")
     p.add_argument("--data", help="the members' data set: measure the ensemble on their shared validation photos (into its card)")
+    p.add_argument("--choose", type=int, metavar="K", help="with --data: keep only the ensemble of at most K of the models "
+                   "with the lowest validation MAE averaged over ages")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

@@ -9,6 +9,7 @@ shapes than the paper's bar), the schedule, and what to do with adults older tha
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .datasets import FaceSet, load_faces
-from .models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, predict_ages, save_checkpoint
+from .models import AveragedSSRNet, ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, predict_ages, save_checkpoint
 
 INITS = ("imdb", "morph2", "wiki", "megaface_asian", "scratch")
 
@@ -198,26 +199,60 @@ def _lr_at(epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
+def _scores(ages: np.ndarray, pred: np.ndarray, cfg: TrainConfig) -> dict:
     """Validation MAE on ages in range (the model selection criterion), and the age-averaged
     MAE, with adults' share called minors where adults are trained."""
-    pred = predict_ages(net, val.faces, 512, cfg.max_age)
-    young = val.ages <= cfg.max_age
-    out = {"val_mae": metrics.mae(val.ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(val.ages[young], pred[young])}
+    pred = np.minimum(pred, np.float32(cfg.max_age))
+    young = ages <= cfg.max_age
+    out = {"val_mae": metrics.mae(ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(ages[young], pred[young])}
     if (~young).any():
         out["val_adults_called_minors"] = float(np.mean(pred[~young] < metrics.MINOR_BELOW))
     return out
 
 
-def validate_combined(net: nn.Module, member_cards: list[ModelCard], data_dir: Path) -> dict:
-    """The validation measures of an ensemble on the photos its members all left out to
-    validate: possible only when they were trained on the same data set with the same split."""
-    keys = {(c.data.get("dataset"), c.training.get("val_seed", 0), c.training.get("val_fraction")) for c in member_cards}
+def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
+    return _scores(val.ages, predict_ages(net, val.faces, 512), cfg)
+
+
+def _shared_validation(cards: list[ModelCard]) -> TrainConfig:
+    """The training options that name the validation photos several models all left out:
+    refused unless they were trained on the same data set with the same split."""
+    keys = {(c.data.get("dataset"), c.training.get("val_seed", 0), c.training.get("val_fraction")) for c in cards}
     if len(keys) != 1 or None in keys.pop():
         raise ValueError("the members were not validated on the same photos (data set, val_seed, val_fraction differ)")
     known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig.from_dict({k: v for k, v in member_cards[0].training.items() if k in known})
+    return TrainConfig.from_dict({k: v for k, v in cards[0].training.items() if k in known})
+
+
+def validate_combined(net: nn.Module, member_cards: list[ModelCard], data_dir: Path) -> dict:
+    """The validation measures of an ensemble on the photos its members all left out."""
+    cfg = _shared_validation(member_cards)
     return _validation_score(net, fit_and_validation(Path(data_dir), cfg)[1], cfg)
+
+
+def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -> tuple[list[Path], dict]:
+    """Of the trained checkpoints given, the ensemble of at most `most` with the lowest MAE
+    averaged over ages on their shared validation photos, and its scores. The choice never
+    sees the test split, so the test numbers of the chosen ensemble stay honest; on a tie the
+    smaller ensemble wins (it is faster)."""
+    loaded = [load_checkpoint(Path(p)) for p in paths]
+    cfg = _shared_validation([card for _, card in loaded])
+    val = fit_and_validation(Path(data_dir), cfg)[1]
+    views = [val.faces, np.ascontiguousarray(val.faces[:, :, ::-1])] if mirror else [val.faces]
+    # an ensemble averages every member on every view: keep each checkpoint's sum and count
+    sums, counts = [], []
+    for net, _ in loaded:
+        members = list(net.members) if isinstance(net, AveragedSSRNet) else [net]
+        sums.append(sum(predict_ages(m, v, 512) for m in members for v in views))
+        counts.append(len(members) * len(views))
+    best: tuple[tuple[int, ...], dict] | None = None
+    for size in range(1, min(most, len(paths)) + 1):
+        for subset in itertools.combinations(range(len(paths)), size):
+            pred = sum(sums[i] for i in subset) / sum(counts[i] for i in subset)
+            score = _scores(val.ages, pred, cfg)
+            if best is None or score["val_mae_age_averaged"] < best[1]["val_mae_age_averaged"]:
+                best = (subset, score)
+    return [Path(paths[i]) for i in best[0]], best[1]
 
 
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
