@@ -26,7 +26,7 @@ import torch
 from minorage import AgeEstimator, config
 from minorage.datasets import load_faces
 from minorage.metrics import mae
-from minorage.models import predict_ages
+from minorage.models import AveragedSSRNet, predict_ages
 
 
 def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
@@ -40,22 +40,26 @@ def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.
 
 
 def int8_copy(net: torch.nn.Module, calibration: np.ndarray) -> torch.nn.Module:
-    """The network with convolutions and dense layers in int8 (x86 engine), activations'
-    ranges observed on `calibration` faces."""
+    """The network with its two convolution streams (nearly all of its multiply-adds) in int8
+    on the x86 engine, activation ranges observed on `calibration` faces; the stage heads and
+    the soft stagewise sum stay in float, where int8 would round the age itself."""
     import copy
 
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
+    net = copy.deepcopy(net).eval()
     batches = torch.from_numpy(calibration).permute(0, 3, 1, 2).float().split(128)
-    with warnings.catch_warnings():  # PyTorch says this API moves to torchao; it still works
+    with warnings.catch_warnings(), torch.no_grad():  # PyTorch says this API moves to torchao; it still works
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(net).eval(), get_default_qconfig_mapping("x86"), (batches[0],))
-        with torch.no_grad():
-            for batch in batches:
-                prepared(batch)
-        return convert_fx(prepared)
+        for member in net.members if isinstance(net, AveragedSSRNet) else [net]:
+            for name in ("x_stream", "s_stream"):
+                prepared = prepare_fx(getattr(member, name), get_default_qconfig_mapping("x86"), (batches[0],))
+                for batch in batches:
+                    prepared(batch)
+                setattr(member, name, convert_fx(prepared))
+    return net
 
 
 def multiply_adds(net: torch.nn.Module) -> int:
