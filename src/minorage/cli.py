@@ -186,7 +186,9 @@ def cmd_combine(args: argparse.Namespace) -> int:
     from .models import combine_checkpoints, save_checkpoint
 
     models = [Path(m) for m in args.models]
-    if args.choose:
+    if args.choose is not None:
+        if args.choose < 1:
+            raise ValueError("--choose takes the largest ensemble size, 1 or more")
         if not args.data:
             raise ValueError("--choose needs --data: members are chosen on their validation photos")
         from .training import choose_members
