@@ -110,6 +110,7 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
     assert main(["combine", *map(str, paths), "--mirror", "--choose", "2", "--data", str(data), "--out", str(out)]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["ensemble_of"] == [str(p) for p in chosen]
+    assert card["metrics"]["val_mae_age_averaged"] == pytest.approx(measured[tuple(chosen)], abs=1e-3)
     assert "chose" in capsys.readouterr().err
     assert main(["combine", *map(str, paths), "--choose", "2", "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
 

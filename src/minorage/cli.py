@@ -185,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .models import combine_checkpoints, save_checkpoint
 
-    models = [Path(m) for m in args.models]
+    models, chosen_score = [Path(m) for m in args.models], None
     if args.choose is not None:
         if args.choose < 1:
             raise ValueError("--choose takes the largest ensemble size, 1 or more")
@@ -193,11 +193,13 @@ def cmd_combine(args: argparse.Namespace) -> int:
             raise ValueError("--choose needs --data: members are chosen on their validation photos")
         from .training import choose_members
 
-        models, score = choose_members(models, Path(args.data), args.choose, args.mirror)
+        models, chosen_score = choose_members(models, Path(args.data), args.choose, args.mirror)
         print(f"minorage combine: chose {' '.join(map(str, models))} (validation MAE averaged over ages "
-              f"{score['val_mae_age_averaged']:.3f})", file=sys.stderr)
+              f"{chosen_score['val_mae_age_averaged']:.3f})", file=sys.stderr)
     net, card = combine_checkpoints(models, args.mirror, args.name or Path(args.out).stem)
-    if args.data:
+    if chosen_score:  # the choice already measured this ensemble on the validation photos
+        card.metrics = chosen_score
+    elif args.data:
         from .models import load_checkpoint
         from .training import validate_combined
 

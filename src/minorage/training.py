@@ -210,7 +210,7 @@ def _scores(ages: np.ndarray, pred: np.ndarray, cfg: TrainConfig) -> dict:
     return out
 
 
-def _validation_score(net: SSRNet, val: FaceSet, cfg: TrainConfig) -> dict:
+def _validation_score(net: nn.Module, val: FaceSet, cfg: TrainConfig) -> dict:
     return _scores(val.ages, predict_ages(net, val.faces, 512), cfg)
 
 
