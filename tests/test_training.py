@@ -113,6 +113,9 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
     assert card["metrics"]["val_mae_age_averaged"] == pytest.approx(measured[tuple(chosen)], abs=1e-3)
     assert "chose" in capsys.readouterr().err
     assert main(["combine", *map(str, paths), "--choose", "2", "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
+    with pytest.raises(ValueError, match="1 or more"):
+        choose_members(paths, data, most=0, mirror=True)
+    assert main(["combine", *map(str, paths), "--choose", "0", "--data", str(data), "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
 
 
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):

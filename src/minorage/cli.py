@@ -187,8 +187,6 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
     models, chosen_score = [Path(m) for m in args.models], None
     if args.choose is not None:
-        if args.choose < 1:
-            raise ValueError("--choose takes the largest ensemble size, 1 or more")
         if not args.data:
             raise ValueError("--choose needs --data: members are chosen on their validation photos")
         from .training import choose_members

@@ -235,6 +235,8 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
     averaged over ages on their shared validation photos, and its scores. The choice never
     sees the test split, so the test numbers of the chosen ensemble stay honest; on a tie the
     smaller ensemble wins (it is faster)."""
+    if most < 1:
+        raise ValueError(f"the largest ensemble size must be 1 or more, got {most}")
     loaded = [load_checkpoint(Path(p)) for p in paths]
     cfg = _shared_validation([card for _, card in loaded])
     val = fit_and_validation(Path(data_dir), cfg)[1]
