@@ -118,6 +118,34 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
     assert main(["combine", *map(str, paths), "--choose", "0", "--data", str(data), "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
 
 
+def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_dataset, tmp_path):
+    """A shipped ensemble can compete with new networks: it is chosen or left as a whole, its
+    networks count against K, and the new card lists one entry per network."""
+    from minorage.models import combine_checkpoints, member_cards, save_checkpoint
+    from minorage.training import choose_members, validate_combined
+
+    _, data, _, _ = small_dataset
+    paths = []
+    for name, cfg in {"a": TrainConfig(epochs=1, batch_size=32), "b": TrainConfig(epochs=1, batch_size=32, seed=1),
+                      "c": TrainConfig(epochs=1, batch_size=32, init="scratch")}.items():
+        train(data, tmp_path / name, cfg, progress=False)
+        paths.append(tmp_path / name / "model.safetensors")
+    pair = save_checkpoint(*combine_checkpoints(paths[:2], mirror=True, name="pair"), tmp_path / "pair" / "model.safetensors")
+    candidates = [pair, paths[2]]
+    chosen, _ = choose_members(candidates, data, most=2, mirror=True)
+    assert chosen in ([pair], [paths[2]])  # the pair and the third together are three networks
+    chosen, score = choose_members(candidates, data, most=3, mirror=True)
+    net, card = combine_checkpoints(chosen, mirror=True, name="x")
+    assert score["val_mae_age_averaged"] == pytest.approx(
+        validate_combined(net, [load_checkpoint(p)[1] for p in chosen], data)["val_mae_age_averaged"], abs=1e-3)
+    net, card = combine_checkpoints(candidates, mirror=True, name="all")
+    assert len(net.members) == 3
+    assert [m.training["seed"] for m in member_cards(card)] == [0, 1, 0]
+    assert [m["path"] for m in card.data["members"]] == [str(p) for p in paths]
+    with pytest.raises(ValueError, match="more than 1 networks"):
+        choose_members([pair], data, most=1, mirror=True)
+
+
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):
     """Both twins of a photo get the same blended target: the label and the teacher's estimate
     on the open-eyed face, never on the barred one."""

@@ -363,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="store_true", help="also average each model over the mirrored face")
     p.add_argument("--name", help="the model card's name (default: the file name)")
     p.add_argument("--data", help="the members' data set: measure the ensemble on their shared validation photos (into its card)")
-    p.add_argument("--choose", type=int, metavar="K", help="with --data: keep only the ensemble of at most K of the models "
-                   "with the lowest validation MAE averaged over ages")
+    p.add_argument("--choose", type=int, metavar="K", help="with --data: keep only the ensemble of at most K networks "
+                   "(a model that is an ensemble counts its networks) with the lowest validation MAE averaged over ages")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

@@ -358,7 +358,7 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         name=name,
         framing=framings.pop(),
         data=first.data if alone else {**_shared_data(c for _, c in loaded),
-                                       "members": [{"path": str(p), **card.to_dict()} for p, (_, card) in zip(paths, loaded)]},
+                                       "members": [m for p, (_, c) in zip(paths, loaded) for m in _member_entries(p, c)]},
         training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror},
         metrics=first.metrics if alone else {},
         minor_below=first.minor_below if len({c.minor_below for _, c in loaded}) == 1 else config.MINOR_BELOW,
@@ -366,6 +366,18 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         licence=first.licence,
     )
     return AveragedSSRNet(members, mirror), card
+
+
+def _member_entries(path: Path, card: ModelCard) -> list[dict]:
+    """The member cards an ensemble's card lists for one input checkpoint: an ensemble given
+    as an input contributes its own members' cards, so the list stays one network per entry."""
+    return card.data["members"] if "members" in card.data else [{"path": str(path), **card.to_dict()}]
+
+
+def member_cards(card: ModelCard) -> list[ModelCard]:
+    """The cards of the networks a model averages (its own card for a single network): each
+    keeps the training options, such as the validation split, that an ensemble's card does not."""
+    return [ModelCard.from_dict(m) for m in card.data["members"]] if "members" in card.data else [card]
 
 
 def _shared_data(cards) -> dict:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .datasets import FaceSet, load_faces
-from .models import AveragedSSRNet, ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, predict_ages, save_checkpoint
+from .models import AveragedSSRNet, ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, member_cards, predict_ages, save_checkpoint
 
 INITS = ("imdb", "morph2", "wiki", "megaface_asian", "scratch")
 
@@ -217,6 +217,7 @@ def _validation_score(net: nn.Module, val: FaceSet, cfg: TrainConfig) -> dict:
 def _shared_validation(cards: list[ModelCard]) -> TrainConfig:
     """The training options that name the validation photos several models all left out:
     refused unless they were trained on the same data set with the same split."""
+    cards = [m for c in cards for m in member_cards(c)]
     keys = {(c.data.get("dataset"), c.training.get("val_seed", 0), c.training.get("val_fraction")) for c in cards}
     if len(keys) != 1 or None in keys.pop():
         raise ValueError("the members were not validated on the same photos (data set, val_seed, val_fraction differ)")
@@ -231,10 +232,11 @@ def validate_combined(net: nn.Module, member_cards: list[ModelCard], data_dir: P
 
 
 def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -> tuple[list[Path], dict]:
-    """Of the trained checkpoints given, the ensemble of at most `most` with the lowest MAE
-    averaged over ages on their shared validation photos, and its scores. The choice never
-    sees the test split, so the test numbers of the chosen ensemble stay honest; on a tie the
-    smaller ensemble wins (it is faster)."""
+    """Of the trained checkpoints given, the ensemble of at most `most` networks with the lowest
+    MAE averaged over ages on their shared validation photos, and its scores. A checkpoint that
+    is itself an ensemble (an earlier default model) is a candidate as a whole and counts its
+    networks. The choice never sees the test split, so the test numbers of the chosen ensemble
+    stay honest; on a tie the ensemble of fewer networks wins (it is faster)."""
     if most < 1:
         raise ValueError(f"the largest ensemble size must be 1 or more, got {most}")
     loaded = [load_checkpoint(Path(p)) for p in paths]
@@ -247,13 +249,17 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
         members = list(net.members) if isinstance(net, AveragedSSRNet) else [net]
         sums.append(sum(predict_ages(m, v, 512) for m in members for v in views))
         counts.append(len(members) * len(views))
+    networks = [c // len(views) for c in counts]
+    subsets = [s for size in range(1, min(most, len(paths)) + 1) for s in itertools.combinations(range(len(paths)), size)
+               if sum(networks[i] for i in s) <= most]
+    if not subsets:
+        raise ValueError(f"every model given averages more than {most} networks")
     best: tuple[tuple[int, ...], dict] | None = None
-    for size in range(1, min(most, len(paths)) + 1):
-        for subset in itertools.combinations(range(len(paths)), size):
-            pred = sum(sums[i] for i in subset) / sum(counts[i] for i in subset)
-            score = _scores(val.ages, pred, cfg)
-            if best is None or score["val_mae_age_averaged"] < best[1]["val_mae_age_averaged"]:
-                best = (subset, score)
+    for subset in sorted(subsets, key=lambda s: sum(networks[i] for i in s)):
+        pred = sum(sums[i] for i in subset) / sum(counts[i] for i in subset)
+        score = _scores(val.ages, pred, cfg)
+        if best is None or score["val_mae_age_averaged"] < best[1]["val_mae_age_averaged"]:
+            best = (subset, score)
     return [Path(paths[i]) for i in best[0]], best[1]
 
 
