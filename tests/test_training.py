@@ -135,7 +135,7 @@ def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_datas
     chosen, _ = choose_members(candidates, data, most=2, mirror=True)
     assert chosen in ([pair], [paths[2]])  # the pair and the third together are three networks
     chosen, score = choose_members(candidates, data, most=3, mirror=True)
-    net, card = combine_checkpoints(chosen, mirror=True, name="x")
+    net, _ = combine_checkpoints(chosen, mirror=True, name="x")
     assert score["val_mae_age_averaged"] == pytest.approx(
         validate_combined(net, [load_checkpoint(p)[1] for p in chosen], data)["val_mae_age_averaged"], abs=1e-3)
     net, card = combine_checkpoints(candidates, mirror=True, name="all")

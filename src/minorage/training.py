@@ -243,20 +243,19 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
     cfg = _shared_validation([card for _, card in loaded])
     val = fit_and_validation(Path(data_dir), cfg)[1]
     views = [val.faces, np.ascontiguousarray(val.faces[:, :, ::-1])] if mirror else [val.faces]
-    # an ensemble averages every member on every view: keep each checkpoint's sum and count
-    sums, counts = [], []
+    # an ensemble averages every member on every view: keep each checkpoint's sum and its networks
+    sums, networks = [], []
     for net, _ in loaded:
         members = list(net.members) if isinstance(net, AveragedSSRNet) else [net]
         sums.append(sum(predict_ages(m, v, 512) for m in members for v in views))
-        counts.append(len(members) * len(views))
-    networks = [c // len(views) for c in counts]
+        networks.append(len(members))
     subsets = [s for size in range(1, min(most, len(paths)) + 1) for s in itertools.combinations(range(len(paths)), size)
                if sum(networks[i] for i in s) <= most]
     if not subsets:
         raise ValueError(f"every model given averages more than {most} networks")
     best: tuple[tuple[int, ...], dict] | None = None
     for subset in sorted(subsets, key=lambda s: sum(networks[i] for i in s)):
-        pred = sum(sums[i] for i in subset) / sum(counts[i] for i in subset)
+        pred = sum(sums[i] for i in subset) / (sum(networks[i] for i in subset) * len(views))
         score = _scores(val.ages, pred, cfg)
         if best is None or score["val_mae_age_averaged"] < best[1]["val_mae_age_averaged"]:
             best = (subset, score)
