@@ -1,13 +1,17 @@
 """Age model speed and memory: training seconds per epoch, inference faces/s at batch 1 and
-256 on 2 threads (fp32, and the fast path if the model has one), peak memory.
+256 on 2 threads, peak memory.
+
+Inference is timed as `AgeEstimator.predict` runs it (BatchNorms folded, TorchScript-frozen so that
+oneDNN fuses each convolution with its activation, 32-face slices) and, for comparison, as the
+folded network run eagerly on whole batches (what `predict` ran until session 8).
 
     .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR] [--int8]
 
 With --data, one training epoch of the default model's recipe (configs/default.json) is timed on
 that data set's training split, and the model's MAE on its test split (Org and Ocl, ages 0-25)
 is printed beside the speed. With --int8, the same for an int8 copy of the model (PyTorch's x86
-static quantisation, calibrated on 1,024 faces): the cheapest speed-up this CPU offers, and what
-it costs in MAE.
+static quantisation of the convolution streams, calibrated on 1,024 faces, run eagerly on whole
+batches), and what it costs in MAE.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from minorage import AgeEstimator, config
 from minorage.datasets import load_faces
 from minorage.metrics import mae
-from minorage.models import AveragedSSRNet, predict_ages
+from minorage.models import AveragedSSRNet, fold_batch_norms, predict_ages
 
 
 def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
@@ -92,10 +96,13 @@ def main() -> None:
     faces = np.concatenate([faces] * 4)  # 256 real faces
     report = {"model": args.model, "threads": torch.get_num_threads(),
               "million_multiply_adds_per_face": round(multiply_adds(estimator.net) / 1e6, 2)}
-    fp32 = lambda x, batch: estimator.predict(x, batch_size=batch)  # noqa: E731
+    runtime = lambda x, batch: estimator.predict(x, batch_size=batch)  # noqa: E731
+    eager = fold_batch_norms(estimator.net)
     for batch in (1, 256):
-        report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(fp32, faces, batch), 1)
-    predictors = {"": fp32}
+        report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(runtime, faces, batch), 1)
+        report[f"eager_faces_per_s_batch_{batch}"] = round(faces_per_second(
+            lambda x, b: predict_ages(eager, x, b, estimator.card.max_age), faces, batch), 1)  # noqa: E731
+    predictors = {"": runtime}
     if args.int8:
         calibration = load_faces(Path(args.data), "train", "org").faces[:1024] if args.data else faces
         quantised = int8_copy(estimator.net, calibration)

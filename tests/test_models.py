@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minorage import AgeEstimator, config
-from minorage.models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, save_checkpoint
+from minorage.models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, predict_ages, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,18 @@ def test_batching_does_not_change_results(reference):
     estimator = AgeEstimator.from_pretrained("imdb")
     whole = estimator.predict(reference["images"])
     np.testing.assert_allclose(estimator.predict(reference["images"], batch_size=5), whole, atol=1e-5)
+
+
+def test_fast_runtime_gives_the_networks_own_ages(reference):
+    """`predict` runs a folded, TorchScript-frozen copy in 32-face slices; it must give what the
+    network itself gives: here the default ensemble (two networks, mirrored) on 70 faces, which
+    the runtime cuts into slices of 32, 32 and 6."""
+    estimator = AgeEstimator.from_pretrained("default")
+    faces = np.concatenate([reference["images"], reference["images"][:6]])
+    assert isinstance(estimator.runtime.net, torch.jit.ScriptModule)
+    expected = predict_ages(estimator.net, faces, 256, estimator.card.max_age)
+    np.testing.assert_allclose(estimator.predict(faces), expected, atol=1e-4)
+    np.testing.assert_allclose(estimator.predict(faces[:1], batch_size=1), expected[:1], atol=1e-4)
 
 
 def test_predict_rejects_wrong_input(reference):

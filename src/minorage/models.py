@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -168,6 +170,39 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
             conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
         block[1] = nn.Identity()
     return folded.to(memory_format=torch.channels_last)
+
+
+#: Faces a runtime pass takes at a time. A 256-face batch's first maps (126 MB) overflow the CPU's
+#: cache and every activation then waits on memory; 32 faces' (16 MB) stay in it.
+RUNTIME_SLICE = 32
+
+
+class _Sliced(nn.Module):
+    """Runs a network over a batch in slices of `size` faces."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.net(part) for part in x.split(self.size)])
+
+
+def inference_runtime(net: SSRNet | AveragedSSRNet) -> nn.Module:
+    """What `AgeEstimator.predict` runs: BatchNorms folded, then traced and frozen by TorchScript
+    so that oneDNN runs each convolution with its activation fused, fed cache-sized slices.
+    Same outputs as `net` to float rounding, about five times faster on two cores
+    (benchmarks/age_model.py); the folded copy as it is where this PyTorch cannot trace."""
+    folded = fold_batch_norms(net)
+    size = net.cfg.image_size
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, still the fastest here
+            frozen = torch.jit.optimize_for_inference(torch.jit.trace(folded, torch.zeros(RUNTIME_SLICE, 3, size, size)))
+    except (AttributeError, RuntimeError) as error:
+        warnings.warn(f"age model runs without TorchScript ({error}): correct, but slower")
+        frozen = folded
+    return _Sliced(frozen, RUNTIME_SLICE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +457,6 @@ class AgeEstimator:
         self.net = net.eval()
         self.card = card
         self.source = source
-        self.runtime = fold_batch_norms(self.net)  # what `predict` runs
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL) -> "AgeEstimator":
@@ -443,6 +477,11 @@ class AgeEstimator:
                 raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
         net, card = load_checkpoint(path)
         return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path))
+
+    @cached_property
+    def runtime(self) -> nn.Module:
+        """What `predict` runs (built on first use: tracing takes about half a second)."""
+        return inference_runtime(self.net)
 
     @property
     def framing(self) -> Framing:
