@@ -146,6 +146,22 @@ def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_datas
         choose_members([pair], data, most=1, mirror=True)
 
 
+def test_training_can_start_from_one_network_of_an_ensemble():
+    """The shipped default's networks have no checkpoints of their own: `init_member` picks one
+    out of the ensemble to fine-tune further."""
+    from minorage.models import packaged_model_path
+    from minorage.training import initial_network
+
+    default = packaged_model_path()
+    ensemble, _ = load_checkpoint(default)
+    start = initial_network(TrainConfig(init=str(default), init_member=1, V=ensemble.cfg.V))
+    for key, value in start.state_dict().items():
+        assert torch.equal(value, ensemble.members[1].state_dict()[key]), key
+    assert not torch.equal(start.x_stream.blocks[0][0].weight, ensemble.members[0].x_stream.blocks[0][0].weight)
+    with pytest.raises(ValueError, match="init_member 2"):
+        initial_network(TrainConfig(init=str(default), init_member=2, V=ensemble.cfg.V))
+
+
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):
     """Both twins of a photo get the same blended target: the label and the teacher's estimate
     on the open-eyed face, never on the barred one."""

@@ -34,6 +34,7 @@ class TrainConfig:
 
     variant: str = "org+ocl"  # org | ocl | org+ocl: which faces to train on
     init: str = "imdb"  # imdb | morph2 | wiki | megaface_asian | scratch | a checkpoint path
+    init_member: int = 0  # with `init` an ensemble checkpoint: which of its networks to start from
     epochs: int = 90
     batch_size: int = 128
     lr: float = 1e-3
@@ -176,7 +177,8 @@ def _random_occluders(batch: torch.Tensor, share: float, generator: torch.Genera
 
 
 def initial_network(cfg: TrainConfig) -> SSRNet:
-    """SSR-Net with the chosen start: original weights, a checkpoint, or random."""
+    """SSR-Net with the chosen start: original weights, a checkpoint (one network of it, if it
+    is an ensemble: a shipped default's members have no checkpoints of their own), or random."""
     arch = SSRNetConfig(V=cfg.V)
     if cfg.init == "scratch":
         return SSRNet(arch)
@@ -184,6 +186,10 @@ def initial_network(cfg: TrainConfig) -> SSRNet:
         source = load_pretrained_network(cfg.init)
     else:
         source, _ = load_checkpoint(Path(cfg.init))
+        if isinstance(source, AveragedSSRNet):
+            if not 0 <= cfg.init_member < len(source.members):
+                raise ValueError(f"{cfg.init} averages {len(source.members)} networks: init_member {cfg.init_member} is not one of them")
+            source = source.members[cfg.init_member]
     net = SSRNet(arch)
     net.load_state_dict(source.state_dict())
     return net
