@@ -15,7 +15,6 @@ import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -177,32 +176,37 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
 RUNTIME_SLICE = 32
 
 
-class _Sliced(nn.Module):
-    """Runs a network over a batch in slices of `size` faces."""
+class InferenceRuntime(nn.Module):
+    """What `AgeEstimator.predict` runs: the network with its BatchNorms folded. Bulk batches go
+    through a TorchScript-frozen copy, in which oneDNN runs each convolution with its activation
+    fused, in `RUNTIME_SLICE`-face slices: the same ages to float rounding, about five times
+    faster on two cores (benchmarks/age_model.py). Tracing costs about a second, so the copy is
+    made for the first batch of `RUNTIME_SLICE` faces or more; one photo's faces never wait for it."""
 
-    def __init__(self, net: nn.Module, size: int):
+    def __init__(self, net: SSRNet | AveragedSSRNet):
         super().__init__()
-        self.net, self.size = net, size
+        self.folded = fold_batch_norms(net)
+        self.frozen: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.net(part) for part in x.split(self.size)])
+        if len(x) < RUNTIME_SLICE:
+            return self.folded(x)
+        bulk = self.bulk()
+        return torch.cat([bulk(part) for part in x.split(RUNTIME_SLICE)])
 
-
-def inference_runtime(net: SSRNet | AveragedSSRNet) -> nn.Module:
-    """What `AgeEstimator.predict` runs: BatchNorms folded, then traced and frozen by TorchScript
-    so that oneDNN runs each convolution with its activation fused, fed cache-sized slices.
-    Same outputs as `net` to float rounding, about five times faster on two cores
-    (benchmarks/age_model.py); the folded copy as it is where this PyTorch cannot trace."""
-    folded = fold_batch_norms(net)
-    size = net.cfg.image_size
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, still the fastest here
-            frozen = torch.jit.optimize_for_inference(torch.jit.trace(folded, torch.zeros(RUNTIME_SLICE, 3, size, size)))
-    except (AttributeError, RuntimeError) as error:
-        warnings.warn(f"age model runs without TorchScript ({error}): correct, but slower")
-        frozen = folded
-    return _Sliced(frozen, RUNTIME_SLICE)
+    def bulk(self) -> nn.Module:
+        """The frozen copy, traced on first use (the folded copy where this PyTorch cannot trace)."""
+        if self.frozen is None:
+            size = self.folded.cfg.image_size
+            try:
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, still the fastest here
+                    example = torch.zeros(RUNTIME_SLICE, 3, size, size)
+                    self.frozen = torch.jit.optimize_for_inference(torch.jit.trace(self.folded, example))
+            except (AttributeError, RuntimeError) as error:
+                warnings.warn(f"the age model runs without TorchScript ({error}): the same ages, more slowly")
+                self.frozen = self.folded
+        return self.frozen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +461,7 @@ class AgeEstimator:
         self.net = net.eval()
         self.card = card
         self.source = source
+        self.runtime = InferenceRuntime(self.net)  # what `predict` runs
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL) -> "AgeEstimator":
@@ -477,11 +482,6 @@ class AgeEstimator:
                 raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
         net, card = load_checkpoint(path)
         return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path))
-
-    @cached_property
-    def runtime(self) -> nn.Module:
-        """What `predict` runs (built on first use: tracing takes about half a second)."""
-        return inference_runtime(self.net)
 
     @property
     def framing(self) -> Framing:

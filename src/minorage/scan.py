@@ -378,7 +378,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     workers = cfg.workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
-    estimator.runtime  # noqa: B018  traced once here, before the workers start, not inside the first batch
+    estimator.runtime.bulk()  # traced here, before the workers take the cores, not inside the first batch
     try:
         with get_context("spawn").Pool(workers, _init_worker, (detector_cfg, estimator.framing, cfg)) as pool:
             for batch in _batches(_bounded_map(pool, todo(), workers * cfg.in_flight), cfg.age_batch):
