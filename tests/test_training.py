@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,6 +180,12 @@ def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_pa
     for i, t in zip(fit.ids, blended):
         twins.setdefault(i, []).append(t)
     assert all(len(v) == 2 and abs(v[0] - v[1]) < 1e-5 for v in twins.values())
+    # centred: at every target age the mean target is the label, each photo keeps its deviation
+    centred = teacher_targets(fit, fit.ages, replace(cfg, teacher_centred=True))
+    for age in np.unique(np.rint(fit.ages)):
+        same = np.rint(fit.ages) == age
+        assert np.mean(centred[same] - fit.ages[same]) == pytest.approx(0, abs=1e-3)
+        np.testing.assert_allclose(centred[same] - np.mean(centred[same]), blended[same] - np.mean(blended[same]), atol=1e-3)
 
 
 def test_augmentation_keeps_shape_and_range():
