@@ -107,9 +107,9 @@ def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.nda
 
 def mean_error_per_target(estimates: np.ndarray, plain: np.ndarray) -> np.ndarray:
     """For each face, the teacher's mean error over all faces of its (rounded) target. Why: a
-    teacher regresses to the middle ages (even on the photos it fit, v2 estimates 25-year-olds
-    3.9 years young and babies 1.3 years old); taken off, the blend keeps what the teacher sees
-    in each photo without pulling the youngest and oldest targets inward."""
+    teacher regresses to the middle ages, even on the photos it fit, estimating the oldest too
+    young and the youngest too old; taken off, the blend keeps what the teacher sees in each
+    photo without pulling the targets at both ends of the range inward."""
     keys = np.rint(plain).astype(int)
     bias = np.zeros_like(estimates)
     for key in np.unique(keys):
