@@ -101,7 +101,7 @@ def main() -> None:
     for batch in (1, 256):
         report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(runtime, faces, batch), 1)
         report[f"eager_faces_per_s_batch_{batch}"] = round(faces_per_second(
-            lambda x, b: predict_ages(eager, x, b, estimator.card.max_age), faces, batch), 1)  # noqa: E731
+            lambda x, b: predict_ages(eager, x, b, estimator.card.max_age), faces, batch), 1)
     predictors = {"": runtime}
     if args.int8:
         calibration = load_faces(Path(args.data), "train", "org").faces[:1024] if args.data else faces
