@@ -77,3 +77,22 @@ def test_recall_at_85_percent_specificity():
     out = metrics.recall_at_specificity(true, pred)
     assert out["threshold_at_spec85"] == pytest.approx(19.0) and out["recall_at_spec85"] == pytest.approx(2 / 3)
     assert metrics.recall_at_specificity(true[:3], pred[:3]) == {}
+
+
+def test_bootstrap_intervals_bracket_the_measure_and_narrow_with_more_faces():
+    """Every face off by exactly 2 years leaves nothing to vary; mixed errors give an interval
+    around the measure that four times the faces make narrower; the same seed, the same interval."""
+    true = np.array([1, 3, 5, 8, 12, 15, 16, 17, 19, 20, 22, 24, 30, 40], float)
+    even = metrics.bootstrap_intervals(true, true + 2, resamples=200)
+    assert even["MAE"] == [2.0, 2.0] and even["MAE_age_averaged"] == [2.0, 2.0]
+    errors = np.array([0, 4, -1, 3, -6, 2, 1, 5, -2, 0, -3, 1, -8, 2], float)
+    small = metrics.bootstrap_intervals(true, true + errors, resamples=300)
+    point = metrics.evaluate(true, true + errors)
+    low, high = small["MAE_age_averaged"]
+    assert low < point["MAE_age_averaged"] < high
+    assert small["adults_called_minors"][0] <= point["adults_called_minors"] <= small["adults_called_minors"][1]
+    large = metrics.bootstrap_intervals(np.tile(true, 4), np.tile(true + errors, 4), resamples=300)
+    assert large["MAE"][1] - large["MAE"][0] < small["MAE"][1] - small["MAE"][0]
+    assert metrics.bootstrap_intervals(true, true + errors, resamples=300) == small
+    with pytest.raises(ValueError, match="resamples"):
+        metrics.bootstrap_intervals(true, true, resamples=0)

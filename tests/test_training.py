@@ -199,14 +199,17 @@ def test_augmentation_keeps_shape_and_range():
 
 def test_evaluate_command(small_dataset, tmp_path, capsys):
     _, data, _, _ = small_dataset
-    code = main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json"])
+    code = main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json", "--bootstrap", "50"])
     results = json.loads(capsys.readouterr().out)
     assert code == 0 and set(results) == {"org", "ocl"}
     for variant in results.values():
         assert variant["n"] > 0 and 0 <= variant["Acc"] <= 1 and variant["MAE"] > 0
         assert np.array(variant["confusion"]).sum() == variant["n"]
-    main(["evaluate", "--model", "imdb", "--data", str(data)])
-    assert "| Acc (mean of the groups) |" in capsys.readouterr().out
+        low, high = variant["intervals"]["MAE"]
+        assert low <= variant["MAE"] <= high
+    main(["evaluate", "--model", "imdb", "--data", str(data), "--bootstrap", "0"])
+    table = capsys.readouterr().out
+    assert "| Acc (mean of the groups) |" in table and "bootstrap" not in table
 
 
 def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path):

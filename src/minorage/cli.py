@@ -177,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
     estimator = AgeEstimator.from_pretrained(args.model)
-    results = evaluate_model(estimator, Path(args.data), variants)
+    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap)
     print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
     return 0
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build`")
     p.add_argument("--variant", choices=("org", "ocl", "both"), default="both", help="(default: %(default)s)")
     p.add_argument("--format", choices=("md", "json"), default="md", help="(default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="test sets drawn again N times for the 95%% intervals of the headline measures; 0: none (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("combine", help="average several trained models into one (e.g. the Org and Ocl models)")

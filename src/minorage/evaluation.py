@@ -15,13 +15,15 @@ VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
 
 
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
-                   per_age: int = 0) -> dict[str, dict]:
-    """Every measure of `metrics.evaluate` per variant of the split, with the model's flag."""
-    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below)
+                   per_age: int = 0, resamples: int = 0) -> dict[str, dict]:
+    """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
+    given `resamples`, the bootstrap intervals of the headline measures)."""
+    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below, resamples)
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
-                       split: str = "test", per_age: int = 0, minor_below: float = metrics.MINOR_BELOW) -> dict[str, dict]:
+                       split: str = "test", per_age: int = 0, minor_below: float = metrics.MINOR_BELOW,
+                       resamples: int = 0) -> dict[str, dict]:
     """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
     each age when set: the paper's test sets grow with the training size)."""
     results = {}
@@ -29,7 +31,10 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Pa
         faces = load_faces(data_dir, split, variant)
         if per_age:
             faces = faces.cap_per_age(per_age)
-        results[variant] = metrics.evaluate(faces.ages, predict(faces.faces), minor_below)
+        ages = predict(faces.faces)
+        results[variant] = metrics.evaluate(faces.ages, ages, minor_below)
+        if resamples:
+            results[variant]["intervals"] = metrics.bootstrap_intervals(faces.ages, ages, minor_below, resamples)
     return results
 
 
@@ -52,7 +57,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
     lines = [f"### {title}" if title else "", "", "| measure | " + " | ".join(VARIANT_LABELS.get(v, v) for v in variants) + " |",
              "|---|" + "---|" * len(variants)]
     for label, key, fmt in rows:
-        cells = [fmt.format(results[v][key]) if key in results[v] else "–" for v in variants]
+        cells = [_cell(results[v], key, fmt) for v in variants]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for v in variants:
         lines += ["", f"Group confusion, {VARIANT_LABELS.get(v, v)} (rows true, columns predicted):", "",
@@ -60,4 +65,14 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         for name, row in zip(metrics.ALL_GROUPS, np.asarray(results[v]["confusion"])):
             if row.sum():
                 lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
+    if any("intervals" in results[v] for v in variants):
+        lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
     return "\n".join(lines).strip() + "\n"
+
+
+def _cell(result: dict, key: str, fmt: str) -> str:
+    """One measure, with its bootstrap interval where there is one."""
+    if key not in result:
+        return "–"
+    low_high = result.get("intervals", {}).get(key)
+    return fmt.format(result[key]) + (f" ({fmt.format(low_high[0])}–{fmt.format(low_high[1])})" if low_high else "")
