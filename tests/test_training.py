@@ -49,6 +49,26 @@ def test_training_is_reproducible_and_resumes(small_dataset, tmp_path):
     assert history_a[1]["val_mae"] == history_b[1]["val_mae"]
 
 
+def test_a_refit_on_every_training_photo_keeps_its_last_epoch(small_dataset, tmp_path, capsys):
+    """`val_fraction` 0 fits the validation photos too: the last epoch is kept, the card has no
+    validation measures, and an ensemble choice refuses such members (nothing left to choose on)."""
+    _, data, _, _ = small_dataset
+    held = train(data, tmp_path / "held", TrainConfig(epochs=1, batch_size=32), progress=False)
+    card = train(data, tmp_path / "all", TrainConfig(epochs=2, batch_size=32, val_fraction=0.0), progress=False)
+    assert card["data"]["faces_fit"] == held["data"]["faces_fit"] + held["data"]["faces_val"] and card["data"]["faces_val"] == 0
+    assert card["training"]["best_epoch"] == 2 and card["metrics"] == {}
+    history = json.loads((tmp_path / "all" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all("val_mae" not in h for h in history)
+    assert (tmp_path / "all" / "curves.png").is_file()
+    ages = AgeEstimator.from_pretrained(tmp_path / "all" / "model.safetensors").predict(np.load(data / "faces" / "test_org.npz")["faces"][:4])
+    assert np.all(np.isfinite(ages))
+    assert main(["combine", str(tmp_path / "all" / "model.safetensors"), "--data", str(data),
+                 "--out", str(tmp_path / "bad" / "model.safetensors")]) != 0
+    assert "no validation photos" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="val_fraction"):
+        train(data, tmp_path / "cal", TrainConfig(epochs=1, val_fraction=0.0, minor_recall=0.9), progress=False)
+
+
 def test_validation_keeps_twins_together():
     ids = np.array(["a", "b", "c", "d", "e", "a", "b", "c", "d", "e"])
     mask = validation_mask(ids, 0.4, seed=1)

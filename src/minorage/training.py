@@ -52,7 +52,8 @@ class TrainConfig:
     teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
     per_age: int = 0  # use at most this many training-split photos per age; 0 = all
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # 0: fit on every training photo and keep the last epoch (a refit
+    # of a recipe already chosen on validation; the test split still judges it)
     val_seed: int = 0  # which photos validate: fixed apart from `seed`, so that models of several
     # seeds share their validation faces (an ensemble is then measured on faces none has fit)
     seed: int = 0
@@ -129,7 +130,10 @@ def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
 
 
 def fit_and_validation(data_dir: Path, cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
-    """The training split's faces cut into the part that fits and the part that validates."""
+    """The training split's faces cut into the part that fits and the part that validates
+    (none with `val_fraction` 0)."""
+    if cfg.val_fraction == 0 and cfg.minor_recall:
+        raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
     data = training_faces(data_dir, cfg)
     mask = validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)
     return data.subset(~mask), data.subset(mask)
@@ -241,8 +245,10 @@ def _shared_validation(cards: list[ModelCard]) -> TrainConfig:
     refused unless they were trained on the same data set with the same split."""
     cards = [m for c in cards for m in member_cards(c)]
     keys = {(c.data.get("dataset"), c.training.get("val_seed", 0), c.training.get("val_fraction")) for c in cards}
-    if len(keys) != 1 or None in keys.pop():
+    if len(keys) != 1 or None in (key := keys.pop()):
         raise ValueError("the members were not validated on the same photos (data set, val_seed, val_fraction differ)")
+    if key[2] == 0:
+        raise ValueError("the members were fit on every training photo: no validation photos are left to measure them on")
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig.from_dict({k: v for k, v in cards[0].training.items() if k in known})
 
@@ -326,15 +332,17 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             loss.backward()
             optimiser.step()
             total += loss.item() * len(index)
-        record = {"epoch": epoch + 1, "train_loss": total / len(order), **_validation_score(net, val, cfg), "lr": _lr_at(epoch, cfg)}
+        scores = _validation_score(net, val, cfg) if len(val) else {}
+        record = {"epoch": epoch + 1, "train_loss": total / len(order), **scores, "lr": _lr_at(epoch, cfg)}
         state["history"].append(record)
-        if state["best"] is None or record["val_mae"] < state["best"]["val_mae"]:
-            state["best"] = record
+        if state["best"] is None or not scores or record["val_mae"] < state["best"]["val_mae"]:
+            state["best"] = record  # with no validation photos, the last epoch
             torch.save(net.state_dict(), out_dir / "best.pt")
         state["epoch"] = epoch + 1
         torch.save({"config": cfg.resume_key(), "net": net.state_dict(), "optimiser": optimiser.state_dict(),
                     "generator": generator.get_state(), "state": state}, resume)
-        epochs.set_postfix(loss=f"{record['train_loss']:.2f}", val_mae=f"{record['val_mae']:.2f}", best=state["best"]["epoch"])
+        shown = {"val_mae": f"{record['val_mae']:.2f}"} if scores else {}
+        epochs.set_postfix(loss=f"{record['train_loss']:.2f}", **shown, best=state["best"]["epoch"])
         if cfg.patience and epoch + 1 - state["best"]["epoch"] >= cfg.patience:
             break
     net.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
@@ -374,7 +382,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(epochs, [h["train_loss"] for h in history], label="training loss")
-    ax.plot(epochs, [h["val_mae"] for h in history], label="validation MAE")
+    if all("val_mae" in h for h in history):
+        ax.plot(epochs, [h["val_mae"] for h in history], label="validation MAE")
     ax.set_xlabel("epoch")
     ax.set_ylabel("years")
     ax.legend()
