@@ -37,7 +37,7 @@ def test_batching_does_not_change_results(reference):
 def test_fast_runtime_gives_the_networks_own_ages(reference):
     """`predict` runs bulk batches through a folded, TorchScript-frozen copy in 32-face slices,
     small ones through the folded copy; both must give what the network itself gives: here the
-    default ensemble (two networks, mirrored) on 70 faces (slices of 32, 32 and 6) and on one."""
+    default ensemble (several networks, mirrored) on 70 faces (slices of 32, 32 and 6) and on one."""
     estimator = AgeEstimator.from_pretrained("default")
     faces = np.concatenate([reference["images"], reference["images"][:6]])
     assert isinstance(estimator.runtime.bulk(), torch.jit.ScriptModule)
