@@ -60,6 +60,11 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
     minor_recall: float = 0.0  # calibrate the minor flag to this recall on validation; 0 = 17.5
 
+    def __post_init__(self) -> None:
+        """Refuse options that contradict each other before any data is loaded."""
+        if self.val_fraction == 0 and self.minor_recall:
+            raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
+
     def resume_key(self) -> dict:
         """The options that decide the weights (the flag's calibration comes after them)."""
         return {k: v for k, v in asdict(self).items() if k != "minor_recall"}
@@ -132,8 +137,6 @@ def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
 def fit_and_validation(data_dir: Path, cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
     """The training split's faces cut into the part that fits and the part that validates
     (none with `val_fraction` 0)."""
-    if cfg.val_fraction == 0 and cfg.minor_recall:
-        raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
     data = training_faces(data_dir, cfg)
     mask = validation_mask(data.ids, cfg.val_fraction, cfg.val_seed)
     return data.subset(~mask), data.subset(mask)
