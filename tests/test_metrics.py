@@ -76,7 +76,12 @@ def test_recall_at_85_percent_specificity():
     pred = np.array([5, 17.0, 19.5, 17.2, 19, 20, 21, 22, 23, 24])
     out = metrics.recall_at_specificity(true, pred)
     assert out["threshold_at_spec85"] == pytest.approx(19.0) and out["recall_at_spec85"] == pytest.approx(2 / 3)
+    assert out["recall_at_spec85_under16"] == 1.0  # the 5-year-old; the 17-year-old is the miss
     assert metrics.recall_at_specificity(true[:3], pred[:3]) == {}
+    # a 14-year-old estimated 19.5 is missed too: half the under-16s
+    out = metrics.recall_at_specificity(np.append(true, 14), np.append(pred, 19.5))
+    assert out["recall_at_spec85_under16"] == pytest.approx(1 / 2) and out["recall_at_spec85"] == pytest.approx(2 / 4)
+    assert "recall_at_spec85_under16" not in metrics.recall_at_specificity(true[1:], pred[1:])
 
 
 def test_bootstrap_intervals_bracket_the_measure_and_narrow_with_more_faces():

@@ -52,6 +52,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),
         ("minors' recall at 85% specificity (best threshold)", "recall_at_spec85", "{:.1%}"),
         ("  that threshold", "threshold_at_spec85", "{:.1f}"),
+        ("  recall on the under-16s at that threshold", "recall_at_spec85_under16", "{:.1%}"),
     ]
     variants = list(results)
     lines = [f"### {title}" if title else "", "", "| measure | " + " | ".join(VARIANT_LABELS.get(v, v) for v in variants) + " |",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ADULT_GROUP, AGE_GROUPS, MINOR_BELOW, MINOR_LIMIT
+from .config import ADULT_GROUP, AGE_GROUPS, CHILD_LIMIT, MINOR_BELOW, MINOR_LIMIT
 
 
 def age_group(age: float) -> str:
@@ -99,7 +99,8 @@ SPECIFICITY_FLOOR = 0.85  # the share of 18-25 year olds that must stay unflagge
 def recall_at_specificity(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """The best the model can do on the forensic question whatever its threshold: the highest
     minors' recall among thresholds (0.1-year steps) that keep at least SPECIFICITY_FLOOR of the
-    18-25 year olds unflagged, and that threshold."""
+    18-25 year olds unflagged, and that threshold; and at it the recall on the under-16s alone,
+    because a 17-year-old read as 18 is a near miss where a 12-year-old read as 18 is not."""
     true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
     minors, young_adults = pred[true < MINOR_LIMIT], pred[(true >= MINOR_LIMIT) & (true <= 25)]
     if not len(minors) or not len(young_adults):
@@ -111,7 +112,11 @@ def recall_at_specificity(true: np.ndarray, pred: np.ndarray) -> dict[str, float
     if not len(kept):
         return {}
     below = thresholds[kept[-1]]
-    return {"recall_at_spec85": float(np.mean(minors < below)), "threshold_at_spec85": float(below)}
+    out = {"recall_at_spec85": float(np.mean(minors < below)), "threshold_at_spec85": float(below)}
+    children = pred[true < CHILD_LIMIT]
+    if len(children):
+        out["recall_at_spec85_under16"] = float(np.mean(children < below))
+    return out
 
 
 def calibrate_minor_threshold(true: np.ndarray, pred: np.ndarray, recall: float) -> float:
@@ -142,7 +147,8 @@ def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> 
     }
 
 
-INTERVAL_MEASURES = ("MAE", "MAE_age_averaged", "Acc", "minor_recall", "adults_called_minors", "recall_at_spec85")
+INTERVAL_MEASURES = ("MAE", "MAE_age_averaged", "Acc", "minor_recall", "adults_called_minors", "recall_at_spec85",
+                     "recall_at_spec85_under16")
 
 
 def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW, resamples: int = 1000,
