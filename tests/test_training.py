@@ -13,7 +13,7 @@ from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.datasets import load_faces
 from minorage.models import load_checkpoint
-from minorage.training import TrainConfig, augment, sample_weights, teacher_targets, train, training_faces, validation_mask
+from minorage.training import TrainConfig, augment, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
 def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
@@ -256,3 +256,13 @@ def test_per_age_cap_keeps_twins_and_is_order_free(small_dataset):
     order = np.random.default_rng(1).permutation(len(faces))
     shuffled = faces.subset(order).cap_per_age(3, seed=0)
     assert set(shuffled.ids) == set(capped.ids)
+
+
+def test_boundary_loss_only_counts_faces_near_or_across_the_flag():
+    """Threshold 17.5, margin 1: a 16-year-old estimated 15 and a 19-year-old estimated 20 are
+    clear of it; one estimated 17 and one estimated 18 are half a year inside the margin."""
+    pred = torch.tensor([15.0, 17.0, 18.0, 20.0], requires_grad=True)
+    loss = boundary_loss(pred, torch.tensor([16.0, 16.0, 19.0, 19.0]), TrainConfig(boundary_weight=1.0))
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert pred.grad.tolist() == pytest.approx([0, 0.25, -0.25, 0])  # descent: the 16-year-old down, the 19-year-old up

@@ -51,6 +51,8 @@ class TrainConfig:
     teacher: str = ""  # a trained checkpoint whose estimate on each photo's unbarred face is
     teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
+    boundary_weight: float = 0.0  # weight of a hinge that pushes minors' estimates below the flag
+    boundary_margin: float = 1.0  # threshold and adults' above it by this many years (`boundary_loss`)
     per_age: int = 0  # use at most this many training-split photos per age; 0 = all
     val_fraction: float = 0.2  # 0: fit on every training photo and keep the last epoch (a refit
     # of a recipe already chosen on validation; the test split still judges it)
@@ -222,6 +224,16 @@ def _loss(cfg: TrainConfig) -> nn.Module:
     return {"l1": nn.L1Loss(), "smooth_l1": nn.SmoothL1Loss(beta=2.0)}[cfg.loss]
 
 
+def boundary_loss(pred: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """A hinge on the wrong side of the minor flag's threshold: zero for a minor estimated at
+    least `boundary_margin` years below it or an 18+ face as far above, linear beyond. Why: the
+    L1 loss weighs a 16-year-old estimated 18.5 no more than one estimated 13.5, though only the
+    first is missed by the flag; the hinge spends the network's capacity on that boundary. It
+    reads the photo's own label, not the teacher's blend: the side of 18 is what is asked."""
+    side = torch.where(ages < metrics.MINOR_LIMIT, -1.0, 1.0)
+    return torch.relu(cfg.boundary_margin - side * (pred - metrics.MINOR_BELOW)).mean()
+
+
 def _lr_at(epoch: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
@@ -303,6 +315,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     fit_targets = targets(fit.ages, cfg)
     fit_targets = torch.from_numpy(teacher_targets(fit, fit_targets, cfg) if cfg.teacher else fit_targets)
     fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view of NHWC memory
+    fit_ages = torch.from_numpy(fit.ages)
     weights = torch.from_numpy(sample_weights(fit.ages, cfg))
     net = initial_network(cfg).to(memory_format=torch.channels_last)  # about 2x faster on CPU
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -330,7 +343,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             if len(index) < 2:
                 continue
             batch = augment(fit_faces[index].float(), cfg, generator).contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(net(batch), fit_targets[index])
+            pred = net(batch)
+            loss = loss_fn(pred, fit_targets[index])
+            if cfg.boundary_weight:
+                loss = loss + cfg.boundary_weight * boundary_loss(pred, fit_ages[index], cfg)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
