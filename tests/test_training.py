@@ -24,6 +24,7 @@ def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["architecture"]["V"] == 26 and meta["training"]["epochs_run"] == 2
     assert meta["training"]["best_epoch"] in (1, 2) and meta["metrics"]["val_mae"] > 0
+    assert 0 <= meta["metrics"]["val_recall_at_spec85"] <= 1 and meta["metrics"]["val_threshold_at_spec85"] <= 25
     assert meta["data"]["dataset"] == str(data) and meta["framing"]["margin"] == 0.4
     assert card["training"]["seed"] == 0
     estimator = AgeEstimator.from_pretrained(tmp_path / "run" / "model.safetensors")

@@ -241,11 +241,13 @@ def _lr_at(epoch: int, cfg: TrainConfig) -> float:
 
 
 def _scores(ages: np.ndarray, pred: np.ndarray, cfg: TrainConfig) -> dict:
-    """Validation MAE on ages in range (the model selection criterion), and the age-averaged
-    MAE, with adults' share called minors where adults are trained."""
+    """Validation MAE on ages in range (the model selection criterion), the age-averaged MAE,
+    the minors' recall at 85 % specificity on 18-25 year olds, with adults' share called minors
+    where adults are trained."""
     pred = np.minimum(pred, np.float32(cfg.max_age))
     young = ages <= cfg.max_age
-    out = {"val_mae": metrics.mae(ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(ages[young], pred[young])}
+    out = {"val_mae": metrics.mae(ages[young], pred[young]), "val_mae_age_averaged": metrics.age_averaged_mae(ages[young], pred[young]),
+           **{f"val_{k}": v for k, v in metrics.recall_at_specificity(ages, pred).items()}}
     if (~young).any():
         out["val_adults_called_minors"] = float(np.mean(pred[~young] < metrics.MINOR_BELOW))
     return out
