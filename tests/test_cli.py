@@ -93,6 +93,21 @@ def test_info_describes_the_model(capsys):
     assert info["size_bytes"] > 300_000 and info["framing"]["margin"] == 0.4
 
 
+def test_minor_below_moves_the_flag_and_nothing_else(capsys, utkface_files):
+    """Real 14-22 year olds through the default model: with the threshold at 21 the same ages
+    are reported and every face estimated under 21 is flagged, so more are; out of the model's
+    range the option is a clear error."""
+    teens = [str(f) for f in utkface_files if 14 <= utkface_age(f) <= 22][:30]
+    _, out, _ = run_cli(capsys, "predict", "--crops", *teens)
+    code, wide_out, _ = run_cli(capsys, "predict", "--crops", "--minor-below", "21", *teens)
+    plain, wide = parse("jsonl", out), parse("jsonl", wide_out)
+    assert code == 0 and [r["age"] for r in plain] == [r["age"] for r in wide]
+    assert all(r["minor"] == (r["age"] < 17.5) for r in plain) and all(r["minor"] == (r["age"] < 21) for r in wide)
+    assert sum(r["minor"] for r in wide) > sum(r["minor"] for r in plain)
+    code, _, err = run_cli(capsys, "predict", "--crops", "--minor-below", "40", teens[0])
+    assert code == 2 and "within the model's range (0, 25]" in err
+
+
 def test_unknown_model_is_a_clear_cli_error(capsys, some_faces):
     code, _, err = run_cli(capsys, "predict", "--crops", "--model", "nonsense", str(some_faces[0]))
     assert code == 2 and "no model named 'nonsense'" in err

@@ -180,6 +180,10 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--model", "imdb"]) == 2
     assert "same model" in capsys.readouterr().err
+    # nor with another minor flag threshold: the case's flags would mean two things
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "18.5"]) == 2
+    assert "--minor-below 17.5" in capsys.readouterr().err
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "17.5"]) == 0
 
 
 def test_report_formats(evidence, tmp_path):

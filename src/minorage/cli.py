@@ -60,7 +60,6 @@ class _Counter:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor
-    from .models import AgeEstimator
 
     options = PredictOptions(
         crops=args.crops,
@@ -69,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         annotate_dir=Path(args.annotate) if args.annotate else None,
     )
-    predictor = Predictor(AgeEstimator.from_pretrained(args.model), None if args.crops else _detector(args), options)
+    predictor = Predictor(_estimator(args), None if args.crops else _detector(args), options)
     counter = _Counter()
     with _open_output(args.output) as stream:
         write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, CROP_COLUMNS if args.crops else FACE_COLUMNS)
@@ -173,10 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import as_markdown, evaluate_model
-    from .models import AgeEstimator
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
-    estimator = AgeEstimator.from_pretrained(args.model)
+    estimator = _estimator(args)
     results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap)
     print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
     return 0
@@ -227,11 +225,10 @@ def cmd_experiment_report(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from .config import ScanConfig
-    from .models import AgeEstimator
     from .scan import scan
 
     cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels)
-    summary = scan(args.sources, Path(args.out), AgeEstimator.from_pretrained(args.model), _detector_config(args), cfg, _progress_wanted())
+    summary = scan(args.sources, Path(args.out), _estimator(args), _detector_config(args), cfg, _progress_wanted())
     print(f"minorage scan: {summary.line()}; case in {args.out}", file=sys.stderr)
     return 0
 
@@ -267,6 +264,19 @@ def _open_output(path: str | None):
     return open(path, "w", newline="", encoding="utf-8") if path else _Stdout()
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    p.add_argument("--minor-below", type=float, metavar="YEARS",
+                   help="flag estimates below this as probable minors (default: the model's own, 17.5 for the shipped one); "
+                        "higher catches more minors and flags more young adults: `minorage evaluate` shows both")
+
+
+def _estimator(args: argparse.Namespace):
+    from .models import AgeEstimator
+
+    return AgeEstimator.from_pretrained(args.model, minor_below=args.minor_below)
+
+
 def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = None) -> None:
     from .detection import DetectorConfig
 
@@ -288,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", action="store_true", help="each image is one face crop (no detection)")
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and ages drawn into DIR")
     _detector_options(p)
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    _model_options(p)
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output rows (default: %(default)s)")
     p.add_argument("--output", "-o", help="write rows to this file instead of standard output")
     p.add_argument(
@@ -351,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="MAE, group accuracy, confusion and the minor decision on a test split")
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    _model_options(p)
     p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build`")
     p.add_argument("--variant", choices=("org", "ocl", "both"), default="both", help="(default: %(default)s)")
     p.add_argument("--format", choices=("md", "json"), default="md", help="(default: %(default)s)")
@@ -383,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="triage a collection: every face in images and videos into a case store (resumable)")
     p.add_argument("sources", nargs="+", help="files and folders (walked recursively; evidence is only read)")
     p.add_argument("--out", required=True, help="case folder: case.sqlite (a re-run resumes it)")
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
+    _model_options(p)
     scan_defaults = ScanConfig()
     p.add_argument("--workers", type=int, default=scan_defaults.workers, help="processes reading and detecting; 0 = one per core (default: %(default)s)")
     p.add_argument("--video-every", type=float, default=scan_defaults.video_every, help="seconds between video frames looked at (default: %(default)s)")

@@ -457,15 +457,20 @@ def predict_ages(net: nn.Module, faces: np.ndarray, batch_size: int = 256, max_a
 class AgeEstimator:
     """An SSR-Net with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
 
-    def __init__(self, net: SSRNet | AveragedSSRNet, card: ModelCard, source: str = ""):
+    def __init__(self, net: SSRNet | AveragedSSRNet, card: ModelCard, source: str = "", minor_below: float | None = None):
         self.net = net.eval()
         self.card = card
         self.source = source
         self.runtime = InferenceRuntime(self.net)  # what `predict` runs
+        top = self.age_range[1]
+        if minor_below is not None and not 0 < minor_below <= top:
+            raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
+        self._minor_below = minor_below  # the user's operating point, else the card's
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL) -> "AgeEstimator":
-        """`imdb`, `morph2`, `wiki`, `megaface_asian` (original weights), `default`, or a path."""
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, minor_below: float | None = None) -> "AgeEstimator":
+        """`imdb`, `morph2`, `wiki`, `megaface_asian` (original weights), `default`, or a path;
+        `minor_below` flags estimates below it instead of the model card's threshold."""
         key = str(name_or_path)
         if key in config.PRETRAINED_NAMES:
             card = ModelCard(
@@ -473,7 +478,7 @@ class AgeEstimator:
                 data={"source": f"original SSR-Net weights {key}.h5 (Yang et al., IJCAI 2018)"},
                 licence="Apache-2.0 (SSR-Net pretrained weights)",
             )
-            return cls(load_pretrained_network(key), card, source=str(config.ssrnet_weights(key)))
+            return cls(load_pretrained_network(key), card, source=str(config.ssrnet_weights(key)), minor_below=minor_below)
         path = Path(name_or_path)
         if not path.exists() and not any(sep in key for sep in "/\\") and not key.endswith(".safetensors"):
             path = packaged_model_path(key)
@@ -481,7 +486,7 @@ class AgeEstimator:
                 known = ", ".join((*config.PRETRAINED_NAMES, DEFAULT_MODEL))
                 raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
         net, card = load_checkpoint(path)
-        return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path))
+        return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path), minor_below=minor_below)
 
     @property
     def framing(self) -> Framing:
@@ -489,8 +494,9 @@ class AgeEstimator:
 
     @property
     def minor_below(self) -> float:
-        """Estimates below this are flagged "probably a minor" (from the model card)."""
-        return self.card.minor_below
+        """Estimates below this are flagged "probably a minor" (the model card's, unless the user
+        chose another: a higher one catches more minors and flags more young adults)."""
+        return self.card.minor_below if self._minor_below is None else self._minor_below
 
     @property
     def age_range(self) -> tuple[int, int]:

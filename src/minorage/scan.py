@@ -288,7 +288,8 @@ def case_info(db: sqlite3.Connection) -> dict[str, str]:
 
 
 def _record_model(db: sqlite3.Connection, estimator: AgeEstimator, detector_cfg: DetectorConfig, sources: list[str]) -> None:
-    """Write the model and detector into a new case; refuse a resume with another model."""
+    """Write the model and detector into a new case; refuse a resume with another model or
+    another minor flag threshold (the case's flags must all mean one thing)."""
     info = {
         "model": estimator.card.name or estimator.source,
         "model_sha256": file_sha256(Path(estimator.source)) if Path(estimator.source).is_file() else estimator.source,
@@ -300,6 +301,9 @@ def _record_model(db: sqlite3.Connection, estimator: AgeEstimator, detector_cfg:
     if "model_sha256" in known and known["model_sha256"] != info["model_sha256"]:
         raise ValueError(f"this case was scanned with model {known['model']} ({known['model_sha256'][:12]}); "
                          f"resume it with the same model or start a new case folder")
+    if "minor_below" in known and float(known["minor_below"]) != estimator.minor_below:
+        raise ValueError(f"this case flags estimates below {known['minor_below']} as minors; resume it with "
+                         f"--minor-below {known['minor_below']} or start a new case folder")
     with db:
         db.executemany("INSERT OR IGNORE INTO case_info VALUES (?, ?)", [*info.items(), ("started", _now())])
         db.execute("INSERT OR REPLACE INTO case_info VALUES ('sources', ?)", (" | ".join(sources),))
