@@ -178,3 +178,35 @@ def test_predict_detects_faces_in_photos(capsys, tmp_path, photos_folder):
         assert 0 < row["age"] < 101 and row["group"] in {"0-5", "6-10", "11-15", "16-17", "18-25", "26+"}
     assert [r["status"] for r in rows if r["path"].endswith("wall.png")] == ["no_face"]
     assert len(list(annotated.rglob("*.jpg"))) == 4 and not list(annotated.rglob("wall.png"))
+
+
+def test_predict_reads_videos_one_frame_a_second(capsys, tmp_path, some_faces):
+    """A 3 s clip at 5 fps (a face, a blank second, another face), a clip of blanks only and a
+    broken .mp4, in a folder: one row per face with its frame's time, a no_face row for the
+    blank clip, a corrupt row for the broken one; the files are only read."""
+    import numpy as np
+    import cv2
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    first, second = (cv2.resize(cv2.imread(str(f)), (200, 200)) for f in some_faces[:2])
+    blank = np.full((200, 200, 3), 90, np.uint8)
+    for name, frames in (("clip.avi", [first] * 5 + [blank] * 5 + [second] * 5), ("blank.avi", [blank] * 10)):
+        writer = cv2.VideoWriter(str(folder / name), cv2.VideoWriter_fourcc(*"MJPG"), 5, (200, 200))
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+    (folder / "broken.mp4").write_bytes(bytes(range(256)) * 16)
+    before = {p: sha256(p) for p in folder.iterdir()}
+    code, out, err = run_cli(capsys, "predict", "--video-every", "1", str(folder))
+    rows = {}
+    for row in parse("jsonl", out):
+        rows.setdefault(row["path"].rsplit("/", 1)[-1], []).append(row)
+    assert code == 0 and "1 read, 1 without a face, 1 errors, 2 faces" in err
+    assert [(r["frame_time"], r["face"], r["status"]) for r in rows["clip.avi"]] == [(0.0, 0, "ok"), (2.0, 1, "ok")]
+    assert all(0 <= r["age"] <= 25 and isinstance(r["minor"], bool) for r in rows["clip.avi"])
+    assert [r["status"] for r in rows["blank.avi"]] == ["no_face"]
+    assert [r["status"] for r in rows["broken.mp4"]] == ["corrupt"] and "cannot be opened" in rows["broken.mp4"][0]["error"]
+    assert {p: sha256(p) for p in folder.iterdir()} == before
+    code, out, _ = run_cli(capsys, "predict", "--video-every", "1", "--max-video-frames", "1", "--format", "csv", str(folder / "clip.avi"))
+    assert [r["frame_time"] for r in parse("csv", out)] == ["0.0"]

@@ -67,6 +67,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
         annotate_dir=Path(args.annotate) if args.annotate else None,
+        video_every=args.video_every,
+        max_video_frames=args.max_video_frames,
     )
     predictor = Predictor(_estimator(args), None if args.crops else _detector(args), options)
     counter = _Counter()
@@ -264,6 +266,11 @@ def _open_output(path: str | None):
     return open(path, "w", newline="", encoding="utf-8") if path else _Stdout()
 
 
+def _video_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video-every", type=float, default=InferenceConfig.video_every, help="seconds between video frames looked at (default: %(default)s)")
+    p.add_argument("--max-video-frames", type=int, default=InferenceConfig.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help=f"{MODEL_HELP} (default: %(default)s)")
     p.add_argument("--minor-below", type=float, metavar="YEARS",
@@ -293,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"minorage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="estimate the age of every face in image files or folders")
-    p.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
+    p = sub.add_parser("predict", help="estimate the age of every face in images, videos or folders of them")
+    p.add_argument("paths", nargs="+", help="image and video files, or folders searched recursively for them")
     p.add_argument("--crops", action="store_true", help="each image is one face crop (no detection)")
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and ages drawn into DIR")
     _detector_options(p)
@@ -307,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         "crop is the face box, the model's margin is then added with repeated edge pixels (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="faces per network call (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images and video frames (default: %(default)s)")
+    _video_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("occlude", help="eye-barred copies of images (paper §3.2) with a JSONL sidecar")
@@ -396,8 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     scan_defaults = ScanConfig()
     p.add_argument("--workers", type=int, default=scan_defaults.workers, help="processes reading and detecting; 0 = one per core (default: %(default)s)")
-    p.add_argument("--video-every", type=float, default=scan_defaults.video_every, help="seconds between video frames looked at (default: %(default)s)")
-    p.add_argument("--max-video-frames", type=int, default=scan_defaults.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
+    _video_options(p)
     p.add_argument("--max-pixels", type=int, default=scan_defaults.max_pixels, help="refuse larger images and frames (decompression bombs) (default: %(default)s)")
     _detector_options(p, scan_defaults.min_face_size)
     p.set_defaults(func=cmd_scan)

@@ -122,6 +122,8 @@ class InferenceConfig:
     batch_size: int = 256
     max_pixels: int = 100_000_000  # images above this are refused as possible decompression bombs
     threads: int = 2
+    video_every: float = 1.0  # seconds between the video frames looked at
+    max_video_frames: int = 3600  # frames looked at per video, at most
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,8 @@ class ScanConfig:
     workers: int = 0  # processes that read and detect; 0 = one per CPU core
     min_face_size: int = 32  # px: smaller faces hold too little detail for a 64x64 age model, and
     # looking for them costs a third more time per photo (--min-face-size 20 finds them)
-    video_every: float = 1.0  # seconds between the video frames looked at
-    max_video_frames: int = 3600  # frames looked at per video, at most
+    video_every: float = InferenceConfig.video_every
+    max_video_frames: int = InferenceConfig.max_video_frames
     max_pixels: int = InferenceConfig.max_pixels  # images and frames above are refused
     thumbnail: int = 96  # side of the face thumbnails kept in the case (pixels)
     in_flight: int = 4  # files queued per worker: bounds memory whatever the collection size

@@ -1,9 +1,10 @@
 """Ages for the files a user names: `minorage predict`.
 
 Each image is read, its faces found (or, with `crops`, the image taken as one face crop), each
-face framed the way the model's card says, and the faces sent to the network in batches. A file
-that cannot be read becomes a row with an `error`, an image without a face a row that says so;
-rows come out in the order of the files.
+face framed the way the model's card says, and the faces sent to the network in batches. A video
+is looked at one frame every `video_every` seconds, each face's row giving its frame's time. A
+file that cannot be read becomes a row with an `error`, an image or video without a face a row
+that says so; rows come out in the order of the files.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from tqdm import tqdm
 from .config import InferenceConfig
 from .detection import Face, FaceDetector
 from .framing import crop_box, frame_face
-from .io import ImageReadError, iter_files, read_image, write_image
+from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, iter_files, read_image, video_frames, write_image
 from .metrics import age_group, is_minor
 from .models import AgeEstimator
 
 CROP_COLUMNS = ("path", "age", "group", "minor", "status", "error")
-FACE_COLUMNS = ("path", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error")
+FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class PredictOptions:
     face_fraction: float = 1.0  # with crops: the central share of each side that is the face box
     batch_size: int = InferenceConfig.batch_size
     max_pixels: int = InferenceConfig.max_pixels
-    annotate_dir: Path | None = None  # write copies with boxes and ages drawn here
+    annotate_dir: Path | None = None  # write copies with boxes and ages drawn here (images)
+    video_every: float = InferenceConfig.video_every
+    max_video_frames: int = InferenceConfig.max_video_frames
 
 
 @dataclass
@@ -46,12 +49,15 @@ class _Image:
     relative: Path
     error: ImageReadError | None = None
     faces: list[Face | None] = field(default_factory=list)
+    frame_times: list[float | None] = field(default_factory=list)  # per face: its video frame's time
     crops: list[np.ndarray] = field(default_factory=list)
     image: np.ndarray | None = None  # kept only to annotate
 
 
-def _face_row(path: Path, index: int | None, face: Face | None, age: float, minor_below: float) -> dict:
+def _face_row(path: Path, index: int | None, face: Face | None, frame_time: float | None, age: float, minor_below: float) -> dict:
     row = {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age, minor_below), "status": "ok"}
+    if frame_time is not None:
+        row["frame_time"] = frame_time
     if face is not None:
         info = face.to_dict()
         row.update({"face": index, "score": info["score"], "box": info["box"], "eyes": info["eyes"]})
@@ -64,8 +70,8 @@ def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, minor_below: fl
     if not item.faces:
         return [{"path": str(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item.path, None if crops_mode else i, face, next(ages), minor_below)
-        for i, face in enumerate(item.faces)
+        _face_row(item.path, None if crops_mode else i, face, frame_time, next(ages), minor_below)
+        for i, (face, frame_time) in enumerate(zip(item.faces, item.frame_times))
     ]
 
 
@@ -98,20 +104,31 @@ class Predictor:
         """Read one file and cut out its faces; errors are kept, not raised."""
         item = _Image(path, relative)
         try:
-            image = read_image(path, self.options.max_pixels)
+            for frame_time, image in self._frames(path):
+                self._add_faces(item, image, frame_time)
         except ImageReadError as exc:
-            item.error = exc
-            return item
-        if self.options.crops:
-            item.faces = [None]
-            boxes = [crop_box(image, self.options.face_fraction)]
-        else:
-            item.faces = list(self.detector.detect(image))
-            boxes = [face.box for face in item.faces]
-        item.crops = [frame_face(image, box, self.estimator.framing) for box in boxes]
-        if self.options.annotate_dir is not None and not self.options.crops:
-            item.image = image
+            return _Image(path, relative, error=exc)
         return item
+
+    def _frames(self, path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
+        """The image, or a video's sampled frames one at a time (a long video never sits in memory)."""
+        if path.suffix.lower() in VIDEO_SUFFIXES and not self.options.crops:
+            yield from video_frames(path, self.options.video_every, self.options.max_video_frames, self.options.max_pixels)
+        else:
+            yield None, read_image(path, self.options.max_pixels)
+
+    def _add_faces(self, item: _Image, image: np.ndarray, frame_time: float | None) -> None:
+        """One image's (or frame's) faces, framed for the model, appended to the file's."""
+        if self.options.crops:
+            faces, boxes = [None], [crop_box(image, self.options.face_fraction)]
+        else:
+            faces = list(self.detector.detect(image))
+            boxes = [face.box for face in faces]
+        item.faces += faces
+        item.frame_times += [frame_time] * len(faces)
+        item.crops += [frame_face(image, box, self.estimator.framing) for box in boxes]
+        if self.options.annotate_dir is not None and not self.options.crops and frame_time is None:
+            item.image = image
 
     def finish(self, batch: list[_Image]) -> Iterator[dict]:
         """Estimate the ages of a batch of images' faces and turn them into rows."""
@@ -129,7 +146,7 @@ class Predictor:
         write_image(self.options.annotate_dir / item.relative, annotate(item.image, item.faces, ages, self.estimator.minor_below))
 
     def run(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[dict]:
-        files = list(iter_files(paths))
+        files = list(iter_files(paths, IMAGE_SUFFIXES if self.options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         batch: list[_Image] = []
         pending_faces = 0
         for path, relative in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):

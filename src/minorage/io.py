@@ -1,8 +1,10 @@
-"""Safe image reading: evidence is opened read-only, every failure is a clear `ImageReadError`.
+"""Safe image and video reading: evidence is opened read-only, every failure is a clear
+`ImageReadError`.
 
 Out comes an 8-bit BGR array (OpenCV's order) with the EXIF orientation applied, whatever the
 file held: grayscale, alpha, CMYK, 16-bit, the first frame of a GIF. Images with more pixels
-than the limit are refused before they are decoded (decompression bombs).
+than the limit are refused before they are decoded (decompression bombs). A video gives one
+frame every so many seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".3gp", ".flv"})
 
 Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below, with a clear message
 
@@ -83,6 +86,33 @@ def read_image(path: str | os.PathLike, max_pixels: int) -> np.ndarray:
     except OSError as exc:
         raise ImageReadError("unreadable", f"{path}: {exc.strerror or exc}") from exc
     return decode_image(data, max_pixels, str(path))
+
+
+def video_frames(path: str | os.PathLike, every: float, max_frames: int, max_pixels: int) -> Iterator[tuple[float, np.ndarray]]:
+    """(time in seconds, BGR frame) for one frame every `every` seconds, at most `max_frames`;
+    the frames between are only grabbed, not decoded. Raises `ImageReadError` for a video that
+    does not open, has frames above `max_pixels`, or yields no frame at all."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ImageReadError("corrupt", f"{path}: the video cannot be opened (corrupt, truncated or an unknown codec)")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        step = max(1, int(round(fps * every)))
+        width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if width * height > max_pixels:
+            raise ImageReadError("too_large", f"{path}: {int(width)}x{int(height)} frames are above the limit of {max_pixels:,} pixels")
+        frame_no, looked = 0, 0
+        while looked < max_frames and capture.grab():
+            if frame_no % step == 0:
+                ok, frame = capture.retrieve()
+                if ok:
+                    looked += 1
+                    yield round(frame_no / fps, 3), frame
+            frame_no += 1
+        if looked == 0:
+            raise ImageReadError("corrupt", f"{path}: no frame could be decoded")
+    finally:
+        capture.release()
 
 
 _WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})

@@ -38,12 +38,11 @@ from . import __version__
 from .config import Framing, ScanConfig
 from .detection import DetectorConfig, Face, FaceDetector
 from .framing import frame_face
-from .io import IMAGE_SUFFIXES, ImageReadError, decode_image, looks_like_image
+from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, decode_image, looks_like_image, video_frames
 from .metrics import age_group, is_minor
 from .models import AgeEstimator, file_sha256
 from .occlusion import eyes_occluded
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".3gp", ".flv"})
 CASE_FILE = "case.sqlite"
 
 SCHEMA = """
@@ -224,30 +223,13 @@ def _examine_image(path: Path, data: bytes, result: FileResult) -> None:
 
 
 def _examine_video(path: Path, result: FileResult) -> None:
-    """Faces in one frame every `video_every` seconds (frames are grabbed, only those decoded)."""
+    """Faces in one frame every `video_every` seconds."""
     cfg: ScanConfig = _worker["cfg"]
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise ImageReadError("corrupt", f"{path}: the video cannot be opened (corrupt, truncated or an unknown codec)")
-        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        step = max(1, int(round(fps * cfg.video_every)))
-        width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
-        if width * height > cfg.max_pixels:
-            raise ImageReadError("too_large", f"{path}: {int(width)}x{int(height)} frames are above the limit of {cfg.max_pixels:,} pixels")
-        frame_no, looked = 0, 0
-        while looked < cfg.max_video_frames and capture.grab():
-            if frame_no % step == 0:
-                ok, frame = capture.retrieve()
-                if ok:
-                    result.faces += _faces_in(frame, round(frame_no / fps, 3), result.seconds)
-                    looked += 1
-            frame_no += 1
-        if looked == 0:
-            raise ImageReadError("corrupt", f"{path}: no frame could be decoded")
-        result.frames = looked
-    finally:
-        capture.release()
+    looked = 0
+    for frame_time, frame in video_frames(path, cfg.video_every, cfg.max_video_frames, cfg.max_pixels):
+        result.faces += _faces_in(frame, frame_time, result.seconds)
+        looked += 1
+    result.frames = looked
 
 
 def _faces_in(image: np.ndarray, frame_time: float | None, seconds: dict[str, float]) -> list[FoundFace]:
