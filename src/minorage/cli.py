@@ -8,10 +8,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import InferenceConfig, ScanConfig
 from .output import FORMATS, write_rows
+
+if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
+    from .models import AgeEstimator
 
 MODEL_HELP = "default (shipped), imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
 DEFAULT_MODEL_NAME = "default"
@@ -278,7 +282,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                         "higher catches more minors and flags more young adults: `minorage evaluate` shows both")
 
 
-def _estimator(args: argparse.Namespace):
+def _estimator(args: argparse.Namespace) -> AgeEstimator:
     from .models import AgeEstimator
 
     return AgeEstimator.from_pretrained(args.model, minor_below=args.minor_below)

@@ -26,7 +26,7 @@ AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
 )
 ADULT_GROUP = "26+"
 MINOR_LIMIT = 18  # a true age below this is a minor
-CHILD_LIMIT = 16  # a true age below this is in a group under [16-17], the nearest to adulthood
+CHILD_LIMIT = 16  # a true age below this is below the [16-17] group, the minors nearest adulthood
 MINOR_BELOW = 17.5  # an estimate below this is flagged "probably a minor" (rounds to 17 or less),
 # unless the model's card sets its own threshold, calibrated on validation faces
 
