@@ -149,7 +149,7 @@ class Predictor:
         files = list(iter_files(paths, IMAGE_SUFFIXES if self.options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         batch: list[_Image] = []
         pending_faces = 0
-        for path, relative in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):
+        for path, relative in tqdm(files, desc="predict", unit="file", disable=not progress, leave=False):
             item = self.load(path, relative)
             batch.append(item)
             pending_faces += len(item.crops)
