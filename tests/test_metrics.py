@@ -84,6 +84,16 @@ def test_recall_at_85_percent_specificity():
     assert "recall_at_spec85_under16" not in metrics.recall_at_specificity(true[1:], pred[1:])
 
 
+def test_flagged_by_age_says_which_minors_a_threshold_misses():
+    """Two 5-year-olds estimated 6 and 8, two 17-year-olds estimated 17.2 and 18.4, one adult:
+    at 17.5 every 5-year-old and half the 17-year-olds are flagged; at 19 all; adults are not listed."""
+    true = np.array([5, 5, 17, 17, 30], float)
+    pred = np.array([6, 8, 17.2, 18.4, 25], float)
+    assert metrics.flagged_by_age(true, pred) == {5: 1.0, 17: 0.5}
+    assert metrics.flagged_by_age(true, pred, 19.0) == {5: 1.0, 17: 1.0}
+    assert metrics.evaluate(true, pred)["flagged_by_age"] == {5: 1.0, 17: 0.5}
+
+
 def test_bootstrap_intervals_bracket_the_measure_and_narrow_with_more_faces():
     """Every face off by exactly 2 years leaves nothing to vary; mixed errors give an interval
     around the measure that four times the faces make narrower; the same seed, the same interval."""

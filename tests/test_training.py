@@ -231,9 +231,11 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
     main(["evaluate", "--model", "imdb", "--data", str(data), "--bootstrap", "0"])
     table = capsys.readouterr().out
     assert "| Acc (mean of the groups) |" in table and "bootstrap" not in table
+    assert "Minors flagged at the flag threshold, by true age:" in table
     main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json", "--bootstrap", "0", "--minor-below", "20"])
     wide = json.loads(capsys.readouterr().out)
     assert all(wide[v]["minor_below"] == 20 and wide[v]["minor_recall"] >= results[v]["minor_recall"] for v in wide)
+    assert all(wide[v]["flagged_by_age"][a] >= results[v]["flagged_by_age"][a] for v in wide for a in wide[v]["flagged_by_age"])
 
 
 def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path):

@@ -93,6 +93,13 @@ def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELO
     return out
 
 
+def flagged_by_age(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[int, float]:
+    """For each whole age under 18 present, the share of its faces flagged as minors: which
+    minors a threshold misses (at 17.5 nearly no child, many 17-year-olds)."""
+    true, pred = np.rint(np.asarray(true, float)).astype(int), np.asarray(pred, float)
+    return {int(age): float(np.mean(pred[true == age] < below)) for age in np.unique(true[true < MINOR_LIMIT])}
+
+
 SPECIFICITY_FLOOR = 0.85  # the share of 18-25 year olds that must stay unflagged (issue 5)
 
 
@@ -143,6 +150,7 @@ def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> 
         **minor_decision(true, pred, below),
         **recall_at_specificity(true, pred),
         "minor_below": below,
+        "flagged_by_age": flagged_by_age(true, pred, below),
         "confusion": confusion(true, pred).tolist(),
     }
 
