@@ -66,12 +66,12 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         for name, row in zip(metrics.ALL_GROUPS, np.asarray(results[v]["confusion"])):
             if row.sum():
                 lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
-    ages = sorted({int(a) for v in variants for a in results[v].get("flagged_by_age", {})})
+    ages = sorted({a for v in variants for a in results[v]["flagged_by_age"]})
     if ages:
         lines += ["", "Minors flagged at the flag threshold, by true age:", "",
                   "| variant | " + " | ".join(map(str, ages)) + " |", "|---|" + "---|" * len(ages)]
         for v in variants:
-            shares = {int(a): f for a, f in results[v].get("flagged_by_age", {}).items()}
+            shares = results[v]["flagged_by_age"]
             lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(f"{shares[a]:.0%}" if a in shares else "–" for a in ages) + " |")
     if any("intervals" in results[v] for v in variants):
         lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
