@@ -5,13 +5,17 @@ Inference is timed as `AgeEstimator.predict` runs it (BatchNorms folded, TorchSc
 oneDNN fuses each convolution with its activation, 32-face slices) and, for comparison, as the
 folded network run eagerly on whole batches (what `predict` ran until session 8).
 
-    .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR] [--int8]
+    .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR] [--int8] [--onnx]
 
 With --data, one training epoch of the default model's recipe (configs/default.json) is timed on
 that data set's training split, and the model's MAE on its test split (Org and Ocl, ages 0-25)
 is printed beside the speed. With --int8, the same for an int8 copy of the model (PyTorch's x86
 static quantisation of the convolution streams, calibrated on 1,024 faces, run eagerly on whole
-batches), and what it costs in MAE.
+batches), and what it costs in MAE. With --onnx, the same folded network exported to ONNX and
+run by ONNX Runtime (fp32, and int8 convolutions calibrated as above) and OpenVINO (fp32, bf16, and
+the int8 graph), each in the runtime's 32-face slices: the other CPU runtimes that use AVX-512's
+int8 and bf16 instructions. They are not the package's dependencies; install them beside it
+(`.venv/bin/pip install onnx onnxruntime openvino`); a runtime that is missing is reported so.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import resource
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,9 @@ import torch
 from minorage import AgeEstimator, config
 from minorage.datasets import load_faces
 from minorage.metrics import mae
-from minorage.models import AveragedSSRNet, predict_ages
+from minorage.models import RUNTIME_SLICE, AveragedSSRNet, predict_ages
+
+Predictor = Callable[[np.ndarray, int], np.ndarray]  # uint8 NHWC faces, batch size -> ages
 
 
 def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
@@ -66,6 +73,94 @@ def int8_copy(net: torch.nn.Module, calibration: np.ndarray) -> torch.nn.Module:
     return net
 
 
+def onnx_predictors(net: torch.nn.Module, calibration: np.ndarray, folder: Path, max_age: float | None) -> dict[str, Predictor | str]:
+    """The network exported to ONNX and run by each CPU runtime that is installed (else why not).
+
+    Why: PyTorch's own int8 and bf16 paths were slower than its fp32 runtime here; these runtimes
+    bring their own int8 and bf16 kernels for AVX-512 (VNNI, BF16) and AMX."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime  # noqa: F401  (its quantiser writes the int8 graph both runtimes read)
+    except ImportError as missing:
+        return {missing.name: "not installed"}
+    plain, int8 = folder / "model.onnx", folder / "model-int8.onnx"
+    export_onnx(net, plain, int8, calibration)
+    found: dict[str, Predictor | str] = onnxruntime_predictors(plain, int8, max_age)
+    try:
+        found.update(openvino_predictors(plain, int8, max_age))
+    except ImportError:
+        found["openvino"] = "not installed"
+    return found
+
+
+def export_onnx(net: torch.nn.Module, plain: Path, int8: Path, calibration: np.ndarray) -> None:
+    """The folded network as fp32 ONNX, and a copy whose convolutions are int8 (weights per
+    channel, activation ranges observed on the calibration faces; the rest stays in float)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(RUNTIME_SLICE, 3, 64, 64), str(plain), input_names=["x"], output_names=["age"],
+                          dynamic_axes={"x": {0: "n"}, "age": {0: "n"}}, dynamo=False, opset_version=17)
+
+    class Faces(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter({"x": nchw(part)} for part in np.array_split(calibration, max(1, len(calibration) // 128)))
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    quantize_static(str(plain), str(int8), Faces(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+
+
+def onnxruntime_predictors(plain: Path, int8: Path, max_age: float | None) -> dict[str, Predictor | str]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    found: dict[str, Predictor | str] = {}
+    for name, path in (("onnxruntime_fp32", plain), ("onnxruntime_int8", int8)):
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        found[name] = sliced(lambda x, s=session: s.run(None, {"x": x})[0], max_age)
+    return found
+
+
+def openvino_predictors(plain: Path, int8: Path, max_age: float | None) -> dict[str, Predictor | str]:
+    import openvino
+
+    core = openvino.Core()
+    found: dict[str, Predictor | str] = {}
+    for name, path, precision in (("openvino_fp32", plain, "f32"), ("openvino_bf16", plain, "bf16"), ("openvino_int8", int8, "f32")):
+        model = core.read_model(str(path))
+        model.reshape({"x": [RUNTIME_SLICE, 3, 64, 64]})
+        request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                    "INFERENCE_PRECISION_HINT": precision}).create_infer_request()
+        found[name] = sliced(lambda x, r=request: r.infer({0: x})[0].copy(), max_age)
+    return found
+
+
+def nchw(faces: np.ndarray) -> np.ndarray:
+    """uint8 NHWC faces as the network's float32 NCHW input."""
+    return np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def sliced(run: Callable[[np.ndarray], np.ndarray], max_age: float | None) -> Predictor:
+    """A predictor that feeds `run` fixed slices of RUNTIME_SLICE faces (the last one padded), as
+    the package's runtime does, whatever the batch it is handed."""
+
+    def predict(faces: np.ndarray, _batch: int) -> np.ndarray:
+        ages = []
+        for start in range(0, len(faces), RUNTIME_SLICE):
+            part = nchw(faces[start : start + RUNTIME_SLICE])
+            padded = np.concatenate([part, np.zeros((RUNTIME_SLICE - len(part), *part.shape[1:]), np.float32)])
+            ages.append(np.asarray(run(padded)).reshape(-1)[: len(part)])
+        out = np.concatenate(ages).astype(np.float32)
+        return out if max_age is None else np.minimum(out, np.float32(max_age))
+
+    return predict
+
+
 def multiply_adds(net: torch.nn.Module) -> int:
     """Multiply-adds of one forward pass on one 64x64 face (convolutions and dense layers)."""
     counted: list[int] = []
@@ -89,6 +184,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", help="a data set folder for the training epoch and the MAE check")
     parser.add_argument("--int8", action="store_true", help="also time and check an int8 copy of the model")
+    parser.add_argument("--onnx", action="store_true", help="also time and check ONNX Runtime and OpenVINO, if installed")
     args = parser.parse_args()
     torch.set_num_threads(2)
     estimator = AgeEstimator.from_pretrained(args.model)
@@ -103,12 +199,21 @@ def main() -> None:
         report[f"eager_faces_per_s_batch_{batch}"] = round(faces_per_second(
             lambda x, b: predict_ages(eager, x, b, estimator.card.max_age), faces, batch), 1)
     predictors = {"": runtime}
+    calibration = load_faces(Path(args.data), "train", "org").faces[:1024] if args.data else faces
     if args.int8:
-        calibration = load_faces(Path(args.data), "train", "org").faces[:1024] if args.data else faces
         quantised = int8_copy(estimator.net, calibration)
         max_age = estimator.card.max_age
         predictors["int8_"] = lambda x, batch: predict_ages(quantised, x, batch, max_age)  # noqa: E731
         report["int8_faces_per_s_batch_256"] = round(faces_per_second(predictors["int8_"], faces, 256), 1)
+    if args.onnx:
+        with tempfile.TemporaryDirectory() as folder:
+            for name, found in onnx_predictors(estimator.runtime.folded, calibration, Path(folder), estimator.card.max_age).items():
+                if isinstance(found, str):
+                    report[name] = found
+                    continue
+                predictors[f"{name}_"] = found
+                report[f"{name}_faces_per_s_batch_256"] = round(faces_per_second(found, faces, 256), 1)
+                report[f"{name}_max_age_difference"] = round(float(np.abs(found(faces, 256) - runtime(faces, 256)).max()), 4)
     if args.data:
         from minorage.training import TrainConfig, train
 
