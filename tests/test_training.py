@@ -12,8 +12,8 @@ import torch
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.datasets import load_faces
-from minorage.models import load_checkpoint
-from minorage.training import TrainConfig, augment, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
+from minorage.models import load_checkpoint, load_pretrained_network
+from minorage.training import TrainConfig, augment, batch_loss, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
 def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
@@ -272,3 +272,23 @@ def test_boundary_loss_only_counts_faces_near_or_across_the_flag():
     assert loss.item() == pytest.approx(0.25)
     loss.backward()
     assert pred.grad.tolist() == pytest.approx([0, 0.25, -0.25, 0])  # descent: the 16-year-old down, the 19-year-old up
+
+
+def test_mirror_consistency_adds_the_gap_between_a_face_and_its_mirror_image(small_dataset):
+    """A real face and its mirror image get different estimates: with `mirror_consistency` the
+    loss averages both views' errors and adds the weighted gap; a mirror-symmetric face has none."""
+    _, data, _, _ = small_dataset
+    faces = torch.from_numpy(np.load(data / "faces" / "test_org.npz")["faces"][:4]).permute(0, 3, 1, 2).float()
+    net = load_pretrained_network("imdb").eval()
+    target, ages = torch.full((4,), 10.0), torch.full((4,), 10.0)
+    plain = TrainConfig()
+    with torch.no_grad():
+        pred, mirrored = net(faces), net(faces.flip(3))
+        gap = (pred - mirrored).abs().mean()
+        expected = ((pred - target).abs().mean() + (mirrored - target).abs().mean()) / 2 + 0.5 * gap
+        assert gap > 0.01
+        assert batch_loss(net, faces, target, ages, plain, torch.nn.L1Loss()).item() == pytest.approx((pred - target).abs().mean().item(), abs=1e-4)
+        assert batch_loss(net, faces, target, ages, replace(plain, mirror_consistency=0.5), torch.nn.L1Loss()).item() == pytest.approx(expected.item(), abs=1e-4)
+        symmetric = torch.cat([faces[..., :32], faces[..., :32].flip(3)], dim=3)
+        own = (net(symmetric) - target).abs().mean()
+        assert batch_loss(net, symmetric, target, ages, replace(plain, mirror_consistency=0.5), torch.nn.L1Loss()).item() == pytest.approx(own.item(), abs=1e-4)

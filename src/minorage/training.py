@@ -53,6 +53,8 @@ class TrainConfig:
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
     boundary_weight: float = 0.0  # weight of a hinge that pushes minors' estimates below the flag
     boundary_margin: float = 1.0  # threshold and adults' above it by this many years (`boundary_loss`)
+    mirror_consistency: float = 0.0  # weight of |estimate - estimate of the mirrored face|; each
+    # batch then also runs mirrored (twice the time): `batch_loss`
     per_age: int = 0  # use at most this many training-split photos per age; 0 = all
     val_fraction: float = 0.2  # 0: fit on every training photo and keep the last epoch (a refit
     # of a recipe already chosen on validation; the test split still judges it)
@@ -234,6 +236,22 @@ def boundary_loss(pred: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig) -> t
     return torch.relu(cfg.boundary_margin - side * (pred - metrics.MINOR_BELOW)).mean()
 
 
+def batch_loss(net: nn.Module, batch: torch.Tensor, target: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig, loss_fn) -> torch.Tensor:
+    """One batch's loss: the targets', the boundary hinge's if asked, and with `mirror_consistency`
+    the mean gap between each face's estimate and its mirror image's. Why the last: averaging a
+    face's two views (`--mirror`) buys an ensemble most of its edge but costs a second pass; a
+    network whose one view already agrees with the other keeps some of that edge in one pass."""
+    if cfg.mirror_consistency:
+        pred, mirrored = net(torch.cat([batch, batch.flip(3)]).contiguous(memory_format=torch.channels_last)).chunk(2)
+        loss = (loss_fn(pred, target) + loss_fn(mirrored, target)) / 2 + cfg.mirror_consistency * (pred - mirrored).abs().mean()
+    else:
+        pred = net(batch.contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(pred, target)
+    if cfg.boundary_weight:
+        loss = loss + cfg.boundary_weight * boundary_loss(pred, ages, cfg)
+    return loss
+
+
 def _lr_at(epoch: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
@@ -344,11 +362,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             index = order[start : start + cfg.batch_size]
             if len(index) < 2:
                 continue
-            batch = augment(fit_faces[index].float(), cfg, generator).contiguous(memory_format=torch.channels_last)
-            pred = net(batch)
-            loss = loss_fn(pred, fit_targets[index])
-            if cfg.boundary_weight:
-                loss = loss + cfg.boundary_weight * boundary_loss(pred, fit_ages[index], cfg)
+            batch = augment(fit_faces[index].float(), cfg, generator)
+            loss = batch_loss(net, batch, fit_targets[index], fit_ages[index], cfg, loss_fn)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
