@@ -236,11 +236,12 @@ def boundary_loss(pred: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig) -> t
     return torch.relu(cfg.boundary_margin - side * (pred - metrics.MINOR_BELOW)).mean()
 
 
-def batch_loss(net: nn.Module, batch: torch.Tensor, target: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig, loss_fn) -> torch.Tensor:
+def batch_loss(net: nn.Module, batch: torch.Tensor, target: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig, loss_fn: nn.Module) -> torch.Tensor:
     """One batch's loss: the targets', the boundary hinge's if asked, and with `mirror_consistency`
     the mean gap between each face's estimate and its mirror image's. Why the last: averaging a
     face's two views (`--mirror`) buys an ensemble most of its edge but costs a second pass; a
-    network whose one view already agrees with the other keeps some of that edge in one pass."""
+    network whose one view already agrees with the other might keep some of it in one pass (tried
+    once, session 12: it did not; see the training log)."""
     if cfg.mirror_consistency:
         pred, mirrored = net(torch.cat([batch, batch.flip(3)]).contiguous(memory_format=torch.channels_last)).chunk(2)
         loss = (loss_fn(pred, target) + loss_fn(mirrored, target)) / 2 + cfg.mirror_consistency * (pred - mirrored).abs().mean()
