@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from minorage import config
 from minorage.datasets import (
+    _Cache,
+    _config_key,
     DatasetConfig,
     Photo,
     Record,
@@ -19,8 +22,10 @@ from minorage.datasets import (
     clean_labels,
     dataset_info,
     duplicate_groups,
+    label_agreement,
     load_faces,
     perceptual_hash,
+    prepare_faces,
     read_agedb,
     read_appa_real,
     read_csv_folder,
@@ -28,6 +33,8 @@ from minorage.datasets import (
     read_imdb_wiki,
     read_source,
     read_utkface,
+    thumbnail_check,
+    thumbnail_correlation,
 )
 
 from .conftest import utkface_age
@@ -152,6 +159,25 @@ def test_near_duplicates_survive_reencoding_and_recropping(some_faces):
     assert all(bin(original ^ other).count("1") > 4 for other in others)
 
 
+def test_the_thumbnail_check_keeps_different_faces_with_close_hashes_apart(tmp_path, utkface_files):
+    """Two different real UTKFace photos whose hashes are 4 bits apart, and a re-encoded copy of
+    the first under another age: the hash alone groups all three; with the thumbnail check only
+    the copy joins its original, and the two differently labelled copies are dropped."""
+    first, other = (config.utkface_dir() / name for name in ("26_0_0_20170112205800959.jpg.chip.jpg", "42_0_0_20170117185635954.jpg.chip.jpg"))
+    copy = tmp_path / "30_0_0_copy.jpg"
+    copy.write_bytes(cv2.imencode(".jpg", cv2.imread(str(first)), [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes())
+    photos = [_photo(first, 26), _photo(other, 42), _photo(copy, 30)]
+    assert bin(photos[0].phash ^ photos[1].phash).count("1") <= 4
+    assert thumbnail_correlation(first, other, 10**8) < 0.9 <= thumbnail_correlation(first, copy, 10**8)
+    assert sorted(map(sorted, duplicate_groups(photos, 4))) == [[0, 1, 2]]
+    assert sorted(map(sorted, duplicate_groups(photos, 4, thumbnail_check(0.9, 10**8)))) == [[0, 2], [1]]
+    check = thumbnail_check(0.9, 10**8)
+    kept, dropped = clean_labels(photos, 4, check)
+    assert [p.record.age for p in kept] == [42] and sorted(d["age"] for d in dropped) == [26, 30]
+    assert sorted((r["age_a"], r["age_b"], r["copies"]) for r in check.looked_at) == [(26, 30, "yes"), (26, 42, "no"), (42, 30, "no")]
+    assert thumbnail_check(0, 10**8) is None
+
+
 def test_cleaning_drops_conflicts_and_keeps_one_copy(tmp_path, some_faces):
     a, b, c = some_faces[0], some_faces[1], some_faces[2]
     photos = [
@@ -167,6 +193,25 @@ def test_cleaning_drops_conflicts_and_keeps_one_copy(tmp_path, some_faces):
     assert [p.sha256 for p in kept] == [photos[0].sha256]
     reasons = sorted(d["reason"].split(" [")[0] for d in dropped)
     assert reasons == ["conflicting ages"] * 4 + ["exact duplicate"]
+
+
+def test_label_agreement_counts_the_copies_labelled_twice():
+    """Three groups of copies: ages 16 and 19 (minor and adult, 3 years apart), 10 and 11, and
+    two copies both 17 (agreeing; only the dropped copy is in the report); an unreadable file
+    belongs to no group."""
+    rows = [
+        {"reason": "conflicting ages [16, 19] among 2 copies", "age": "16", "group_of": "a"},
+        {"reason": "conflicting ages [16, 19] among 2 copies", "age": "19", "group_of": "a"},
+        {"reason": "conflicting ages [10, 11] among 2 copies", "age": "10", "group_of": "b"},
+        {"reason": "conflicting ages [10, 11] among 2 copies", "age": "11", "group_of": "b"},
+        {"reason": "exact duplicate", "age": "17", "group_of": "c"},
+        {"reason": "unreadable: truncated", "age": "5", "group_of": ""},
+    ]
+    assert label_agreement(rows) == {
+        "groups_of_copies": 3, "groups_with_conflicting_ages": 2, "median_age_span_of_conflicts": 2.0,
+        "groups_labelled_minor_and_adult": 1, "groups_with_a_copy_labelled_16_17": 2, "of_which_also_labelled_adult": 1,
+    }
+    assert label_agreement([])["groups_of_copies"] == 0
 
 
 # --- the build on real UTKFace photos -------------------------------------------------------
@@ -205,7 +250,10 @@ def test_conflicting_copies_are_gone(built):
     with open(out / "cleaning.csv", newline="") as f:
         dropped = list(csv.DictReader(f))
     assert sum(victim.name[3:] in d["source_path"] for d in dropped) == 2
-    assert summary["groups_with_conflicting_ages"] >= 1
+    agreement = summary["label_agreement"]
+    assert agreement["groups_with_conflicting_ages"] >= 1
+    assert agreement["groups_of_copies"] >= agreement["groups_with_conflicting_ages"]
+    assert dataset_info(out)["label_agreement"] == agreement  # read back from cleaning.csv
 
 
 def test_counts_per_age_never_above_n(built):
@@ -237,6 +285,18 @@ def test_same_seed_same_manifest_and_resume(built, tmp_path):
     assert (again / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
     summary = json.loads((again / "dataset.json").read_text())
     assert summary["faces"] == json.loads((out / "dataset.json").read_text())["faces"]
+
+
+def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
+    """A resumed build reads each cached chunk's arrays once: its faces are views into one array
+    per chunk, not each a view into a whole chunk of its own (which took 24 GB resuming the full
+    UTKFace build, until session 13)."""
+    cfg, out, _, _ = built
+    cache = _Cache(out, _config_key(cfg))
+    faces = [f for f in prepare_faces([], cfg, cache, progress=False).values() if f is not None]
+    chunks = len(list(cache.folder.glob("faces_*.npz")))
+    assert len(faces) > chunks >= 1
+    assert len({id(f.org.base) for f in faces}) == chunks and len({id(f.ocl.base) for f in faces}) == chunks
 
 
 def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface_files):

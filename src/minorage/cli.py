@@ -136,6 +136,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         adults_per_age=args.adults_per_age,
         seed=args.seed,
         near_duplicate_bits=args.near_duplicate_bits,
+        copy_min_correlation=args.copy_min_correlation,
         framing=Framing(margin=args.margin),
         detector=DetectorConfig(weights=args.detector),
     )
@@ -160,6 +161,13 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
     for age, counts in info["per_age"].items():
         print(f"{age:>3}  " + "  ".join(f"{counts.get(c, 0):9d}" for c in columns))
     print(f"shortfall per age: {info['shortfall_per_age'] or 'none'}; cleaning: {info['cleaning']}; no face: {info['no_face']}")
+    agreement = info["label_agreement"]
+    if agreement["groups_of_copies"]:
+        print(f"labels of copies: {agreement['groups_with_conflicting_ages']} of {agreement['groups_of_copies']} groups of copies "
+              f"disagree (median by {agreement['median_age_span_of_conflicts']:g} years); "
+              f"{agreement['groups_labelled_minor_and_adult']} were labelled both a minor and an adult, "
+              f"{agreement['of_which_also_labelled_adult']} of the {agreement['groups_with_a_copy_labelled_16_17']} "
+              "with a copy labelled 16 or 17")
     return 0
 
 
@@ -355,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--margin", type=float, default=0.4, help="framing: share of the face box added on every side (default: %(default)s)")
     p.add_argument("--near-duplicate-bits", type=int, default=4, help="perceptual-hash bits within which photos count as copies (default: %(default)s)")
+    p.add_argument("--copy-min-correlation", type=float, default=0.9,
+                   help="photos with close hashes count as copies only if their grey thumbnails correlate this well; "
+                        "0 trusts the hash alone, as builds before session 13 did (default: %(default)s)")
     p.add_argument("--detector", default="stock", help="MTCNN weights for the original photos (default: %(default)s)")
     p.set_defaults(func=cmd_dataset_build)
     p = ds_sub.add_parser("info", help="counts per age, split and variant")

@@ -5,8 +5,8 @@ The build runs in one direction:
 1. read each source in its own published layout (`READERS`) into `Record`s;
 2. fingerprint every photo (SHA-256 of the bytes, a 64-bit DCT perceptual hash of the pixels)
    and clean the labels: copies of one photo (same bytes, or hashes within
-   `near_duplicate_bits`) form a group; a group whose ages disagree is dropped whole, the others
-   keep one photo;
+   `near_duplicate_bits` whose grey thumbnails also correlate by `copy_min_correlation`) form a
+   group; a group whose ages disagree is dropped whole, the others keep one photo;
 3. select up to N photos per age 0..25 (plus, optionally, adults for the minor/adult decision),
    seeded, reporting shortfalls;
 4. find the face, frame it to 64x64, and make its eye-barred twin (§3.2) on the full photo;
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .config import AGE_GROUPS, Framing
+from .config import AGE_GROUPS, CHILD_LIMIT, MINOR_LIMIT, Framing
 from .detection import DetectorConfig, FaceDetector, main_face
 from .framing import frame_face
 from .io import ImageReadError, read_image
@@ -208,12 +208,16 @@ def read_source(name: str, root: Path) -> SourceRead:
 # 2. Fingerprints and label cleaning
 
 
+def grey_thumbnail(image: np.ndarray) -> np.ndarray:
+    """The photo as a 32x32 grey float copy: what both copy tests below look at."""
+    return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+
+
 def perceptual_hash(image: np.ndarray) -> int:
     """64-bit DCT hash: the signs of the 8x8 lowest frequencies of a 32x32 grey copy against
     their median. Survives re-encoding, resizing and colour changes, and re-crops of about 1 %
     of the side (on aligned faces a 2 % re-crop moves it by up to 6 bits)."""
-    grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(grey)[:8, :8].ravel()
+    low = cv2.dct(grey_thumbnail(image))[:8, :8].ravel()
     bits = low > np.median(low[1:])
     bits[0] = False  # the DC term says only how bright the photo is
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
@@ -248,18 +252,26 @@ class _UnionFind:
         self.parent[self.find(i)] = self.find(j)
 
 
-def duplicate_groups(photos: list[Photo], max_bits: int) -> list[list[int]]:
-    """Indices of photos that are copies of each other: the same bytes, or perceptual hashes
-    at most `max_bits` apart (found through 8 one-byte blocks: two hashes within 7 bits share
-    at least one block exactly)."""
-    if max_bits > 7:
-        raise ValueError("near-duplicate search supports at most 7 differing bits")
-    uf = _UnionFind(len(photos))
-    first_with: dict[str, int] = {}
-    for i, photo in enumerate(photos):
-        uf.union(i, first_with.setdefault(photo.sha256, i))
+def thumbnail_correlation(a: Path, b: Path, max_pixels: int) -> float:
+    """Pearson correlation of two photos' grey thumbnails (-1 when either cannot be read again).
+
+    Why: on aligned faces the 64-bit hash alone joins different photos. Building from UTKFace's
+    pool, the check looks at 337 pairs of files within 4 bits (`copy_check.csv`); the 19 below 0.9
+    (0.58-0.89) were two different photos in every case (looked at in session 13, a few of one
+    person), those above (0.91 and up) copies re-encoded, resized, recoloured or watermarked."""
+    try:
+        x, y = (grey_thumbnail(read_image(p, max_pixels)).ravel() for p in (a, b))
+    except (ImageReadError, OSError):
+        return -1.0
+    x, y = x - x.mean(), y - y.mean()
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-6))
+
+
+def _near_pairs(photos: list[Photo], max_bits: int) -> set[tuple[int, int]]:
+    """Index pairs (i < j) whose perceptual hashes are at most `max_bits` apart."""
     hashes = np.array([p.phash for p in photos], dtype=np.uint64)
     blocks = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
+    pairs: set[tuple[int, int]] = set()
     for b in range(8):
         buckets: dict[int, list[int]] = defaultdict(list)
         for i, value in enumerate(blocks[:, b]):
@@ -269,19 +281,40 @@ def duplicate_groups(photos: list[Photo], max_bits: int) -> list[list[int]]:
                 continue
             m = np.array(members)
             close = hamming(hashes[m][:, None], hashes[m][None, :]) <= max_bits
-            for a, c in zip(*np.nonzero(np.triu(close, 1))):
-                uf.union(int(m[a]), int(m[c]))
+            pairs.update((int(m[a]), int(m[c])) for a, c in zip(*np.nonzero(np.triu(close, 1))))
+    return pairs
+
+
+SamePicture = Callable[[Photo, Photo], bool]  # the second look at two photos whose hashes are close
+
+
+def duplicate_groups(photos: list[Photo], max_bits: int, same_picture: SamePicture | None = None) -> list[list[int]]:
+    """Indices of photos that are copies of each other: the same bytes, or perceptual hashes
+    at most `max_bits` apart (found through 8 one-byte blocks: two hashes within 7 bits share
+    at least one block exactly) that `same_picture` confirms (none: the hash alone decides, as
+    in the builds before session 13)."""
+    if max_bits > 7:
+        raise ValueError("near-duplicate search supports at most 7 differing bits")
+    uf = _UnionFind(len(photos))
+    first_with: dict[str, int] = {}
+    for i, photo in enumerate(photos):
+        uf.union(i, first_with.setdefault(photo.sha256, i))
+    for i, j in sorted(_near_pairs(photos, max_bits)):
+        if uf.find(i) == uf.find(j):
+            continue
+        if same_picture is None or same_picture(photos[i], photos[j]):
+            uf.union(i, j)
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(photos)):
         groups[uf.find(i)].append(i)
     return list(groups.values())
 
 
-def clean_labels(photos: list[Photo], max_bits: int) -> tuple[list[Photo], list[dict]]:
+def clean_labels(photos: list[Photo], max_bits: int, same_picture: SamePicture | None = None) -> tuple[list[Photo], list[dict]]:
     """Drop groups of copies whose ages disagree, keep one photo of every other group.
     Returns the kept photos and one report row per dropped photo."""
     kept, dropped = [], []
-    for group in duplicate_groups(photos, max_bits):
+    for group in duplicate_groups(photos, max_bits, same_picture):
         members = sorted((photos[i] for i in group), key=lambda p: (p.record.source, str(p.record.path)))
         ages = sorted({p.record.age for p in members})
         if len(ages) > 1:
@@ -292,6 +325,53 @@ def clean_labels(photos: list[Photo], max_bits: int) -> tuple[list[Photo], list[
         dropped += [_dropped(p, _copy_kind(p, members[0]), members[0]) for p in members[1:]]
     kept.sort(key=lambda p: (p.record.source, str(p.record.path)))
     return kept, dropped
+
+
+def label_agreement(dropped: list[dict]) -> dict[str, int | float]:
+    """How often the source gave one photo two ages, from the cleaning report (its rows, in
+    memory or read back from cleaning.csv): every group of copies, those whose ages disagree and
+    by how much, and how many copies were labelled both a minor and an adult, overall and where
+    a copy was labelled 16 or 17. Why: copies are the only photos labelled twice, so this is the
+    one measure of label noise that needs no model; the minor flag cannot beat its labels."""
+    groups: dict[str, list[tuple[bool, int]]] = defaultdict(list)
+    for row in dropped:
+        if row.get("group_of"):  # unreadable files belong to no group
+            groups[row["group_of"]].append((row["reason"].startswith("conflicting ages"), int(row["age"])))
+    conflicts = [sorted(age for _, age in rows) for rows in groups.values() if rows[0][0]]
+    near_line = [ages for ages in conflicts if any(CHILD_LIMIT <= a < MINOR_LIMIT for a in ages)]
+    near_line_agreeing = sum(1 for rows in groups.values() if not rows[0][0] and CHILD_LIMIT <= rows[0][1] < MINOR_LIMIT)
+    return {
+        "groups_of_copies": len(groups),
+        "groups_with_conflicting_ages": len(conflicts),
+        "median_age_span_of_conflicts": float(np.median([a[-1] - a[0] for a in conflicts])) if conflicts else 0.0,
+        "groups_labelled_minor_and_adult": sum(1 for a in conflicts if a[0] < MINOR_LIMIT <= a[-1]),
+        "groups_with_a_copy_labelled_16_17": len(near_line) + near_line_agreeing,
+        "of_which_also_labelled_adult": sum(1 for a in near_line if a[-1] >= MINOR_LIMIT),
+    }
+
+
+@dataclass
+class ThumbnailCheck:
+    """The second look at photos with close hashes: copies only if their thumbnails correlate by
+    `min_correlation`. It keeps every pair it looked at, for `copy_check.csv`: what the hash alone
+    would have joined is there to inspect."""
+
+    min_correlation: float
+    max_pixels: int
+    looked_at: list[dict] = field(default_factory=list)
+
+    def __call__(self, a: Photo, b: Photo) -> bool:
+        correlation = thumbnail_correlation(a.record.path, b.record.path, self.max_pixels)
+        same = correlation >= self.min_correlation
+        self.looked_at.append({"path_a": str(a.record.path), "age_a": a.record.age, "path_b": str(b.record.path), "age_b": b.record.age,
+                               "hash_bits_apart": bin(a.phash ^ b.phash).count("1"), "correlation": round(correlation, 4),
+                               "copies": "yes" if same else "no"})
+        return same
+
+
+def thumbnail_check(min_correlation: float, max_pixels: int) -> ThumbnailCheck | None:
+    """The thumbnail test at `min_correlation`, or none at 0."""
+    return ThumbnailCheck(min_correlation, max_pixels) if min_correlation > 0 else None
 
 
 def _copy_kind(photo: Photo, keeper: Photo) -> str:
@@ -380,6 +460,7 @@ class DatasetConfig:
     seed: int = 0
     test_fraction: float = 0.2
     near_duplicate_bits: int = 4  # chosen on UTKFace, see the README's data set section
+    copy_min_correlation: float = 0.9  # near copies must look alike pixel by pixel too (0: hash only, the builds before session 13)
     framing: Framing = Framing()
     detector: DetectorConfig = DetectorConfig(weights="stock")  # the paper's MTCNN, on unbarred photos
 
@@ -455,9 +536,10 @@ def prepare_faces(photos: list[Photo], cfg: DatasetConfig, cache: _Cache, progre
     detector = FaceDetector(cfg.detector)
     done: dict[str, PreparedFace | None] = {}
     for path in sorted(cache.folder.glob("faces_*.npz")):
-        with np.load(path) as part:
-            for k, sha in enumerate(part["sha256"]):
-                done[str(sha)] = PreparedFace(tuple(part["box"][k]), part["eyes"][k], part["org"][k], part["ocl"][k]) if part["found"][k] else None
+        with np.load(path) as npz:  # each npz[key] decompresses its whole array: read each once
+            part = {key: npz[key] for key in ("sha256", "box", "eyes", "org", "ocl", "found")}
+        for k, sha in enumerate(part["sha256"]):
+            done[str(sha)] = PreparedFace(tuple(part["box"][k]), part["eyes"][k], part["org"][k], part["ocl"][k]) if part["found"][k] else None
     todo = [p for p in photos if p.sha256 not in done]
     chunk = len(list(cache.folder.glob("faces_*.npz")))
     bar = tqdm(total=len(photos), initial=len(photos) - len(todo), desc="faces", unit="img", disable=not progress)
@@ -498,7 +580,8 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
         records += read.records
         skipped += [{"source": name, "source_path": p, "reason": why} for p, why in read.skipped]
     photos, unreadable = fingerprint(records, cache, max_pixels, progress)
-    kept, dropped = clean_labels(photos, cfg.near_duplicate_bits)
+    check = thumbnail_check(cfg.copy_min_correlation, max_pixels)
+    kept, dropped = clean_labels(photos, cfg.near_duplicate_bits, check)
     minors, shortfall = select_balanced(kept, range(cfg.min_age, cfg.max_age + 1), cfg.per_age, cfg.seed)
     adults, _ = select_balanced(kept, range(cfg.max_age + 1, cfg.adult_max_age + 1), cfg.adults_per_age, cfg.seed)
     chosen = minors + adults
@@ -509,6 +592,8 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
     rows = _write_store(out_dir, usable, faces, split, cfg)
     _write_csv(out_dir / "cleaning.csv", dropped + [{**u, "group_of": ""} for u in unreadable], ("source", "source_path", "sha256", "age", "reason", "group_of"))
     _write_csv(out_dir / "skipped.csv", skipped, ("source", "source_path", "reason"))
+    looked_at = check.looked_at if check else []
+    _write_csv(out_dir / "copy_check.csv", looked_at, ("path_a", "age_a", "path_b", "age_b", "hash_bits_apart", "correlation", "copies"))
     _write_csv(out_dir / "no_face.csv", [{"source": p.record.source, "source_path": str(p.record.path), "sha256": p.sha256, "age": p.record.age} for p in no_face], ("source", "source_path", "sha256", "age"))
     write_contact_sheets(out_dir)
     summary = {
@@ -517,7 +602,8 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
         "skipped_by_readers": len(skipped),
         "unreadable": len(unreadable),
         "cleaning": dict(Counter(d["kind"] for d in dropped)),
-        "groups_with_conflicting_ages": len({d["group_of"] for d in dropped if d["kind"] == "conflicting ages"}),
+        "copy_check": {"pairs_looked_at": len(looked_at), "not_copies": sum(1 for r in looked_at if r["copies"] == "no")},
+        "label_agreement": label_agreement(dropped),
         "after_cleaning": len(kept),
         "selected": len(chosen),
         "shortfall_per_age": shortfall,
@@ -526,6 +612,14 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
     }
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """A report's rows, none when it is missing (a data set from before the report existed)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
@@ -606,12 +700,12 @@ def load_faces(data_dir: Path, split: str, variant: str = "org") -> FaceSet:
 
 
 def dataset_info(data_dir: Path) -> dict:
-    """Counts per age, split and variant of a built data set, from its manifest."""
+    """Counts per age, split and variant of a built data set, from its manifest, and the label
+    agreement among the copies its cleaning found."""
     path = Path(data_dir) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.csv in {data_dir}: build it with `minorage dataset build`")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_csv(path)
     counts: dict[int, Counter] = defaultdict(Counter)
     for row in rows:
         counts[int(row["age"])][f"{row['split']}_{row['variant']}"] += 1
@@ -624,6 +718,7 @@ def dataset_info(data_dir: Path) -> dict:
         "per_age": {age: dict(c) for age, c in sorted(counts.items())},
         "shortfall_per_age": summary.get("shortfall_per_age", {}),
         "cleaning": summary.get("cleaning", {}),
+        "label_agreement": label_agreement(_read_csv(Path(data_dir) / "cleaning.csv")),
         "no_face": summary.get("no_face"),
         "framing": summary.get("config", {}).get("framing"),
     }
