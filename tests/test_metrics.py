@@ -94,6 +94,15 @@ def test_flagged_by_age_says_which_minors_a_threshold_misses():
     assert metrics.evaluate(true, pred)["flagged_by_age"] == {5: 1.0, 17: 0.5}
 
 
+def test_estimate_by_age_gives_each_ages_mean_estimate_up_to_25():
+    """Two 17-year-olds estimated 18 and 20 (mean 19), one 18-year-old estimated 17.5 (true 17.6
+    rounds to 18), one 30-year-old left out: the 17s read older than the 18."""
+    true = np.array([17, 17, 17.6, 30], float)
+    pred = np.array([18, 20, 17.5, 25], float)
+    assert metrics.estimate_by_age(true, pred) == {17: 19.0, 18: 17.5}
+    assert metrics.evaluate(true, pred)["estimate_by_age"] == {17: 19.0, 18: 17.5}
+
+
 def test_bootstrap_intervals_bracket_the_measure_and_narrow_with_more_faces():
     """Every face off by exactly 2 years leaves nothing to vary; mixed errors give an interval
     around the measure that four times the faces make narrower; the same seed, the same interval."""

@@ -66,16 +66,24 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         for name, row in zip(metrics.ALL_GROUPS, np.asarray(results[v]["confusion"])):
             if row.sum():
                 lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
-    ages = sorted({a for v in variants for a in results[v]["flagged_by_age"]})
-    if ages:
-        lines += ["", "Minors flagged at the flag threshold, by true age:", "",
-                  "| variant | " + " | ".join(map(str, ages)) + " |", "|---|" + "---|" * len(ages)]
-        for v in variants:
-            shares = results[v]["flagged_by_age"]
-            lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(f"{shares[a]:.0%}" if a in shares else "–" for a in ages) + " |")
+    lines += _by_age_table(results, "flagged_by_age", "Minors flagged at the flag threshold, by true age:", "{:.0%}")
+    lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
     if any("intervals" in results[v] for v in variants):
         lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
     return "\n".join(lines).strip() + "\n"
+
+
+def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> list[str]:
+    """One row per variant, one column per true age, of a measure kept age by age (none for
+    results saved before the measure existed)."""
+    ages = sorted({a for by_age in (r.get(key, {}) for r in results.values()) for a in by_age})
+    if not ages:
+        return []
+    lines = ["", title, "", "| variant | " + " | ".join(map(str, ages)) + " |", "|---|" + "---|" * len(ages)]
+    for v, result in results.items():
+        values = result.get(key, {})
+        lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(fmt.format(values[a]) if a in values else "–" for a in ages) + " |")
+    return lines
 
 
 def _cell(result: dict, key: str, fmt: str) -> str:
