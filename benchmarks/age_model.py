@@ -1,5 +1,5 @@
 """Age model speed and memory: training seconds per epoch, inference faces/s at batch 1 and
-256 on 2 threads, peak memory.
+256 on 2 threads, peak memory; and the bound the CPU's arithmetic puts on the speed.
 
 Inference is timed as `AgeEstimator.predict` runs it (BatchNorms folded, TorchScript-frozen so that
 oneDNN fuses each convolution with its activation, 32-face slices) and, for comparison, as the
@@ -16,6 +16,13 @@ run by ONNX Runtime (fp32, and int8 convolutions calibrated as above) and OpenVI
 the int8 graph), each in the runtime's 32-face slices: the other CPU runtimes that use AVX-512's
 int8 and bf16 instructions. They are not the package's dependencies; install them beside it
 (`.venv/bin/pip install onnx onnxruntime openvino`); a runtime that is missing is reported so.
+
+Every run also times a 2048x2048 matrix product in fp32, bf16 and int8 on the same threads and
+divides it by the model's multiply-adds per face: the faces/s the model would reach if all its
+arithmetic ran as fast as PyTorch's large matrix product in each precision, about the most any
+runtime can get (a near bound, not an exact one: on the Zen 5 machine of session 13, oneDNN's fp32
+convolutions ran v8 about 5 % faster than this product's fp32 speed). The issue's 5,000 faces/s
+assumed AMX; the report says whether the CPU has it.
 """
 
 from __future__ import annotations
@@ -179,6 +186,46 @@ def multiply_adds(net: torch.nn.Module) -> int:
     return sum(counted)
 
 
+def matmul_ops_per_second(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """Operations (a multiply-add is two) per second of a large square matrix product in `dtype`
+    on the set threads: about the best this CPU's arithmetic does in that precision."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        product = lambda: torch._int_mm(a, a)  # noqa: E731  # int8 x int8 -> int32 (VNNI or AMX)
+    else:
+        a = torch.randn(size, size).to(dtype)
+        product = lambda: a @ a  # noqa: E731
+    product()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        product()
+        done += 1
+    return 2 * size**3 * done / (time.perf_counter() - start)
+
+
+def amx_flags() -> list[str]:
+    """The CPU's AMX features as Linux lists them (none on a CPU without AMX, or off Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    return sorted({f for f in flags if f.startswith("amx")})
+
+
+def arithmetic_ceiling(multiply_adds_per_face: int) -> dict[str, object]:
+    """The CPU's matrix-product speed in fp32, bf16 and int8, and the faces/s that each would give
+    the model if every one of its multiply-adds ran that fast: about the most any runtime can get
+    out of the model in that precision, since its small convolutions use the arithmetic less well."""
+    out: dict[str, object] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "amx": amx_flags() or "none"}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8)):
+        try:
+            ops = matmul_ops_per_second(dtype)
+        except RuntimeError as error:  # an int8 product this CPU or build has no kernel for
+            out[f"{name}_matmul"] = f"not available: {error}"
+            continue
+        out[f"{name}_matmul_gops"] = round(ops / 1e9)
+        out[f"{name}_faces_per_s_at_matmul_speed"] = round(ops / (2 * multiply_adds_per_face))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -190,8 +237,9 @@ def main() -> None:
     estimator = AgeEstimator.from_pretrained(args.model)
     faces = np.load(config.ssrnet_fixture())["images"]
     faces = np.concatenate([faces] * 4)  # 256 real faces
-    report = {"model": args.model, "threads": torch.get_num_threads(),
-              "million_multiply_adds_per_face": round(multiply_adds(estimator.net) / 1e6, 2)}
+    macs = multiply_adds(estimator.net)
+    report = {"model": args.model, "threads": torch.get_num_threads(), "million_multiply_adds_per_face": round(macs / 1e6, 2),
+              **arithmetic_ceiling(macs)}
     runtime = lambda x, batch: estimator.predict(x, batch_size=batch)  # noqa: E731
     eager = estimator.runtime.folded  # the runtime's own folded copy, run on whole batches
     for batch in (1, 256):
