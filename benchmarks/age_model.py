@@ -20,8 +20,8 @@ int8 and bf16 instructions. They are not the package's dependencies; install the
 Every run also times a 2048x2048 matrix product in fp32, bf16 and int8 on the same threads and
 divides it by the model's multiply-adds per face: the faces/s the model would reach if all its
 arithmetic ran as fast as PyTorch's large matrix product in each precision, about the most any
-runtime can get (a near bound, not an exact one: on the Zen 5 machine of session 13, oneDNN's fp32
-convolutions ran v8 about 5 % faster than this product's fp32 speed). The issue's 5,000 faces/s
+runtime can get (a near bound, not an exact one: on the Zen 5 machine of session 13, ONNX Runtime's fp32
+ran v8 up to 10 % faster than this product's fp32 speed). The issue's 5,000 faces/s
 assumed AMX; the report says whether the CPU has it.
 """
 
