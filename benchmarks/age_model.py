@@ -47,14 +47,19 @@ from minorage.models import RUNTIME_SLICE, AveragedSSRNet, predict_ages
 Predictor = Callable[[np.ndarray, int], np.ndarray]  # uint8 NHWC faces, batch size -> ages
 
 
-def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
-    """`predict(faces, batch_size)` timed on repeated batches, after one warm-up batch."""
-    predict(faces[:batch], batch)
+def calls_per_second(call: Callable[[], object], seconds: float) -> float:
+    """`call()` repeated for `seconds`, after one warm-up call."""
+    call()
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        predict(faces[:batch], batch)
-        done += batch
+        call()
+        done += 1
     return done / (time.perf_counter() - start)
+
+
+def faces_per_second(predict, faces: np.ndarray, batch: int, seconds: float = 3.0) -> float:
+    """`predict(faces, batch_size)` timed on repeated batches."""
+    return batch * calls_per_second(lambda: predict(faces[:batch], batch), seconds)
 
 
 def int8_copy(net: torch.nn.Module, calibration: np.ndarray) -> torch.nn.Module:
@@ -195,12 +200,7 @@ def matmul_ops_per_second(dtype: torch.dtype, size: int = 2048, seconds: float =
     else:
         a = torch.randn(size, size).to(dtype)
         product = lambda: a @ a  # noqa: E731
-    product()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        product()
-        done += 1
-    return 2 * size**3 * done / (time.perf_counter() - start)
+    return 2 * size**3 * calls_per_second(product, seconds)
 
 
 def amx_flags() -> list[str]:

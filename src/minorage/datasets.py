@@ -310,6 +310,9 @@ def duplicate_groups(photos: list[Photo], max_bits: int, same_picture: SamePictu
     return list(groups.values())
 
 
+CONFLICT = "conflicting ages"  # the cleaning report's reason for a group of copies labelled differently
+
+
 def clean_labels(photos: list[Photo], max_bits: int, same_picture: SamePicture | None = None) -> tuple[list[Photo], list[dict]]:
     """Drop groups of copies whose ages disagree, keep one photo of every other group.
     Returns the kept photos and one report row per dropped photo."""
@@ -319,7 +322,7 @@ def clean_labels(photos: list[Photo], max_bits: int, same_picture: SamePicture |
         ages = sorted({p.record.age for p in members})
         if len(ages) > 1:
             detail = f" {ages} among {len(members)} copies"
-            dropped += [_dropped(p, "conflicting ages", members[0], detail) for p in members]
+            dropped += [_dropped(p, CONFLICT, members[0], detail) for p in members]
             continue
         kept.append(members[0])
         dropped += [_dropped(p, _copy_kind(p, members[0]), members[0]) for p in members[1:]]
@@ -336,7 +339,7 @@ def label_agreement(dropped: list[dict]) -> dict[str, int | float]:
     groups: dict[str, list[tuple[bool, int]]] = defaultdict(list)
     for row in dropped:
         if row.get("group_of"):  # unreadable files belong to no group
-            groups[row["group_of"]].append((row["reason"].startswith("conflicting ages"), int(row["age"])))
+            groups[row["group_of"]].append((row["reason"].startswith(CONFLICT), int(row["age"])))
     conflicts = [sorted(age for _, age in rows) for rows in groups.values() if rows[0][0]]
     near_line = [ages for ages in conflicts if any(CHILD_LIMIT <= a < MINOR_LIMIT for a in ages)]
     near_line_agreeing = sum(1 for rows in groups.values() if not rows[0][0] and CHILD_LIMIT <= rows[0][1] < MINOR_LIMIT)

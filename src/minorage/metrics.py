@@ -93,11 +93,16 @@ def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELO
     return out
 
 
+def _mean_by_age(true: np.ndarray, values: np.ndarray, oldest: int) -> dict[int, float]:
+    """The mean of `values` over the faces of each whole true age present, up to `oldest`."""
+    true = np.rint(np.asarray(true, float)).astype(int)
+    return {int(age): float(np.mean(values[true == age])) for age in np.unique(true[true <= oldest])}
+
+
 def flagged_by_age(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[int, float]:
     """For each whole age under 18 present, the share of its faces flagged as minors: which
     minors a threshold misses (at 17.5 nearly no child, many 17-year-olds)."""
-    true, pred = np.rint(np.asarray(true, float)).astype(int), np.asarray(pred, float)
-    return {int(age): float(np.mean(pred[true == age] < below)) for age in np.unique(true[true < MINOR_LIMIT])}
+    return _mean_by_age(true, np.asarray(pred, float) < below, MINOR_LIMIT - 1)
 
 
 SPECIFICITY_FLOOR = 0.85  # the share of 18-25 year olds that must stay unflagged (issue 5)
@@ -107,8 +112,7 @@ def estimate_by_age(true: np.ndarray, pred: np.ndarray) -> dict[int, float]:
     """For each whole age 0-25 present, the mean estimate of its faces: the model's bias age by
     age, which an MAE hides (a 17-year-old read as 19 on average is flagged far less often than
     one read as 17), and where the labels themselves are suspect (an age read older than the next)."""
-    true, pred = np.rint(np.asarray(true, float)).astype(int), np.asarray(pred, float)
-    return {int(age): float(np.mean(pred[true == age])) for age in np.unique(true[true <= 25])}
+    return _mean_by_age(true, np.asarray(pred, float), 25)
 
 
 def recall_at_specificity(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
