@@ -6,14 +6,17 @@ decoding, detection, age estimation and storing; and the peak memory of a 10,000
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size with two real UTKFace
 faces pasted in at 1/4 and 1/8 of its width, written as JPEG. The 10,000-file scan uses
-symbolic links to the UTKFace photos (each photo several times under other names).
+hard links to (or copies of) the UTKFace photos, each photo several times under other names: a
+scan records symbolic links to files outside its sources without reading them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,10 +46,15 @@ def write_scenes(folder: Path, size: int, count: int) -> None:
 
 
 def link_photos(folder: Path, count: int) -> None:
+    """`count` UTKFace photos under new names: hard links where the file system allows, else copies."""
     photos = sorted(config.utkface_dir().glob("*.jpg"))
     folder.mkdir(parents=True)
     for k in range(count):
-        (folder / f"{k:05d}_{photos[k % len(photos)].name}").symlink_to(photos[k % len(photos)])
+        source, target = photos[k % len(photos)], folder / f"{k:05d}_{photos[k % len(photos)].name}"
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
 
 
 def tree_rss(pid: int) -> int:
@@ -90,7 +98,7 @@ def main() -> None:
         folder = Path(args.memory_run)
         print(json.dumps(run_one(folder / "photos", folder / "case", cfg, detector)))
         return
-    report = {"cores": len(__import__("os").sched_getaffinity(0)), "workers": cfg.workers or "one per core", "min_face_size": args.min_face_size}
+    report = {"cores": len(os.sched_getaffinity(0)), "workers": cfg.workers or "one per core", "min_face_size": args.min_face_size}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         link_photos(tmp / "utkface", args.photos)

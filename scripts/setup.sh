@@ -10,7 +10,6 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip install torch==2.13.0
-pip install --no-deps facenet-pytorch==2.6.0  # only for the MTCNN weight files in its wheel
 if [ "${1:-}" != "--test" ]; then
     pip install -e ".[train]"
     exit 0

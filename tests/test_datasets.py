@@ -50,7 +50,7 @@ def _put(path: Path, face: Path) -> None:
 
 def test_utkface_reader_on_the_real_folder(utkface_files):
     read = read_utkface(utkface_files[0].parent)
-    assert len(read.records) == len(utkface_files) == 9977
+    assert len(read.records) == len(utkface_files) == 21723  # the count ../shared/data/README.md gives
     assert all(r.age == utkface_age(r.path) for r in read.records[:500])
 
 
@@ -300,13 +300,13 @@ def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
 
 
 def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface_files):
-    """All 9,977 UTKFace photos: after cleaning no two photos are copies (bytes or hash), no
+    """All 21,723 UTKFace photos: after cleaning no two photos are copies (bytes or hash), no
     conflicting group survives, the split never separates copies, counts stay within N."""
     from minorage.datasets import _Cache, assign_splits, fingerprint, select_balanced
 
     records = read_utkface(utkface_files[0].parent).records
     photos, unreadable = fingerprint(records, _Cache(tmp_path, "k"), 10**8, progress=False)
-    assert len(photos) == 9977 and not unreadable
+    assert len(photos) == 21723 and not unreadable
     kept, dropped = clean_labels(photos, 4)
     assert all(len(group) == 1 for group in duplicate_groups(kept, 4))  # no copies left at all
     conflicted = {d["source_path"] for d in dropped if d["reason"].startswith("conflicting")}

@@ -26,8 +26,9 @@ EXPECTED = {  # relative path -> status
     "kinds/rotated_exif.jpg": "ok", "kinds/animated.gif": "ok", "kinds/renamed_photo.dat": "ok", "video/clip.avi": "ok",
     "bad/truncated.jpg": "corrupt", "bad/empty.jpg": "empty", "bad/text.png": "not_image", "bad/bomb.png": "too_large",
     "bad/broken.mp4": "corrupt", "bad/notes.txt": "not_media", "bad/flat.png": "no_face",
-    "links/loop_a.jpg": "unreadable", "links/loop_b.jpg": "unreadable", "links/up": "link_not_followed",
+    "links/loop_a.jpg": "link_broken", "links/loop_b.jpg": "link_broken", "links/up": "link",
     "bad/pipe.jpg": "not_regular",
+    ".": "folder", "faces": "folder", "faces/deeper": "folder", "kinds": "folder", "video": "folder", "bad": "folder", "links": "folder",
 }
 
 
@@ -99,7 +100,7 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
     locked = "no_face" if os.access(root / "bad/locked.png", os.R_OK) else "unreadable"
     assert status == {**EXPECTED, "bad/locked.png": locked}
     assert _fingerprints(root) == before  # evidence untouched
-    errors = dict(db.execute("SELECT path, error FROM files WHERE status NOT IN ('ok')"))
+    errors = dict(db.execute("SELECT path, error FROM files WHERE status NOT IN ('ok', 'folder')"))
     assert all(errors.values()) and "pixels is above the limit" in errors[str(root / "bad/bomb.png")]
     sha, md5, size = db.execute("SELECT sha256, md5, size FROM files WHERE path = ?", (str(root / "faces/a.jpg"),)).fetchone()
     data = (root / "faces/a.jpg").read_bytes()
@@ -142,7 +143,7 @@ def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_file
     folder = tmp_path / "many"
     folder.mkdir()
     for path in utkface_files[::150][:60]:
-        (folder / path.name).symlink_to(path)
+        shutil.copy(path, folder / path.name)
     case = tmp_path / "case"
     command = [sys.executable, "-m", "minorage", "scan", str(folder), "--out", str(case), "--workers", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -151,19 +152,19 @@ def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_file
         time.sleep(0.2)
         if (case / "case.sqlite").exists():
             try:
-                if _db(case).execute("SELECT COUNT(*) FROM files").fetchone()[0] >= 10:
+                if _db(case).execute("SELECT COUNT(*) FROM files WHERE media != 'folder'").fetchone()[0] >= 10:
                     break
             except sqlite3.OperationalError:
                 pass  # the schema is being created
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    first = dict(_db(case).execute("SELECT path, scanned_at FROM files"))
+    first = dict(_db(case).execute("SELECT path, scanned_at FROM files WHERE media != 'folder'"))
     assert 10 <= len(first) < 60
     faces_first = _db(case).execute("SELECT COUNT(*) FROM faces").fetchone()[0]
 
     assert main(["scan", str(folder), "--out", str(case), "--workers", "1"]) == 0
     db = _db(case)
-    files = db.execute("SELECT path, COUNT(*) FROM files GROUP BY path").fetchall()
+    files = db.execute("SELECT path, COUNT(*) FROM files WHERE media != 'folder' GROUP BY path").fetchall()
     assert len(files) == 60 and all(n == 1 for _, n in files)
     again = dict(db.execute("SELECT path, scanned_at FROM files"))
     assert all(again[p] == t for p, t in first.items())  # finished files were not redone
@@ -178,11 +179,12 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     folder.mkdir()
     shutil.copy(_face_photos(utkface_files)[0], folder / "a.jpg")
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
+    capsys.readouterr()
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--model", "imdb"]) == 2
-    assert "same model" in capsys.readouterr().err
+    assert "other settings: --model minorage-default" in (err := capsys.readouterr().err) and "(this run: imdb)" in err
     # nor with another minor flag threshold: the case's flags would mean two things
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "18.5"]) == 2
-    assert "--minor-below 17.5" in capsys.readouterr().err
+    assert "--minor-below 17.5 (this run: 18.5)" in capsys.readouterr().err
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "17.5"]) == 0
 
 
@@ -199,7 +201,7 @@ def test_report_formats(evidence, tmp_path):
     ages = [float(r["age"]) for r in rows]
     assert len(rows) == 3 and ages == sorted(ages) and all(r["sha256"] for r in rows)
     data = json.loads((case / "report.json").read_text())
-    assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 9 and data["case"]["model_sha256"]
+    assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 9 + 3 and data["case"]["model_sha256"]  # + 3 folders
     page = (case / "report.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 3 and "bomb.png" in page and "http" not in page.replace("http-equiv", "")
 
@@ -231,6 +233,7 @@ def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files, capsy
     case = tmp_path / "case"
     assert main(["scan", str(tmp_path / "in"), str(folder), str(folder / _face_photos(utkface_files)[0].name), "--out", str(case), "--workers", "2"]) == 0
     db = _db(case)
-    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM files").fetchone() == (3, 3)
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT path) FROM files WHERE media = 'image'").fetchone() == (3, 3)
+    assert db.execute("SELECT COUNT(*) FROM files WHERE media = 'folder'").fetchone()[0] == 2
     assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 3
-    assert "3 scanned" in capsys.readouterr().err  # the summary counts each file once
+    assert "5 scanned" in capsys.readouterr().err  # the summary counts each file and folder once

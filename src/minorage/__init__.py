@@ -3,4 +3,4 @@
 from .models import AgeEstimator
 
 __all__ = ["AgeEstimator"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import InferenceConfig, ScanConfig
-from .output import FORMATS, write_rows
+from .case import CaseError
+from .config import MAX_FRAME_GAP, InferenceConfig, ScanConfig
+from .paths import printable
+from .output import FORMATS, output_stream, write_rows
 
 if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
     from .models import AgeEstimator
@@ -45,39 +47,52 @@ def _detector(args: argparse.Namespace):
 class _Counter:
     """Counts rows by outcome as they stream past, for the closing summary line."""
 
+    NOT_READ = ("link", "link_not_followed", "link_broken")
+
     def __init__(self):
-        self.files: dict[str, set] = {"ok": set(), "no_face": set(), "error": set()}
+        self.files: dict[str, set] = {"ok": set(), "no_face": set(), "links": set(), "error": set()}
         self.faces = 0
 
     def __call__(self, rows):
         for row in rows:
             status = row.get("status")
-            kind = status if status in ("ok", "no_face") else "error"
+            kind = status if status in ("ok", "no_face") else "links" if status in self.NOT_READ else "error"
             self.files[kind].add(row["path"])
             self.faces += len(row["faces"]) if "faces" in row else int(row.get("age") is not None)
             yield row
 
+    def seen(self) -> int:
+        return sum(len(paths) for paths in self.files.values())
+
     def summary(self) -> str:
         n = {kind: len(paths) for kind, paths in self.files.items()}
-        return f"{n['ok']} read, {n['no_face']} without a face, {n['error']} errors, {self.faces} faces"
+        links = f"; {n['links']} symbolic links recorded" if n["links"] else ""
+        return f"{n['ok']} read, {n['no_face']} without a face, {n['error']} errors, {self.faces} faces{links}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor
+    from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor, check_outputs
 
+    check_outputs(args.paths, [args.output if args.output != "-" else None, args.annotate])
     options = PredictOptions(
         crops=args.crops,
         face_fraction=args.face_fraction,
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
         annotate_dir=Path(args.annotate) if args.annotate else None,
         video_every=args.video_every,
         max_video_frames=args.max_video_frames,
+        follow_links=args.follow_links,
     )
     predictor = Predictor(_estimator(args), None if args.crops else _detector(args), options)
     counter = _Counter()
-    with _open_output(args.output) as stream:
+    with output_stream(args.output) as stream:
         write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, CROP_COLUMNS if args.crops else FACE_COLUMNS)
+    if not counter.seen():
+        print(f"minorage predict: no image or video file found in {printable(' '.join(args.paths))} "
+              f"(folders are searched for {', '.join(sorted(predictor.suffixes))})", file=sys.stderr)
+        return 1
     print(f"minorage predict: {counter.summary()}", file=sys.stderr)
     return 0 if counter.files["ok"] or counter.files["no_face"] else 1
 
@@ -89,11 +104,11 @@ def cmd_occlude(args: argparse.Namespace) -> int:
     sidecar = out_dir / args.sidecar
     out_dir.mkdir(parents=True, exist_ok=True)
     counter = _Counter()
-    with open(sidecar, "w", encoding="utf-8") as stream:
+    with output_stream(sidecar) as stream:
         rows = occlude_files(args.paths, out_dir, _detector(args), args.max_pixels, _progress_wanted())
         write_rows(counter(rows), "jsonl", stream, ())
     for path in sorted(counter.files["no_face"]):
-        print(f"no face (not copied): {path}", file=sys.stderr)
+        print(f"no face (not copied): {printable(path)}", file=sys.stderr)
     print(f"minorage occlude: {counter.summary()} barred; sidecar {sidecar}", file=sys.stderr)
     return 0 if counter.files["ok"] or counter.files["no_face"] else 1
 
@@ -241,19 +256,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .config import ScanConfig
     from .scan import scan
 
-    cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels)
+    cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels,
+                     max_bytes=args.max_bytes, follow_links=args.follow_links, file_timeout=args.file_timeout)
     summary = scan(args.sources, Path(args.out), _estimator(args), _detector_config(args), cfg, _progress_wanted())
-    print(f"minorage scan: {summary.line()}; case in {args.out}", file=sys.stderr)
+    print(f"minorage scan: {summary.line()}; case in {printable(args.out)}", file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    target = Path(args.output) if args.output else Path(args.case) / f"report.{args.format}"
-    with _open_output(None if str(target) == "-" else str(target)) as stream:
+    target = args.output or str(Path(args.case) / f"report.{args.format}")
+    with output_stream(target) as stream:
         n = write_report(Path(args.case), args.format, stream, args.max_faces)
-    print(f"minorage report: {n} faces -> {target if str(target) != '-' else 'stdout'}", file=sys.stderr)
+    print(f"minorage report: {n} faces -> {printable(target) if target != '-' else 'stdout'}", file=sys.stderr)
     return 0
 
 
@@ -264,23 +280,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Stdout:
-    """A context manager for stdout that leaves it open."""
-
-    def __enter__(self):
-        return sys.stdout
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _open_output(path: str | None):
-    return open(path, "w", newline="", encoding="utf-8") if path else _Stdout()
-
-
-def _video_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video-every", type=float, default=InferenceConfig.video_every, help="seconds between video frames looked at (default: %(default)s)")
-    p.add_argument("--max-video-frames", type=int, default=InferenceConfig.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
+def _reading_options(p: argparse.ArgumentParser) -> None:
+    """How evidence is read: the limits that bound memory, video sampling, links."""
+    d = InferenceConfig()
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse larger images and video frames, from their header, before decoding (default: %(default)s)")
+    p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="refuse image files larger than this many bytes; videos are streamed (default: %(default)s)")
+    p.add_argument("--video-every", type=float, default=d.video_every,
+                   help=f"seconds between video frames looked at, by the frames' time stamps; at least one frame in {MAX_FRAME_GAP} x this many is looked at whatever the container claims (default: %(default)s)")
+    p.add_argument("--max-video-frames", type=int, default=d.max_video_frames, help="frames looked at per video, at most (default: %(default)s)")
+    p.add_argument("--follow-links", action="store_true", help="read what symbolic links pointing outside the sources lead to (default: record such links, with their targets, unread)")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -326,8 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "crop is the face box, the model's margin is then added with repeated edge pixels (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="faces per network call (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=InferenceConfig.max_pixels, help="refuse larger images and video frames (default: %(default)s)")
-    _video_options(p)
+    _reading_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("occlude", help="eye-barred copies of images (paper §3.2) with a JSONL sidecar")
@@ -419,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     scan_defaults = ScanConfig()
     p.add_argument("--workers", type=int, default=scan_defaults.workers, help="processes reading and detecting; 0 = one per core (default: %(default)s)")
-    _video_options(p)
-    p.add_argument("--max-pixels", type=int, default=scan_defaults.max_pixels, help="refuse larger images and frames (decompression bombs) (default: %(default)s)")
+    p.add_argument("--file-timeout", type=float, default=scan_defaults.file_timeout,
+                   help="seconds one file may take; past it the file is recorded as `timeout` and its worker replaced (default: %(default)s)")
+    _reading_options(p)
     _detector_options(p, scan_defaults.min_face_size)
     p.set_defaults(func=cmd_scan)
 
@@ -443,8 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"minorage {args.command}: error: {exc}", file=sys.stderr)
+    except (CaseError, OSError, ValueError) as exc:
+        print(f"minorage {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
 
 

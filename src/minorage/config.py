@@ -115,12 +115,18 @@ class Framing:
         return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]))
 
 
+#: Whatever a video's container claims about its frame rate, at least one frame in this many
+#: times `video_every` is looked at: a header cannot hide frames from the scan.
+MAX_FRAME_GAP = 30
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Defaults of the inference commands."""
 
     batch_size: int = 256
     max_pixels: int = 100_000_000  # images above this are refused as possible decompression bombs
+    max_bytes: int = 256 * 2**20  # image files above this are not read into memory (videos stream)
     threads: int = 2
     video_every: float = 1.0  # seconds between the video frames looked at
     max_video_frames: int = 3600  # frames looked at per video, at most
@@ -136,6 +142,9 @@ class ScanConfig:
     video_every: float = InferenceConfig.video_every
     max_video_frames: int = InferenceConfig.max_video_frames
     max_pixels: int = InferenceConfig.max_pixels  # images and frames above are refused
+    max_bytes: int = InferenceConfig.max_bytes
+    follow_links: bool = False  # read what links outside the sources point to
+    file_timeout: float = 600.0  # seconds one file may take before its worker is replaced
     thumbnail: int = 96  # side of the face thumbnails kept in the case (pixels)
     in_flight: int = 4  # files queued per worker: bounds memory whatever the collection size
     age_batch: int = 64  # faces gathered before the age model runs (files still commit one by one)

@@ -5,14 +5,13 @@ rejects most of them at 24x24, O-Net scores the rest at 48x48 and places five po
 eyes, the nose, the two mouth corners). Each stage regresses its boxes and merges overlapping
 ones (non-maximum suppression).
 
-Weights: the stock P/R/O-Net ship in facenet-pytorch 2.6.0's wheel (MIT), which is installed
-without its dependencies and never imported; the project's own R/O-Net fine-tuned on
+Weights ship in the package: the stock P/R/O-Net are facenet-pytorch 2.6.0's (MIT, in
+`minorage/weights/mtcnn/stock/` with their licence); the project's own R/O-Net fine-tuned on
 eye-barred faces live in `minorage/weights/mtcnn/` (see `detector_training`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,32 +150,29 @@ class ONet(nn.Module):
 # Weights
 
 
-def stock_weights_dir() -> Path:
-    """facenet-pytorch's `data/` folder, found without importing the package (needs torchvision)."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "MTCNN weights not found: install them with `pip install --no-deps facenet-pytorch==2.6.0` "
-            "(its wheel ships pnet.pt, rnet.pt, onet.pt; scripts/setup.sh does this)"
-        )
-    return Path(spec.origin).parent / "data"
-
-
 def shipped_weights_dir() -> Path:
     """The project's R/O-Net fine-tuned on eye-barred faces (P-Net stays stock)."""
     return Path(__file__).parent / "weights" / "mtcnn"
 
 
+def stock_weights_dir() -> Path:
+    """facenet-pytorch 2.6.0's P/R/O-Net (MIT; licence beside them), shipped in the package."""
+    return shipped_weights_dir() / "stock"
+
+
 def weights_files(weights: str) -> dict[str, Path]:
-    """pnet/rnet/onet files for a weights choice; a folder may hold only some of them."""
+    """pnet/rnet/onet files for a weights choice; a folder may hold only some of them, the
+    stock ones fill the rest."""
     stock = stock_weights_dir()
     folder = {"stock": stock, "occlusion": shipped_weights_dir()}.get(weights, Path(weights))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"MTCNN weights: {folder} is not a folder (give stock, occlusion or a folder with pnet/rnet/onet.pt)")
     files = {}
     for name in ("pnet", "rnet", "onet"):
         path = folder / f"{name}.pt"
         files[name] = path if path.is_file() else stock / f"{name}.pt"
         if not files[name].is_file():
-            raise FileNotFoundError(f"MTCNN weights missing: {files[name]}")
+            raise FileNotFoundError(f"MTCNN weights missing: {files[name]} (the package is incomplete: reinstall minorage)")
     return files
 
 

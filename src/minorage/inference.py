@@ -1,14 +1,17 @@
 """Ages for the files a user names: `minorage predict`.
 
-Each image is read, its faces found (or, with `crops`, the image taken as one face crop), each
-face framed the way the model's card says, and the faces sent to the network in batches. A video
-is looked at one frame every `video_every` seconds, each face's row giving its frame's time. A
-file that cannot be read becomes a row with an `error`, an image or video without a face a row
-that says so; rows come out in the order of the files.
+The sources are walked as evidence (`minorage.sources`: links recorded with their targets, a
+folder that cannot be listed reported), each image or video opened read-only (`minorage.io`),
+its faces found (or, with `crops`, the image taken as one face crop), each face framed the way
+the model's card says, and the faces sent to the network in batches. A video is looked at one
+frame every `video_every` seconds, each face's row giving its frame's time. A file that cannot
+be read becomes a row with its `status` and `error`, an image or video without a face a row that
+says so; rows come out in the order of the walk.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +23,15 @@ from tqdm import tqdm
 from .config import InferenceConfig
 from .detection import Face, FaceDetector
 from .framing import crop_box, frame_face
-from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, iter_files, read_image, video_frames, write_image
+from .io import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, Opened, decode_image, media_of, open_evidence, read_capped,
+                 video_frames, write_image)
 from .metrics import age_group, is_minor
 from .models import AgeEstimator
+from .paths import display_path, inside
+from .sources import Entry, named_or_suffixed, real_sources, walk
 
 CROP_COLUMNS = ("path", "age", "group", "minor", "status", "error")
-FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error")
+FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error", "annotated")
 
 
 @dataclass(frozen=True)
@@ -36,41 +42,46 @@ class PredictOptions:
     face_fraction: float = 1.0  # with crops: the central share of each side that is the face box
     batch_size: int = InferenceConfig.batch_size
     max_pixels: int = InferenceConfig.max_pixels
+    max_bytes: int = InferenceConfig.max_bytes
     annotate_dir: Path | None = None  # write copies with boxes and ages drawn here (images)
     video_every: float = InferenceConfig.video_every
     max_video_frames: int = InferenceConfig.max_video_frames
+    follow_links: bool = False  # read what links outside the sources point to
 
 
 @dataclass
 class _Image:
     """One file on its way through the batch: its faces and their framed crops, or its error."""
 
-    path: Path
-    relative: Path
+    path: str
+    relative: str
     error: ImageReadError | None = None
     faces: list[Face | None] = field(default_factory=list)
     frame_times: list[float | None] = field(default_factory=list)  # per face: its video frame's time
     crops: list[np.ndarray] = field(default_factory=list)
     image: np.ndarray | None = None  # kept only to annotate
+    annotated: str | None = None
 
 
-def _face_row(path: Path, index: int | None, face: Face | None, frame_time: float | None, age: float, minor_below: float) -> dict:
-    row = {"path": str(path), "age": float(age), "group": age_group(age), "minor": is_minor(age, minor_below), "status": "ok"}
+def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, age: float, minor_below: float) -> dict:
+    row = {"path": display_path(item.path), "age": float(age), "group": age_group(age), "minor": is_minor(age, minor_below), "status": "ok"}
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
         info = face.to_dict()
         row.update({"face": index, "score": info["score"], "box": info["box"], "eyes": info["eyes"]})
+    if item.annotated:
+        row["annotated"] = item.annotated
     return row
 
 
 def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, minor_below: float) -> list[dict]:
     if item.error is not None:
-        return [{"path": str(item.path), "status": item.error.status, "error": str(item.error)}]
+        return [{"path": display_path(item.path), "status": item.error.status, "error": str(item.error)}]
     if not item.faces:
-        return [{"path": str(item.path), "face": None, "status": "no_face", "error": "no face found"}]
+        return [{"path": display_path(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item.path, None if crops_mode else i, face, frame_time, next(ages), minor_below)
+        _face_row(item, None if crops_mode else i, face, frame_time, next(ages), minor_below)
         for i, (face, frame_time) in enumerate(zip(item.faces, item.frame_times))
     ]
 
@@ -92,6 +103,16 @@ def annotate(image: np.ndarray, faces: list[Face], ages: list[float], minor_belo
     return out
 
 
+def check_outputs(sources: Iterable[str | os.PathLike], outputs: Iterable[str | os.PathLike | None]) -> list[str]:
+    """The sources' real paths; refuses (ValueError) an output that would be written inside one."""
+    roots = real_sources(sources)
+    for output in outputs:
+        if output is not None and (root := inside(os.path.realpath(output), roots)):
+            raise ValueError(f"{display_path(output)} lies inside the source {display_path(root)}: evidence is never written to; "
+                             "write outputs elsewhere")
+    return roots
+
+
 class Predictor:
     """Runs `predict` over files: reading, detection, framing and batched age estimation."""
 
@@ -99,23 +120,30 @@ class Predictor:
         if not options.crops and detector is None:
             raise ValueError("a face detector is needed unless every image is a face crop")
         self.estimator, self.detector, self.options = estimator, detector, options
+        self.suffixes = IMAGE_SUFFIXES if options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
-    def load(self, path: Path, relative: Path) -> _Image:
+    def load(self, path: str, relative: str) -> _Image:
         """Read one file and cut out its faces; errors are kept, not raised."""
         item = _Image(path, relative)
         try:
-            for frame_time, image in self._frames(path):
-                self._add_faces(item, image, frame_time)
+            with open_evidence(path) as opened:
+                for frame_time, image in self._frames(opened, path):
+                    self._add_faces(item, image, frame_time)
         except ImageReadError as exc:
             return _Image(path, relative, error=exc)
+        except OSError as exc:
+            return _Image(path, relative, error=ImageReadError("unreadable", f"{display_path(path)}: {exc.strerror or exc}"))
         return item
 
-    def _frames(self, path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
+    def _frames(self, opened: Opened, path: str) -> Iterator[tuple[float | None, np.ndarray]]:
         """The image, or a video's sampled frames one at a time (a long video never sits in memory)."""
-        if path.suffix.lower() in VIDEO_SUFFIXES and not self.options.crops:
-            yield from video_frames(path, self.options.video_every, self.options.max_video_frames, self.options.max_pixels)
+        name = display_path(path)
+        head = opened.file.read(16)
+        opened.file.seek(0)
+        if not self.options.crops and media_of(path, head) == "video":
+            yield from video_frames(opened.file, name, self.options.video_every, self.options.max_video_frames, self.options.max_pixels)
         else:
-            yield None, read_image(path, self.options.max_pixels)
+            yield None, decode_image(read_capped(opened, self.options.max_bytes, name), self.options.max_pixels, name)
 
     def _add_faces(self, item: _Image, image: np.ndarray, frame_time: float | None) -> None:
         """One image's (or frame's) faces, framed for the model, appended to the file's."""
@@ -143,14 +171,31 @@ class Predictor:
             yield from _rows(item, iter(mine), self.options.crops, self.estimator.minor_below)
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
-        write_image(self.options.annotate_dir / item.relative, annotate(item.image, item.faces, ages, self.estimator.minor_below))
+        """A copy with boxes and ages under the file's relative path; never over an existing file."""
+        drawn = annotate(item.image, item.faces, ages, self.estimator.minor_below)
+        item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
+
+    def wanted(self, entry: Entry, roots: list[str]) -> bool:
+        """Files named directly, and files with an image (or video) name under folders; links
+        with such a name or to a folder, and folders that cannot be listed, for their rows."""
+        if entry.kind == "folder":
+            return entry.status == "unreadable"
+        if entry.kind == "link":
+            return os.path.splitext(entry.path)[1].lower() in self.suffixes or os.path.isdir(entry.path)
+        return named_or_suffixed(entry, roots, self.suffixes)
 
     def run(self, paths: Iterable[str | Path], progress: bool = True) -> Iterator[dict]:
-        files = list(iter_files(paths, IMAGE_SUFFIXES if self.options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        roots = check_outputs(paths, [self.options.annotate_dir])
+        entries = [e for e in walk(roots, self.options.follow_links) if self.wanted(e, roots)]
         batch: list[_Image] = []
         pending_faces = 0
-        for path, relative in tqdm(files, desc="predict", unit="file", disable=not progress, leave=False):
-            item = self.load(path, relative)
+        for entry in tqdm(entries, desc="predict", unit="file", disable=not progress, leave=False):
+            if entry.status is not None:  # a link or a folder: the walk's verdict is the row
+                yield from self.finish(batch)
+                batch, pending_faces = [], 0
+                yield {"path": display_path(entry.path), "status": entry.status, "error": entry.error}
+                continue
+            item = self.load(entry.path, entry.relative)
             batch.append(item)
             pending_faces += len(item.crops)
             if pending_faces >= self.options.batch_size:

@@ -17,7 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .detection import Face, FaceDetector
-from .io import ImageReadError, iter_files, read_image, write_image
+from .io import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
+from .paths import display_path
+from .sources import named_or_suffixed, real_sources, walk
 
 BAR_HEIGHT = 0.25  # of the face box's height
 BAR_WIDTH = 0.95  # of the face box's width
@@ -117,9 +119,10 @@ def occlude_files(
     """Write an eye-barred copy of each image under `out_dir` (same relative path and name) and
     yield one sidecar entry per input: its faces and bars, or why it was not copied."""
     out_dir = Path(out_dir)
-    files = list(iter_files(paths))
+    roots = real_sources(paths)
+    files = [(Path(e.path), e.relative) for e in walk(roots) if named_or_suffixed(e, roots, IMAGE_SUFFIXES)]
     for path, relative in tqdm(files, desc="occlude", unit="img", disable=not progress, leave=False):
-        entry: dict = {"path": str(path)}
+        entry: dict = {"path": display_path(path)}
         target = out_dir / relative
         try:
             if target.exists() and target.resolve() == path.resolve():

@@ -16,23 +16,14 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
+from .case import case_info, connect_read_only
 from .config import ADULT_GROUP, AGE_GROUPS
-from .scan import CASE_FILE, case_info
+from .output import spreadsheet_safe
 
 FORMATS = ("html", "csv", "json")
 FACE_COLUMNS = ("path", "sha256", "md5", "media", "frame_time", "face", "age", "age_group", "minor", "eyes_occluded", "score",
                 "x1", "y1", "x2", "y2", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y")
-FILE_COLUMNS = ("path", "size", "sha256", "md5", "media", "status", "error", "frames", "faces", "scanned_at")
-
-
-def connect(case_dir: Path) -> sqlite3.Connection:
-    """The case's store, opened read-only (a report never changes a case)."""
-    path = Path(case_dir) / CASE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{case_dir}: no {CASE_FILE} here; run `minorage scan SOURCE --out {case_dir}` first")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    return db
+FILE_COLUMNS = ("path", "size", "sha256", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
 
 
 def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = False) -> list[dict]:
@@ -45,7 +36,7 @@ def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = F
 
 
 def files(db: sqlite3.Connection, problems_only: bool = False) -> list[dict]:
-    where = " WHERE status NOT IN ('ok', 'no_face')" if problems_only else ""
+    where = " WHERE status NOT IN ('ok', 'no_face', 'folder', 'link')" if problems_only else ""
     return [dict(r) for r in db.execute(f"SELECT {', '.join(FILE_COLUMNS)} FROM files{where} ORDER BY path")]
 
 
@@ -63,13 +54,13 @@ def write_report(case_dir: Path, fmt: str, stream: TextIO, max_faces: int | None
     """Write the case in one format; returns the number of faces written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    db = connect(case_dir)
+    db = connect_read_only(case_dir)
     try:
         if fmt == "csv":
             rows = faces(db, max_faces)
             writer = csv.DictWriter(stream, FACE_COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         elif fmt == "json":
             rows = faces(db, max_faces)
             json.dump({"case": case_info(db), "counts": counts(db), "faces": rows, "files": files(db)}, stream, indent=1)
@@ -121,7 +112,8 @@ def render_html(info: dict, totals: dict, rows: list[dict], problems: list[dict]
 <style>{_STYLE}</style></head><body>
 <h1>minorage case report</h1>
 <p class=meta>Model {esc(info.get('model', '?'))} (SHA-256 {esc(info.get('model_sha256', '?')[:16])}…), minor flag: estimate below
-{esc(info.get('minor_below', '?'))} years; minorage {esc(info.get('minorage_version', '?'))}; sources {esc(info.get('sources', '?'))}; started {esc(info.get('started', '?'))}.</p>
+{esc(info.get('minor_below', '?'))} years; minorage {esc(info.get('minorage_version', '?'))}; sources {esc(', '.join(json.loads(info.get('sources', '[]'))))};
+started {esc(info.get('started', '?'))}; access times preserved: {esc(info.get('atime_preserved', '?'))}.</p>
 <p>{totals['files']} files, {totals['faces']} faces, <b>{totals['minors']} flagged as probable minors</b>. Files by status:
 {esc(', '.join(f'{k} {v}' for k, v in totals['statuses'].items()))}. Estimates are leads for a human reviewer, not findings.</p>
 <div class=filters>{buttons}</div>

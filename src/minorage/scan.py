@@ -1,33 +1,31 @@
 """Bulk triage of a seized collection: `minorage scan`.
 
-Every file under the sources gets one row in the case's SQLite store (CASE_DIR/case.sqlite):
-its size, SHA-256, MD5, media type and status; every face found in it (in a video, in the frames
+Every file, folder and link under the sources gets one row in the case (`minorage.case`): its
+size, SHA-256, MD5, media type and status; every face found in it (in a video, in the frames
 sampled every few seconds) one row more: frame time, box, eye points, detection score, age,
 group, minor flag, whether its eyes are barred, and a small thumbnail for the review report.
 
 How it stays safe on evidence and on crashes:
-- evidence is only opened for reading; nothing is written beside it;
-- worker processes read, hash and detect; the main process estimates ages in batches and writes;
-- a file and all its faces are committed in one transaction, so after a kill -9 a file is in
-  the store whole or not at all, and a re-run skips exactly the files that are there;
-- at most `in_flight` files per worker are queued, so memory does not grow with the collection;
-- the model (name and SHA-256) and the detector are recorded with the case; resuming with a
-  different model is refused, so one case never mixes two models' ages.
+- evidence is only opened for reading (`minorage.io`), its access times kept where the system
+  allows; nothing is written beside it, and a case folder inside a source is refused;
+- supervised worker processes read, hash and detect (`minorage.workers`): one that dies or hangs
+  costs only the file it was on, which is retried once, then recorded as `worker_died`/`timeout`;
+- the main process estimates ages in batches and commits each file with all its faces at once,
+  so after a kill -9 a re-run skips exactly the files that are whole in the case;
+- at most `in_flight` files per worker are queued, and every read is bounded by `max_bytes` and
+  `max_pixels`, so memory does not grow with the collection nor with what a file claims;
+- every setting that changes results is recorded; a resume with other settings is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
-import stat
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from multiprocessing import get_context
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -35,70 +33,38 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .case import begin_run, end_run, insert_file, known_path, open_case, prepare_folder
 from .config import Framing, ScanConfig
 from .detection import DetectorConfig, Face, FaceDetector
 from .framing import frame_face
-from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, decode_image, looks_like_image, video_frames
+from .io import ImageReadError, Opened, decode_image, media_of, open_evidence, video_frames
+from .paths import display_path
 from .metrics import age_group, is_minor
 from .models import AgeEstimator, file_sha256
 from .occlusion import eyes_occluded
+from .sources import Entry, Walk, real_sources, walk
+from .workers import Failed, Supervisor
 
-CASE_FILE = "case.sqlite"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS case_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER,
-    sha256 TEXT,
-    md5 TEXT,
-    media TEXT NOT NULL,          -- image | video | other | folder_link
-    status TEXT NOT NULL,         -- ok | no_face | empty | too_large | not_image | corrupt | unreadable | missing | not_media | not_regular | link_not_followed | error
-    error TEXT,
-    frames INTEGER,               -- video frames looked at
-    faces INTEGER NOT NULL DEFAULT 0,
-    scanned_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    id INTEGER PRIMARY KEY,
-    file_id INTEGER NOT NULL REFERENCES files(id),
-    face INTEGER NOT NULL,        -- index within the image or frame, best detection first
-    frame_time REAL,              -- seconds into a video; NULL for an image
-    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
-    left_eye_x REAL, left_eye_y REAL, right_eye_x REAL, right_eye_y REAL,
-    score REAL NOT NULL,
-    age REAL NOT NULL,
-    age_group TEXT NOT NULL,
-    minor INTEGER NOT NULL,
-    eyes_occluded INTEGER NOT NULL,
-    thumbnail BLOB,               -- JPEG of the face, for the review report
-    UNIQUE (file_id, frame_time, face)
-);
-CREATE INDEX IF NOT EXISTS faces_by_age ON faces (minor DESC, age);
-"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Walking: every file, nothing silently left out
-
-
-def walk(sources: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Every file under the sources (files named directly, folders recursively), in a stable
-    order, streamed: nothing is held per file, so a walk of millions costs no memory.
-    Symbolic links to folders are yielded (to be recorded as not followed), never walked
-    into: no loops, and nothing outside the named sources. A file reached through two
-    overlapping sources comes twice; the store keeps it once."""
-    for raw in sources:
-        root = Path(raw)
-        if not root.is_dir():  # a folder named directly is walked even through a link
-            yield Path(os.path.abspath(root))
-            continue
-        for folder, dirs, names in os.walk(root, followlinks=False):
-            dirs.sort()
-            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
-            for name in sorted(names + links):
-                yield Path(os.path.abspath(os.path.join(folder, name)))
+#: Every status a file, folder or link can have in a case, and what it means.
+STATUSES = {
+    "ok": "read; at least one face",
+    "no_face": "read; no face found",
+    "empty": "a file of 0 bytes",
+    "corrupt": "truncated or damaged image, video that does not open or yields no frame",
+    "not_image": "an image name or header on something that is no image format minorage reads",
+    "too_large": "above --max-pixels (from the header, before decoding) or, for an image, --max-bytes",
+    "unreadable": "permission denied, I/O error, or a folder that cannot be listed",
+    "missing": "gone between the walk and the read",
+    "not_media": "neither image nor video: listed and hashed, not scanned",
+    "not_regular": "FIFO, socket or device: never opened for reading, it could block or never end",
+    "folder": "a folder that was listed",
+    "link": "a symbolic link whose target is inside the sources (read under its own name) or followed",
+    "link_not_followed": "a symbolic link whose target lies outside the sources; not read (--follow-links)",
+    "link_broken": "a symbolic link to nothing, or a loop of links",
+    "worker_died": "the worker reading it died twice (crash or kill), with the signal",
+    "timeout": "no result within --file-timeout seconds; its worker was replaced",
+    "error": "anything unforeseen, with its message",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +85,7 @@ class FoundFace:
 
 @dataclass
 class FileResult:
-    """What a worker learnt about one file."""
+    """What is known of one file, folder or link."""
 
     path: str
     media: str
@@ -128,105 +94,89 @@ class FileResult:
     sha256: str | None = None
     md5: str | None = None
     error: str | None = None
+    link_target: str | None = None
     frames: int | None = None
+    atime_kept: bool = True
     faces: list[FoundFace] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # reading+hashing, decoding, detection
+
+    @classmethod
+    def of_entry(cls, entry: Entry) -> FileResult:
+        """A walk's own verdict (folder, link, unlistable folder) as a row."""
+        return cls(entry.path, entry.kind, entry.status, error=entry.error, link_target=entry.target)
 
 
 _worker: dict = {}
 
 
 def _init_worker(detector_cfg: DetectorConfig, framing: Framing, cfg: ScanConfig) -> None:
-    import threading
-
-    import torch
-
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     _worker.update(detector=FaceDetector(detector_cfg), framing=framing, cfg=cfg)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose scan was killed (kill -9 leaves no chance to stop it) ends itself."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _media_of(path: Path, head: bytes) -> str:
-    """image, video or other: by the name's suffix, else by the first bytes."""
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    if looks_like_image(head):
-        return "image"
-    if head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
-        return "video"
-    return "other"
-
-
-def _read(path: Path) -> tuple[int, str, str, str, bytes | None]:
-    """(size, SHA-256, MD5, media, the bytes if an image) in one read-only pass: an image is
-    kept to be decoded, anything else only streamed through the hashes."""
-    sha, md5, size, media, kept = hashlib.sha256(), hashlib.md5(), 0, "other", []
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            if not size:
-                media = _media_of(path, chunk[:16])
-            if media == "image":
-                kept.append(chunk)
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
+def _read(opened: Opened, path: str, max_bytes: int) -> tuple[int, str, str, str, bytes | None]:
+    """(size, SHA-256, MD5, media, the bytes if an image within `max_bytes`) in one pass: the
+    whole file goes through the hashes, 1 MiB at a time; only an image's bytes are kept."""
+    sha, md5, size, media = hashlib.sha256(), hashlib.md5(), 0, "other"
+    kept: list[bytes] | None = [] if opened.info.st_size <= max_bytes else None
+    for chunk in iter(lambda: opened.file.read(1 << 20), b""):
+        if not size:
+            media = media_of(path, chunk[:16])
+        if media == "image" and kept is not None:
+            kept = kept + [chunk] if size + len(chunk) <= max_bytes else None
+        sha.update(chunk)
+        md5.update(chunk)
+        size += len(chunk)
     if not size:
-        media = _media_of(path, b"")
-    return size, sha.hexdigest(), md5.hexdigest(), media, b"".join(kept) if media == "image" else None
+        media = media_of(path, b"")
+    data = b"".join(kept) if media == "image" and kept is not None else None
+    return size, sha.hexdigest(), md5.hexdigest(), media, data
 
 
-def examine(path_text: str) -> FileResult:
+def examine(path: str) -> FileResult:
     """One file, start to end, never raising: every failure becomes a status and a message."""
-    path = Path(path_text)
+    cfg: ScanConfig = _worker["cfg"]
+    name = display_path(path)
+    result = FileResult(path, "other", "ok")
     try:
-        if path.is_symlink() and path.is_dir():
-            return FileResult(path_text, "folder_link", "link_not_followed", error=f"{path}: symbolic link to a folder, not followed (name its target to scan it)")
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
-            return FileResult(path_text, "other", "not_regular", error=f"{path}: not a regular file (FIFO, socket or device); not read")
-        started = time.perf_counter()
-        size, sha, md5, media, data = _read(path)
-    except OSError as exc:
-        return FileResult(path_text, "other", "missing" if isinstance(exc, FileNotFoundError) else "unreadable", error=f"{path}: {exc.strerror or exc}")
-    result = FileResult(path_text, media, "ok", size, sha, md5, seconds={"read": time.perf_counter() - started})
-    try:
-        if result.media == "image":
-            _examine_image(path, data, result)
-        elif result.media == "video":
-            _examine_video(path, result)
-        else:
-            result.status, result.error = "not_media", f"{path}: neither an image nor a video; not scanned"
+        with open_evidence(path) as opened:
+            result.atime_kept = opened.atime_kept
+            started = time.perf_counter()
+            result.size, result.sha256, result.md5, result.media, data = _read(opened, path, cfg.max_bytes)
+            result.seconds["read"] = time.perf_counter() - started
+            if result.media == "image":
+                if data is None and result.size:
+                    raise ImageReadError("too_large", f"{name}: {result.size:,} bytes, above the --max-bytes limit of {cfg.max_bytes:,} for an image; not decoded")
+                _examine_image(name, data or b"", result)
+            elif result.media == "video":
+                opened.file.seek(0)
+                _examine_video(opened.file, name, result)
+            else:
+                result.status, result.error = "not_media", f"{name}: neither an image nor a video; not scanned"
     except ImageReadError as exc:
         result.status, result.error = exc.status, str(exc)
+    except OSError as exc:
+        result.status, result.error = "unreadable", f"{name}: {exc.strerror or exc}"
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a scan; its error is recorded
-        result.status, result.error = "error", f"{path}: {type(exc).__name__}: {exc}"
+        result.status, result.error = "error", f"{name}: {type(exc).__name__}: {exc}"
     if result.status == "ok" and not result.faces:
         result.status, result.error = "no_face", "no face found"
     return result
 
 
-def _examine_image(path: Path, data: bytes, result: FileResult) -> None:
+def _examine_image(name: str, data: bytes, result: FileResult) -> None:
     started = time.perf_counter()
-    image = decode_image(data, _worker["cfg"].max_pixels, str(path))
+    image = decode_image(data, _worker["cfg"].max_pixels, name)
     result.seconds["decode"] = time.perf_counter() - started
     result.faces = _faces_in(image, None, result.seconds)
 
 
-def _examine_video(path: Path, result: FileResult) -> None:
+def _examine_video(f: BinaryIO, name: str, result: FileResult) -> None:
     """Faces in one frame every `video_every` seconds."""
     cfg: ScanConfig = _worker["cfg"]
     looked = 0
-    for frame_time, frame in video_frames(path, cfg.video_every, cfg.max_video_frames, cfg.max_pixels):
+    for frame_time, frame in video_frames(f, name, cfg.video_every, cfg.max_video_frames, cfg.max_pixels, threads=1):
         result.faces += _faces_in(frame, frame_time, result.seconds)
         looked += 1
     result.frames = looked
@@ -251,76 +201,12 @@ def _thumbnail(image: np.ndarray, face: Face, side: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
-# The case store
-
-
-def open_case(case_dir: Path) -> sqlite3.Connection:
-    """The case's database (created if new); WAL journal: a kill never corrupts it."""
-    case_dir = Path(case_dir)
-    case_dir.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(case_dir / CASE_FILE)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(SCHEMA)
-    return db
-
-
-def case_info(db: sqlite3.Connection) -> dict[str, str]:
-    return dict(db.execute("SELECT key, value FROM case_info"))
-
-
-def _record_model(db: sqlite3.Connection, estimator: AgeEstimator, detector_cfg: DetectorConfig, sources: list[str]) -> None:
-    """Write the model and detector into a new case; refuse a resume with another model or
-    another minor flag threshold (the case's flags must all mean one thing)."""
-    info = {
-        "model": estimator.card.name or estimator.source,
-        "model_sha256": file_sha256(Path(estimator.source)) if Path(estimator.source).is_file() else estimator.source,
-        "minor_below": str(estimator.minor_below),
-        "detector": str(asdict(detector_cfg)),
-        "minorage_version": __version__,
-    }
-    known = case_info(db)
-    if "model_sha256" in known and known["model_sha256"] != info["model_sha256"]:
-        raise ValueError(f"this case was scanned with model {known['model']} ({known['model_sha256'][:12]}); "
-                         f"resume it with the same model or start a new case folder")
-    if "minor_below" in known and float(known["minor_below"]) != estimator.minor_below:
-        raise ValueError(f"this case flags estimates below {known['minor_below']} as minors; resume it with "
-                         f"--minor-below {known['minor_below']} or start a new case folder")
-    with db:
-        db.executemany("INSERT OR IGNORE INTO case_info VALUES (?, ?)", [*info.items(), ("started", _now())])
-        db.execute("INSERT OR REPLACE INTO case_info VALUES ('sources', ?)", (" | ".join(sources),))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _store(db: sqlite3.Connection, result: FileResult, ages: np.ndarray, minor_below: float) -> bool:
-    """One file and all its faces, in one transaction; False if the file was already there."""
-    with db:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO files (path, size, sha256, md5, media, status, error, frames, faces, scanned_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (result.path, result.size, result.sha256, result.md5, result.media, result.status, result.error, result.frames, len(result.faces), _now()),
-        )
-        if cursor.rowcount == 0:  # the same file named twice (overlapping sources): kept once
-            return False
-        rows = []
-        for found, age in zip(result.faces, ages):
-            (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
-            rows.append((cursor.lastrowid, found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
-                         round(float(age), 2), age_group(age), int(is_minor(age, minor_below)), int(found.eyes_occluded), found.thumbnail))
-        db.executemany("INSERT INTO faces (file_id, face, frame_time, x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, right_eye_y, "
-                       "score, age, age_group, minor, eyes_occluded, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
 # The scan
 
 
 @dataclass
 class ScanSummary:
-    files: int = 0  # in the sources
+    files: int = 0  # entries in the sources: files, folders, links
     already_done: int = 0  # found in the case from an earlier run
     scanned: int = 0
     faces: int = 0
@@ -328,54 +214,96 @@ class ScanSummary:
     statuses: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # summed over workers: read, decode, detect; age, store
+    atime_kept: bool = True
+    workers_replaced: int = 0
 
     def add(self, result: FileResult, ages: np.ndarray, minor_below: float) -> None:
         self.scanned += 1
         self.faces += len(ages)
         self.minors += int(np.sum(ages < minor_below))
         self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+        self.atime_kept &= result.atime_kept
         for stage, spent in result.seconds.items():
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + spent
 
     def line(self) -> str:
         rate = self.scanned / self.seconds if self.seconds else 0.0
-        return (f"{self.files} files ({self.already_done} already in the case), {self.scanned} scanned at {rate:.1f} files/s, "
-                f"{self.faces} faces, {self.minors} flagged as probable minors; statuses {self.statuses}")
+        replaced = f"; {self.workers_replaced} worker processes replaced" if self.workers_replaced else ""
+        return (f"{self.files} entries ({self.already_done} already in the case), {self.scanned} scanned at {rate:.1f} files/s, "
+                f"{self.faces} faces, {self.minors} flagged as probable minors; statuses {self.statuses}; "
+                f"access times {'preserved' if self.atime_kept else 'NOT preserved (O_NOATIME refused)'}{replaced}")
+
+
+def scan_settings(estimator: AgeEstimator, detector_cfg: DetectorConfig, cfg: ScanConfig) -> dict:
+    """Every setting that changes what a case holds: a resume must use the same."""
+    source = Path(estimator.source)
+    return {
+        "model": estimator.card.name or estimator.source,
+        "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
+        "minor_below": estimator.minor_below,
+        "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
+        "thresholds": list(detector_cfg.thresholds), "crop_padding": detector_cfg.crop_padding,
+        "pyramid_factor": detector_cfg.factor,
+        "max_pixels": cfg.max_pixels, "max_bytes": cfg.max_bytes, "video_every": cfg.video_every,
+        "max_video_frames": cfg.max_video_frames, "follow_links": cfg.follow_links,
+    }
 
 
 def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_cfg: DetectorConfig = DetectorConfig(),
          cfg: ScanConfig = ScanConfig(), progress: bool = True) -> ScanSummary:
     """Scan the sources into the case (resuming it); returns what this run did."""
     started = time.time()
-    db = open_case(case_dir)
-    _record_model(db, estimator, detector_cfg, [os.path.abspath(s) for s in sources])
-    total = sum(1 for _ in walk(sources))  # a first, cheap pass: the progress bar's length
-    summary = ScanSummary(files=total)
-    bar = tqdm(total=total, desc="scan", unit="file", disable=not progress, smoothing=0.1)
+    roots = real_sources(sources)
+    db = open_case(prepare_folder(case_dir, roots))
+    run_id = begin_run(db, scan_settings(estimator, detector_cfg, cfg), roots, __version__)
+    total = sum(1 for _ in walk(roots, cfg.follow_links))  # a first, cheap pass: the progress bar's length
+    summary, record = ScanSummary(files=total), Walk()
+    bar = tqdm(total=total, desc="scan", unit="entry", disable=not progress, smoothing=0.1)
 
     def todo() -> Iterator[str]:
-        for path in map(str, walk(sources)):
-            if db.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
+        for entry in walk(roots, cfg.follow_links, record):
+            if known_path(db, entry.path):
                 summary.already_done += 1
                 bar.update()
+            elif entry.status is not None:  # the walk's own verdict: nothing to read
+                result = FileResult.of_entry(entry)
+                if _store(db, result, np.zeros(0), estimator.minor_below, run_id):
+                    summary.add(result, np.zeros(0), estimator.minor_below)
+                bar.update()
             else:
-                yield path
+                yield entry.path
 
     workers = cfg.workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
     estimator.runtime.bulk()  # traced here, before the workers take the cores, not inside the first batch
+    pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framing, cfg), examine, cfg.in_flight, cfg.file_timeout)
+    outcome = "interrupted"
     try:
-        with get_context("spawn").Pool(workers, _init_worker, (detector_cfg, estimator.framing, cfg)) as pool:
-            for batch in _batches(_bounded_map(pool, todo(), workers * cfg.in_flight), cfg.age_batch):
-                _estimate_and_store(db, batch, estimator, summary)
-                bar.update(len(batch))
+        for batch in _batches(_results(pool.imap(todo())), cfg.age_batch):
+            _estimate_and_store(db, batch, estimator, summary, run_id)
+            bar.update(len(batch))
+        outcome = "finished"
+    except Exception as exc:
+        outcome = f"failed: {exc}"
+        raise
     finally:
         torch.set_num_threads(threads)
         bar.close()
-        db.close()
-    summary.seconds = time.time() - started
+        summary.atime_kept &= record.atime_kept
+        summary.workers_replaced = pool.replaced
+        summary.seconds = time.time() - started
+        try:
+            end_run(db, run_id, summary.scanned, summary.atime_kept, outcome)
+        finally:
+            db.close()
     return summary
+
+
+def _results(done: Iterator[tuple[str, FileResult | Failed]]) -> Iterator[FileResult]:
+    """The workers' results, a file no worker could finish recorded with its status."""
+    for path, result in done:
+        yield FileResult(path, "other", result.status, error=f"{display_path(path)}: {result.message}") if isinstance(result, Failed) else result
 
 
 def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) -> Iterator[list[FileResult]]:
@@ -394,7 +322,7 @@ def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) ->
         yield batch
 
 
-def _estimate_and_store(db: sqlite3.Connection, batch: list[FileResult], estimator: AgeEstimator, summary: ScanSummary) -> None:
+def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, summary: ScanSummary, run_id: int) -> None:
     """Ages for a batch of files' faces in one pass, then each file committed on its own."""
     started = time.perf_counter()
     crops = [f.crop for r in batch for f in r.faces]
@@ -406,18 +334,18 @@ def _estimate_and_store(db: sqlite3.Connection, batch: list[FileResult], estimat
         position += len(result.faces)
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
-        stored = _store(db, result, mine, estimator.minor_below)
+        stored = _store(db, result, mine, estimator.minor_below, run_id)
         result.seconds["store"] = time.perf_counter() - t0
         if stored:
             summary.add(result, mine, estimator.minor_below)
 
 
-def _bounded_map(pool, paths: Iterable[str], limit: int) -> Iterator[FileResult]:
-    """`examine` over the paths in the pool, in order, with at most `limit` files queued."""
-    pending: deque = deque()
-    for path in paths:
-        pending.append(pool.apply_async(examine, (path,)))
-        if len(pending) >= limit:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+def _store(db, result: FileResult, ages: np.ndarray, minor_below: float, run_id: int) -> bool:
+    """One file and all its faces, in one transaction; False if the file was already there."""
+    faces = []
+    for found, age in zip(result.faces, ages):
+        (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
+        faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
+                      round(float(age), 2), age_group(age), int(is_minor(age, minor_below)), int(found.eyes_occluded), found.thumbnail))
+    row = {k: getattr(result, k) for k in ("path", "size", "sha256", "md5", "media", "status", "error", "link_target", "frames")}
+    return insert_file(db, row, faces, run_id)
