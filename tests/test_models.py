@@ -31,7 +31,9 @@ def test_megaface_asian_loads_and_gives_adult_ages(reference):
 def test_batching_does_not_change_results(reference):
     estimator = AgeEstimator.from_pretrained("imdb")
     whole = estimator.predict(reference["images"])
-    np.testing.assert_allclose(estimator.predict(reference["images"], batch_size=5), whole, atol=1e-5)
+    # fp32 sums in another order per batch shape: up to a few 1e-6 relative (1.5e-5 years on a 35-year
+    # estimate seen on an AMD EPYC); 1e-4 years is far below anything an age can show
+    np.testing.assert_allclose(estimator.predict(reference["images"], batch_size=5), whole, atol=1e-4)
 
 
 def test_fast_runtime_gives_the_networks_own_ages(reference):

@@ -113,20 +113,25 @@ def _damaged(path: Path, exc: Exception) -> CaseError:
                      "examination and scan into a new case folder")
 
 
+def _checked(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """The database, once SQLite has read it whole and it is a case of this schema (or new)."""
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(check)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "files" in tables and case_info(db).get("schema") != SCHEMA_VERSION:
+        raise CaseError(f"{display_path(path)}: made by an older minorage (schema {case_info(db).get('schema', '1')}); "
+                        f"this one reads and writes schema {SCHEMA_VERSION}: scan into a new case folder")
+    return db
+
+
 def open_case(case_dir: Path) -> sqlite3.Connection:
     """The case's database for writing (created if new), checked whole before it is used."""
     path = Path(case_dir) / CASE_FILE
     try:
-        db = sqlite3.connect(path)
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(check)
+        db = _checked(sqlite3.connect(path), path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        known = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "files" in known and case_info(db).get("schema") != SCHEMA_VERSION:
-            raise CaseError(f"{display_path(path)}: made by an older minorage (schema {case_info(db).get('schema', '1')}); "
-                            f"this one writes schema {SCHEMA_VERSION}: scan into a new case folder")
         db.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:
         raise _damaged(path, exc) from exc
@@ -139,12 +144,9 @@ def connect_read_only(case_dir: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise CaseError(f"{display_path(case_dir)}: no {CASE_FILE} here; run `minorage scan SOURCE --out {display_path(case_dir)}` first")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(check)
+        db = _checked(sqlite3.connect(f"file:{path}?mode=ro", uri=True), path)
         if case_info(db).get("schema") != SCHEMA_VERSION:
-            raise CaseError(f"{display_path(path)}: made by an older minorage (schema {case_info(db).get('schema', '1')}); re-scan it")
+            raise sqlite3.DatabaseError("no case tables")
     except sqlite3.DatabaseError as exc:
         raise _damaged(path, exc) from exc
     db.row_factory = sqlite3.Row
