@@ -1,5 +1,7 @@
 """Face detection: time per image at 250, 640 and 1280 px on 2 threads, and recall on held-out
-UTKFace faces as they are and eye-barred, stock MTCNN vs the shipped occlusion detector.
+UTKFace faces as they are and eye-barred, as chips and pasted into scenes (`minorage.wild`:
+varied size, position and angle, grayscale, sepia, low resolution, JPEG, blur, noise, cut by the
+edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N]
 
@@ -21,6 +23,8 @@ from minorage import config
 from minorage.detection import DetectorConfig, FaceDetector
 from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, evaluate_detectors, face_free_pictures, split_photos
 from scene import compose  # benchmarks/scene.py
+
+DETECTORS = ("stock", "occlusion", "union")
 
 
 def scenes(size: int, count: int) -> list[np.ndarray]:
@@ -47,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
     report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
-    for weights in ("stock", "occlusion"):
+    for weights in DETECTORS:
         detector = FaceDetector(DetectorConfig(weights=weights))
         for size in (250, 640, 1280):
             ms = 1000 * time_per_image(detector, scenes(size, 8), args.repeats)
@@ -55,7 +59,7 @@ def main() -> None:
             print(f"{weights:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
-    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in ("stock", "occlusion")}, held, progress=False)
+    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in DETECTORS}, held, progress=False)
     print(json.dumps(report, indent=2))
 
 

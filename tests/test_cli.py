@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 
 from minorage.cli import main
@@ -210,3 +212,27 @@ def test_predict_reads_videos_one_frame_a_second(capsys, tmp_path, some_faces):
     assert {p: sha256(p) for p in folder.iterdir()} == before
     code, out, _ = run_cli(capsys, "predict", "--video-every", "1", "--max-video-frames", "1", "--format", "csv", str(folder / "clip.avi"))
     assert [r["frame_time"] for r in parse("csv", out)] == ["0.0"]
+
+
+def test_crops_with_a_margin_are_framed_on_the_face_found_in_them(capsys, tmp_path, utkface_files):
+    """FairFace-style crops: 448 px, the face in the middle half, the rest background. The face
+    is found and framed as the model expects, so children stay children; the row says so."""
+    children = [f for f in utkface_files if 2 <= utkface_age(f) <= 9][::40][:10]
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "padded"
+    folder.mkdir()
+    for path in children:
+        canvas = cv2.GaussianBlur(rng.integers(0, 255, (448, 448, 3), dtype=np.uint8), (0, 0), 6)
+        canvas[112:336, 112:336] = cv2.resize(cv2.imread(str(path)), (224, 224))
+        cv2.imwrite(str(folder / path.name), canvas)
+    code, out, _ = run_cli(capsys, "predict", "--crops", str(folder))
+    rows = parse("jsonl", out)
+    assert code == 0 and len(rows) == 10 and all(r["framing"] == "detected" for r in rows)
+    for row in rows:
+        x1, y1, x2, y2 = row["box"]
+        assert 80 < x1 < 200 and 80 < y1 < 200 and 250 < x2 < 370 and 250 < y2 < 370  # the face, not the canvas
+    assert sum(r["minor"] for r in rows) >= 9
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    code, out, _ = run_cli(capsys, "predict", "--crops", str(blank))
+    assert parse("jsonl", out)[0]["framing"] == "whole_image"  # nothing found: the whole image is the face

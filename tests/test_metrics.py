@@ -120,3 +120,31 @@ def test_bootstrap_intervals_bracket_the_measure_and_narrow_with_more_faces():
     assert metrics.bootstrap_intervals(true, true + errors, resamples=300) == small
     with pytest.raises(ValueError, match="resamples"):
         metrics.bootstrap_intervals(true, true, resamples=0)
+
+
+def test_fairness_by_group_against_a_hand_computed_example():
+    """Two groups. Women: ages 10, 16 (minors), 20 (18-25), 30, 40 (26+); estimates 12, 19, 21,
+    17, 35. Men: 12 (minor), 22 (18-25), 50 (26+); estimates 12, 16, 40. At 17.5:
+    women: MAE averaged over ages 0-25 = (2 + 3 + 1) / 3 = 2; minors flagged 1 of 2 (the
+    16-year-old read 19); 18-25 unflagged 1 of 1; 26+ called minors 1 of 2 (the 30-year-old read 17).
+    men: MAE (0 + 6) / 2 = 3; minors flagged 1 of 1; 18-25 unflagged 0 of 1; 26+ called minors 0."""
+    true = np.array([10, 16, 20, 30, 40, 12, 22, 50], float)
+    pred = np.array([12, 19, 21, 17, 35, 12, 16, 40], float)
+    sex = np.array(["female"] * 5 + ["male"] * 3)
+    table = metrics.by_group(true, pred, sex)
+    assert table["female"] == {"n": 5, "n_minors": 2, "n_18_25": 1, "n_26plus": 2, "MAE_age_averaged": 2.0,
+                               "minor_recall": 0.5, "specificity_18_25": 1.0, "adults_called_minors": 0.5}
+    assert table["male"] == {"n": 3, "n_minors": 1, "n_18_25": 1, "n_26plus": 1, "MAE_age_averaged": 3.0,
+                             "minor_recall": 1.0, "specificity_18_25": 0.0, "adults_called_minors": 0.0}
+    with_intervals = metrics.by_group(true, pred, sex, resamples=200)
+    low, high = with_intervals["female"]["intervals"]["adults_called_minors"]
+    assert 0.0 <= low <= 0.5 <= high <= 1.0 and with_intervals["male"]["intervals"]["adults_called_minors"] == [0.0, 0.0]
+
+
+def test_the_file_names_give_sex_and_ethnicity():
+    from minorage.datasets import demographics
+
+    assert demographics("utkface", "/x/23_1_2_20170116174525125.jpg.chip.jpg") == ("female", "Asian")
+    assert demographics("utkface", "61_0_20170109142408075.jpg.chip.jpg") == ("male", "unknown")  # real UTKFace: no race
+    assert demographics("agedb", "0_MariaCallas_35_f.jpg") == ("female", "unknown")
+    assert demographics("appa-real", "train/000001.jpg") == ("unknown", "unknown")

@@ -84,6 +84,20 @@ def test_balanced_sampling_weights_every_age_equally():
     assert heavy[4:].sum() == 3 * heavy[3] == 3 * heavy[:3].sum()
 
 
+def test_people_balance_shares_each_age_among_sexes_and_the_adults_among_groups():
+    """Age 5: a boy and a girl, half each. Age 10: one girl, all of it. Adults (weight 2): three
+    (sex, ethnicity) groups, two thirds each, shared by their faces: 1/3 for each of the two White
+    men, 2/3 for the Black man, 1/3 for each Asian woman."""
+    ages = np.array([5, 5, 30, 30, 30, 30, 40, 10.0])
+    people = np.array([("male", "White"), ("female", "White"), ("male", "White"), ("male", "White"), ("male", "Black"),
+                       ("female", "Asian"), ("female", "Asian"), ("female", "White")])
+    w = sample_weights(ages, TrainConfig(balance=True, balance_people=True, adult_target=30, adult_weight=2), people)
+    np.testing.assert_allclose(w, [1 / 2, 1 / 2, 1 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3, 1])
+    # without it, as before: each age 1, the adults 2, whoever they are
+    np.testing.assert_allclose(sample_weights(ages, TrainConfig(balance=True, adult_target=30, adult_weight=2), people),
+                               [1 / 2, 1 / 2, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 1])
+
+
 def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path, capsys):
     """Models of several seeds validate on the same photos (none of them fits those), so an
     ensemble of them can be measured and calibrated there."""
@@ -216,6 +230,24 @@ def test_augmentation_keeps_shape_and_range():
     out = augment(batch, TrainConfig(augment=True, occluders=1.0), g)
     assert out.shape == batch.shape and out.min() >= 0 and out.max() <= 255
     assert (out == 0).float().mean() > 0.03  # the occluders
+
+
+
+def test_seized_looks_and_varied_occluders_keep_shape_and_range_and_change_faces(some_faces):
+    """Real faces: every one changed by the seized-photo looks, grey ones left grey, the
+    eye band covered by more than black; the old occluders untouched by the new option."""
+    import cv2
+
+    faces = np.stack([cv2.resize(cv2.imread(str(p)), (64, 64)) for p in some_faces[:16]])
+    batch = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+    out = augment(batch, TrainConfig(robust=1.0), torch.Generator().manual_seed(1))
+    assert out.shape == batch.shape and out.min() >= 0 and out.max() <= 255
+    assert all((out[k] - batch[k]).abs().mean() > 1 for k in range(16))
+    covered = augment(batch, TrainConfig(occluders=1.0, varied_occluders=True), torch.Generator().manual_seed(2))
+    changed = (covered != batch).any(dim=1)
+    assert changed.float().mean() > 0.05 and ((covered == 0).all(dim=1) | ~changed).float().mean() < 1.0  # not only black
+    black = augment(batch, TrainConfig(occluders=1.0), torch.Generator().manual_seed(2))
+    assert torch.equal(black, augment(batch, TrainConfig(occluders=1.0), torch.Generator().manual_seed(2)))
 
 
 def test_evaluate_command(small_dataset, tmp_path, capsys):

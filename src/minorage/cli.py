@@ -85,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_video_frames=args.max_video_frames,
         follow_links=args.follow_links,
     )
-    predictor = Predictor(_estimator(args), None if args.crops else _detector(args), options)
+    predictor = Predictor(_estimator(args), _detector(args), options)
     counter = _Counter()
     with output_stream(args.output) as stream:
         write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, CROP_COLUMNS if args.crops else FACE_COLUMNS)
@@ -149,6 +149,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         sources=tuple(sources),
         per_age=args.per_age,
         adults_per_age=args.adults_per_age,
+        **({"adult_max_age": args.adult_max_age} if args.adult_max_age else {}),
         seed=args.seed,
         near_duplicate_bits=args.near_duplicate_bits,
         copy_min_correlation=args.copy_min_correlation,
@@ -322,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="estimate the age of every face in images, videos or folders of them")
     p.add_argument("paths", nargs="+", help="image and video files, or folders searched recursively for them")
-    p.add_argument("--crops", action="store_true", help="each image is one face crop (no detection)")
+    p.add_argument("--crops", action="store_true", help="each image is one face crop: its main face is found and framed, "
+                   "the whole image taken as the face only where none is found (the row's `framing` says which)")
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and ages drawn into DIR")
     _detector_options(p)
     _model_options(p)
@@ -330,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write rows to this file instead of standard output")
     p.add_argument(
         "--face-fraction", type=float, default=1.0,
-        help="with --crops: the share of each side of the crop that the face box covers; 1 = the whole "
+        help="with --crops, where no face is found in a crop: the share of each side that the face box covers; 1 = the whole "
         "crop is the face box, the model's margin is then added with repeated edge pixels (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="faces per network call (default: %(default)s)")
@@ -366,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utkface, appa-real, agedb, imdb, wiki, fgnet or csv, with its folder; repeat for several")
     p.add_argument("--per-age", type=int, required=True, help="photos per age 0..25 (the paper: 250, 500, 1000, 5000)")
     p.add_argument("--out", required=True, help="data set folder (an interrupted build resumes here)")
-    p.add_argument("--adults-per-age", type=int, default=0, help="also photos per age 26..60, for the minor/adult decision (default: %(default)s)")
+    p.add_argument("--adults-per-age", type=int, default=0, help="also photos per age 26..--adult-max-age, for the minor/adult decision (default: %(default)s)")
+    p.add_argument("--adult-max-age", type=int, help="the oldest age of those adults (default: DatasetConfig's, 60)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--margin", type=float, default=0.4, help="framing: share of the face box added on every side (default: %(default)s)")
     p.add_argument("--near-duplicate-bits", type=int, default=4, help="perceptual-hash bits within which photos count as copies (default: %(default)s)")

@@ -96,6 +96,24 @@ def _read_by_name(source: str, root: Path, pattern: re.Pattern, age_group: int) 
     return out
 
 
+#: What UTKFace's file names say beside the age: `AGE_GENDER_RACE_DATETIME`.
+UTK_SEXES = {"0": "male", "1": "female"}
+UTK_ETHNICITIES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
+UNKNOWN = "unknown"
+
+
+def demographics(source: str, path: str) -> tuple[str, str]:
+    """(sex, ethnicity) as a source's file name labels the photo; `unknown` where it says nothing
+    (UTKFace names a sex and, mostly, an ethnicity; AgeDB a sex; the others neither)."""
+    parts = Path(path).name.split("_")
+    if source == "utkface" and len(parts) >= 3:
+        ethnicity = UTK_ETHNICITIES.get(parts[2], UNKNOWN) if len(parts) >= 4 else UNKNOWN
+        return UTK_SEXES.get(parts[1], UNKNOWN), ethnicity
+    if source == "agedb" and len(parts) >= 4:
+        return {"m": "male", "f": "female"}.get(Path(parts[-1]).stem.lower(), UNKNOWN), UNKNOWN
+    return UNKNOWN, UNKNOWN
+
+
 def read_utkface(root: Path) -> SourceRead:
     """UTKFace: `AGE_GENDER_RACE_DATETIME.jpg[.chip.jpg]` (no age 0: babies are labelled 1)."""
     return _read_by_name("utkface", root, _UTK_NAME, 1)
@@ -700,6 +718,14 @@ def load_faces(data_dir: Path, split: str, variant: str = "org") -> FaceSet:
         with np.load(path) as f:
             parts.append(FaceSet(f["faces"], f["ages"].astype(np.float32), f["ids"], np.full(len(f["ids"]), v)))
     return FaceSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("faces", "ages", "ids", "variants")))
+
+
+def photo_demographics(data_dir: Path) -> dict[str, tuple[str, str]]:
+    """Photo id -> (sex, ethnicity), from a data set's manifest (see `demographics`)."""
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.csv in {data_dir}: build it with `minorage dataset build`")
+    return {row["id"]: demographics(row["source"], row["source_path"]) for row in _read_csv(path)}
 
 
 def dataset_info(data_dir: Path) -> dict:

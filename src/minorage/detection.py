@@ -66,7 +66,8 @@ class DetectorConfig:
     min_face_size: int = 20  # pixels; larger is faster (a smaller pyramid)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
     factor: float = 0.709  # pyramid step
-    weights: str = "occlusion"  # "occlusion" (shipped, finds eye-barred faces), "stock", or a folder
+    weights: str = "occlusion"  # "occlusion" (shipped, finds eye-barred faces), "stock", "union" (both
+    # R/O-Net pairs on the same P-Net proposals, every face either finds), or a folder
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
 
 
@@ -184,6 +185,16 @@ def load_networks(weights: str = "stock") -> tuple[PNet, RNet, ONet]:
     return nets
 
 
+#: Weight choices that run several R/O-Net pairs behind one P-Net: the union of their faces.
+UNIONS = {"union": ("stock", "occlusion")}
+
+
+def load_cascade(weights: str) -> tuple[PNet, list[tuple[RNet, ONet]]]:
+    """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union)."""
+    pairs = [load_networks(w) for w in UNIONS.get(weights, (weights,))]
+    return pairs[0][0], [(rnet, onet) for _, rnet, onet in pairs]
+
+
 # ---------------------------------------------------------------------------------------------
 # Box arithmetic (boxes are float arrays (N, 4+) of x1, y1, x2, y2[, score])
 
@@ -246,7 +257,7 @@ class FaceDetector:
 
     def __init__(self, cfg: DetectorConfig = DetectorConfig()):
         self.cfg = cfg
-        self.pnet, self.rnet, self.onet = load_networks(cfg.weights)
+        self.pnet, self.pairs = load_cascade(cfg.weights)
 
     def pyramid(self, h: int, w: int) -> list[float]:
         """Scales at which a face of min_face_size pixels fills P-Net's 12x12 window."""
@@ -279,18 +290,18 @@ class FaceDetector:
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def refine(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def refine(self, rgb: np.ndarray, boxes: np.ndarray, rnet: RNet) -> np.ndarray:
         """Stage 2: R-Net on 24x24 patches keeps, regresses and re-squares the candidates."""
-        logits, reg = self.rnet(normalise(cut_patches(rgb, boxes, 24)))
+        logits, reg = rnet(normalise(cut_patches(rgb, boxes, 24)))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[1]
         boxes = np.concatenate([regress(boxes[keep], reg.numpy()[keep]), score[keep, None]], axis=1)
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def output(self, rgb: np.ndarray, boxes: np.ndarray) -> list[Face]:
+    def output(self, rgb: np.ndarray, boxes: np.ndarray, onet: ONet) -> list[Face]:
         """Stage 3: O-Net scores 48x48 patches, places the points, regresses the final boxes."""
-        logits, reg, points = self.onet(normalise(cut_patches(rgb, boxes, 48)))
+        logits, reg, points = onet(normalise(cut_patches(rgb, boxes, 48)))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[2]
         boxes, reg, points, score = boxes[keep], reg.numpy()[keep], points.numpy()[keep], score[keep]
@@ -302,12 +313,15 @@ class FaceDetector:
 
     @torch.inference_mode()
     def cascade(self, image: np.ndarray) -> list[Face]:
-        """One pass of the three stages over a BGR uint8 image, best score first."""
+        """One pass of the three stages over a BGR uint8 image, best score first; with several
+        R/O-Net pairs, each on the same proposals, and a face found by more than one kept once."""
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        boxes = self.propose(rgb)
-        if len(boxes):
-            boxes = self.refine(rgb, boxes)
-        return self.output(rgb, boxes) if len(boxes) else []
+        proposals = self.propose(rgb)
+        faces = []
+        for rnet, onet in self.pairs if len(proposals) else []:
+            boxes = self.refine(rgb, proposals, rnet)
+            faces += self.output(rgb, boxes, onet) if len(boxes) else []
+        return merged(faces) if len(self.pairs) > 1 else faces
 
     def detect_padded(self, image: np.ndarray) -> list[Face]:
         """The cascade on the image inside a black border of `crop_padding` of its side: on
@@ -323,6 +337,14 @@ class FaceDetector:
         if self.cfg.crop_padding > 0 and (not faces or any(touches_edge(f, image.shape) for f in faces)):
             return self.detect_padded(image)
         return faces
+
+
+def merged(faces: list[Face], overlap: float = 0.7) -> list[Face]:
+    """Faces found by several stage pairs, each kept once (its best-scoring detection), best first."""
+    if len(faces) < 2:
+        return faces
+    boxes = np.array([f.box for f in faces])
+    return [faces[i] for i in nms(boxes, np.array([f.score for f in faces]), overlap, by_min=True)]
 
 
 def touches_edge(face: Face, image_shape: tuple[int, ...], tolerance: float = 0.05) -> bool:

@@ -328,19 +328,27 @@ def held_out_pairs(photos: list[Path]) -> tuple[list[tuple[np.ndarray, Face]], l
 
 
 def evaluate_detectors(settings: dict[str, DetectorConfig], photos: list[Path], progress: bool = True) -> dict[str, dict]:
-    """Recall on originals and eye-barred copies, and false detections, per detector setting."""
+    """Recall on originals and eye-barred copies, as chips and pasted into scenes (`wild`: each
+    degradation apart), and false detections, per detector setting."""
+    from .wild import recall_by_degradation, wild_set
+
     originals, barred = held_out_pairs(photos)
     pictures = face_free_pictures(FACE_FREE_EVAL)
+    scenes = {"original": wild_set(originals, pictures, seed=1), "occluded": wild_set(barred, pictures, seed=1)}
     results = {}
     for name, cfg in tqdm(settings.items(), desc="detectors", disable=not progress):
         detector = FaceDetector(cfg)
         found, count = false_detections(detector, pictures)
         recall_original, extra_original = recall_on(detector, originals)
         recall_occluded, extra_occluded = recall_on(detector, barred)
+        wild = {kind: recall_by_degradation(detector, photos) for kind, photos in scenes.items()}
         results[name] = {
             "faces": len(originals),
             "recall_original": round(float(recall_original), 4),
             "recall_occluded": round(float(recall_occluded), 4),
+            "recall_in_scenes_original": round(wild["original"]["all"], 4),
+            "recall_in_scenes_occluded": round(wild["occluded"]["all"], 4),
+            "in_scenes_by_degradation": {kind: {k: round(v, 4) for k, v in by.items() if k != "all"} for kind, by in wild.items()},
             "false_detections_in_face_photos": extra_original + extra_occluded,
             "false_detections_face_free": found,
             "face_free_pictures": count,

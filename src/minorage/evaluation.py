@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .datasets import load_faces
+from .datasets import UNKNOWN, load_faces, photo_demographics
 from .models import AgeEstimator
 
 VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
+FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demographics`
 
 
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
@@ -27,6 +28,7 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Pa
     """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
     each age when set: the paper's test sets grow with the training size)."""
     results = {}
+    people = photo_demographics(data_dir)
     for variant in variants:
         faces = load_faces(data_dir, split, variant)
         if per_age:
@@ -35,6 +37,9 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Pa
         results[variant] = metrics.evaluate(faces.ages, ages, minor_below)
         if resamples:
             results[variant]["intervals"] = metrics.bootstrap_intervals(faces.ages, ages, minor_below, resamples)
+        for index, key in enumerate(FAIRNESS_KEYS):
+            groups = np.array([people.get(i, (UNKNOWN, UNKNOWN))[index] for i in faces.ids.tolist()])
+            results[variant][key] = metrics.by_group(faces.ages, ages, groups, minor_below, resamples)
     return results
 
 
@@ -68,6 +73,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
                 lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
     lines += _by_age_table(results, "flagged_by_age", "Minors flagged at the flag threshold, by true age:", "{:.0%}")
     lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
+    lines += _fairness_tables(results)
     if any("intervals" in results[v] for v in variants):
         lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
     return "\n".join(lines).strip() + "\n"
@@ -83,6 +89,27 @@ def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> l
     for v, result in results.items():
         values = result.get(key, {})
         lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(fmt.format(values[a]) if a in values else "–" for a in ages) + " |")
+    return lines
+
+
+_FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
+                     ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"))
+
+
+def _fairness_tables(results: dict[str, dict]) -> list[str]:
+    """Per variant, one table by sex and one by ethnicity: each group's headline measures, with
+    the faces they rest on (none for results saved before the measure existed)."""
+    lines = []
+    for v, result in results.items():
+        for key in FAIRNESS_KEYS:
+            if key not in result:
+                continue
+            lines += ["", f"{VARIANT_LABELS.get(v, v)}, {key.replace('_', ' ')}:", "",
+                      "| group | faces (minors / 18-25 / 26+) | " + " | ".join(label for label, _, _ in _FAIRNESS_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(_FAIRNESS_COLUMNS)]
+            for name, measured in result[key].items():
+                counts = f"{measured['n']} ({measured['n_minors']} / {measured['n_18_25']} / {measured['n_26plus']})"
+                lines.append(f"| {name} | {counts} | " + " | ".join(_cell(measured, k, fmt) for _, k, fmt in _FAIRNESS_COLUMNS) + " |")
     return lines
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import InferenceConfig
-from .detection import Face, FaceDetector
+from .detection import Face, FaceDetector, main_face
 from .framing import crop_box, frame_face
 from .io import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, Opened, decode_image, media_of, open_evidence, read_capped,
                  video_frames, write_image)
@@ -30,7 +30,7 @@ from .models import AgeEstimator
 from .paths import display_path, inside
 from .sources import Entry, named_or_suffixed, real_sources, walk
 
-CROP_COLUMNS = ("path", "age", "group", "minor", "status", "error")
+CROP_COLUMNS = ("path", "age", "group", "minor", "framing", "box", "status", "error")
 FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error", "annotated")
 
 
@@ -38,8 +38,8 @@ FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", 
 class PredictOptions:
     """What `predict` does with each image."""
 
-    crops: bool = False  # each image is one face crop: no detection
-    face_fraction: float = 1.0  # with crops: the central share of each side that is the face box
+    crops: bool = False  # each image is one face crop: its main face, or the whole image where none is found
+    face_fraction: float = 1.0  # with crops, where no face is found: the central share of each side taken as the face box
     batch_size: int = InferenceConfig.batch_size
     max_pixels: int = InferenceConfig.max_pixels
     max_bytes: int = InferenceConfig.max_bytes
@@ -58,6 +58,7 @@ class _Image:
     error: ImageReadError | None = None
     faces: list[Face | None] = field(default_factory=list)
     frame_times: list[float | None] = field(default_factory=list)  # per face: its video frame's time
+    framing: str | None = None  # with crops: "detected" (the face found in the crop) or "whole_image"
     crops: list[np.ndarray] = field(default_factory=list)
     image: np.ndarray | None = None  # kept only to annotate
     annotated: str | None = None
@@ -69,7 +70,9 @@ def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: fl
         row["frame_time"] = frame_time
     if face is not None:
         info = face.to_dict()
-        row.update({"face": index, "score": info["score"], "box": info["box"], "eyes": info["eyes"]})
+        row.update({"score": info["score"], "box": info["box"], "eyes": info["eyes"]} | ({"face": index} if index is not None else {}))
+    if item.framing:
+        row["framing"] = item.framing
     if item.annotated:
         row["annotated"] = item.annotated
     return row
@@ -116,9 +119,7 @@ def check_outputs(sources: Iterable[str | os.PathLike], outputs: Iterable[str | 
 class Predictor:
     """Runs `predict` over files: reading, detection, framing and batched age estimation."""
 
-    def __init__(self, estimator: AgeEstimator, detector: FaceDetector | None, options: PredictOptions):
-        if not options.crops and detector is None:
-            raise ValueError("a face detector is needed unless every image is a face crop")
+    def __init__(self, estimator: AgeEstimator, detector: FaceDetector, options: PredictOptions):
         self.estimator, self.detector, self.options = estimator, detector, options
         self.suffixes = IMAGE_SUFFIXES if options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
@@ -147,8 +148,10 @@ class Predictor:
 
     def _add_faces(self, item: _Image, image: np.ndarray, frame_time: float | None) -> None:
         """One image's (or frame's) faces, framed for the model, appended to the file's."""
-        if self.options.crops:
-            faces, boxes = [None], [crop_box(image, self.options.face_fraction)]
+        if self.options.crops:  # a crop may carry a margin or other faces: its main face, if one is found
+            face = main_face(self.detector.detect(image), image.shape)
+            item.framing = "detected" if face else "whole_image"
+            faces, boxes = [face], [face.box if face else crop_box(image, self.options.face_fraction)]
         else:
             faces = list(self.detector.detect(image))
             boxes = [face.box for face in faces]

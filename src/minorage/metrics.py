@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .config import ADULT_GROUP, AGE_GROUPS, CHILD_LIMIT, MINOR_BELOW, MINOR_LIMIT
@@ -173,21 +175,61 @@ INTERVAL_MEASURES = ("MAE", "MAE_age_averaged", "Acc", "minor_recall", "adults_c
 
 
 def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW, resamples: int = 1000,
-                        level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
-    """Percentile intervals of the headline measures over `resamples` test sets drawn from these
-    faces with replacement. Why: a test split holds only 10-50 faces of some ages, so a few
-    hundredths of age-averaged MAE between two models, or between a model and a target, can be
-    chance; the interval says how far a measure would move on another draw of the same photos."""
+                        level: float = 0.95, seed: int = 0, measure: Callable[..., dict] = evaluate,
+                        names: tuple[str, ...] = INTERVAL_MEASURES) -> dict[str, list[float]]:
+    """Percentile intervals of the headline measures (`names` of `measure`) over `resamples` test
+    sets drawn from these faces with replacement. Why: a test split holds only 10-50 faces of some
+    ages, so a few hundredths of age-averaged MAE between two models, or between a model and a
+    target, can be chance; the interval says how far a measure would move on another draw of the
+    same photos."""
     if resamples < 1:
         raise ValueError(f"the number of bootstrap resamples must be 1 or more, got {resamples}")
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {name: [] for name in INTERVAL_MEASURES}
+    draws: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(resamples):
         pick = rng.integers(0, len(true), len(true))
-        measured = evaluate(true[pick], pred[pick], below)
+        measured = measure(true[pick], pred[pick], below)
         for name, values in draws.items():
             if name in measured and np.isfinite(measured[name]):
                 values.append(measured[name])
     tail = (1 - level) / 2 * 100
     return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in draws.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fairness: the headline measures for each group of people
+
+FAIRNESS_MEASURES = ("MAE_age_averaged", "minor_recall", "specificity_18_25", "adults_called_minors")
+
+
+def fairness_measures(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[str, float]:
+    """What must hold for every group of people: the age-averaged MAE on ages 0-25, the minors
+    flagged, the 18-25 year olds left unflagged and the people aged 26+ called minors, with how
+    many faces each measure rests on."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    years = np.rint(true)
+    young = true <= 25
+    out = {"n": int(len(true)), "n_minors": int(np.sum(years < MINOR_LIMIT)),
+           "n_18_25": int(np.sum((years >= MINOR_LIMIT) & young)), "n_26plus": int(np.sum(~young))}
+    if young.any():
+        out["MAE_age_averaged"] = age_averaged_mae(true[young], pred[young])
+    decision = minor_decision(true, pred, below)
+    out.update({k: decision[k] for k in FAIRNESS_MEASURES[1:] if k in decision})
+    return out
+
+
+def by_group(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, below: float = MINOR_BELOW,
+             resamples: int = 0, seed: int = 0) -> dict[str, dict]:
+    """`fairness_measures` for each group of faces (a sex, an ethnicity), with bootstrap
+    intervals drawn within the group when `resamples` is given: a tool police use must not fail
+    one group of people, and a small group's measure must show how uncertain it is."""
+    true, pred, groups = np.asarray(true, float), np.asarray(pred, float), np.asarray(groups)
+    out = {}
+    for name in sorted(set(groups.tolist())):
+        mask = groups == name
+        out[name] = fairness_measures(true[mask], pred[mask], below)
+        if resamples:
+            out[name]["intervals"] = bootstrap_intervals(true[mask], pred[mask], below, resamples, seed=seed,
+                                                         measure=fairness_measures, names=FAIRNESS_MEASURES)
+    return out

@@ -16,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import metrics
-from .datasets import FaceSet, load_faces
+from .datasets import UNKNOWN, FaceSet, load_faces, photo_demographics
 from .models import AveragedSSRNet, ModelCard, SSRNet, SSRNetConfig, load_checkpoint, load_pretrained_network, member_cards, predict_ages, save_checkpoint
 
 INITS = ("imdb", "morph2", "wiki", "megaface_asian", "scratch")
@@ -46,8 +47,15 @@ class TrainConfig:
     adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
     balance: bool = False  # sample every age equally often
     adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
+    balance_people: bool = False  # with `balance`, within each age (and among the adults) every sex, and
+    # among the adults every ethnicity, drawn as often: the flag must not follow who someone is
     augment: bool = False  # flips, shifts, zooms, light and colour changes
+    robust: float = 0.0  # share of faces made to look like seized photos: grayscale, sepia, low
+    # resolution, heavy JPEG, blur, noise (one of them), and apart the same share turned up to 30
+    # degrees, off-centre and cut by the frame (`seized_look`)
     occluders: float = 0.0  # share of faces given a random black occluder
+    varied_occluders: bool = False  # the occluders are also skin- or hair-coloured patches, or the
+    # eyes blurred, pixelated or behind dark glasses (`_varied_occluders`)
     teacher: str = ""  # a trained checkpoint whose estimate on each photo's unbarred face is
     teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
@@ -146,15 +154,25 @@ def fit_and_validation(data_dir: Path, cfg: TrainConfig) -> tuple[FaceSet, FaceS
     return data.subset(~mask), data.subset(mask)
 
 
-def sample_weights(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+def sample_weights(ages: np.ndarray, cfg: TrainConfig, people: np.ndarray | None = None) -> np.ndarray:
     """Per-face sampling weights: every age equally often when balancing, adults as
-    `adult_weight` ages (most faces in a seized collection are adults: they must not drift young)."""
+    `adult_weight` ages (most faces in a seized collection are adults: they must not drift young);
+    with `balance_people` and `people` ((sex, ethnicity) per face), each age's weight shared
+    equally among its sexes, and the adults' among their (sex, ethnicity) groups."""
     if not cfg.balance:
         return np.ones(len(ages))
     adult = ages > cfg.max_age
-    keys = np.where(adult, cfg.max_age + 1, np.rint(ages))
+    keys = np.where(adult, cfg.max_age + 1, np.rint(ages)).astype(int).astype(str)
+    age_weight = np.where(adult, cfg.adult_weight, 1.0)
+    if cfg.balance_people and people is not None:
+        sex, ethnicity = np.asarray(people)[:, 0], np.asarray(people)[:, 1]
+        keys = np.char.add(np.char.add(keys, "|" + sex), np.where(adult, "|" + ethnicity, ""))
+        groups_per_age = {}
+        for key in np.unique(keys):
+            groups_per_age[key.split("|")[0]] = groups_per_age.get(key.split("|")[0], 0) + 1
+        age_weight = age_weight / np.array([groups_per_age[k.split("|")[0]] for k in keys])
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return np.where(adult, cfg.adult_weight, 1.0) / counts[inverse]
+    return age_weight / counts[inverse]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +198,55 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
         colour = 1 + (u(n, 3, 1, 1) - 0.5) * 0.16
         mean = batch.mean(dim=(1, 2, 3), keepdim=True)
         batch = ((batch - mean) * contrast + mean + brightness) * colour
+    if cfg.robust:
+        batch = seized_look(batch, cfg.robust, generator)
     if cfg.occluders:
-        batch = _random_occluders(batch, cfg.occluders, generator)
+        batch = (_varied_occluders if cfg.varied_occluders else _random_occluders)(batch, cfg.occluders, generator)
     return batch.clamp(0, 255)
+
+
+def seized_look(batch: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A `share` of the faces degraded as seized photos are (one of grayscale, sepia, low
+    resolution, heavy JPEG, blur, noise), and apart a `share` turned by up to 30 degrees,
+    shifted by up to a quarter and zoomed, the frame's edge repeated where the face leaves it.
+    Why: the model has seen only UTKFace's aligned colour chips; a collection holds anything."""
+    n = batch.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    kind = torch.randint(0, 6, (n,), generator=generator)
+    hit = u(n) < share
+    out = batch.clone()
+    grey = batch.mean(dim=1, keepdim=True).expand_as(batch)
+    out = torch.where((hit & (kind == 0)).view(n, 1, 1, 1), grey, out)
+    sepia = torch.einsum("ij,njhw->nihw", _SEPIA, batch)
+    out = torch.where((hit & (kind == 1)).view(n, 1, 1, 1), sepia, out)
+    for k in torch.nonzero(hit & (kind == 2)).flatten().tolist():  # a face of 12-32 px, enlarged
+        side = int(12 + 20 * u(1))
+        small = nn.functional.interpolate(batch[k : k + 1], size=(side, side), mode="area")
+        out[k] = nn.functional.interpolate(small, size=batch.shape[2:], mode="bilinear", align_corners=False)[0]
+    for k in torch.nonzero(hit & (kind == 3)).flatten().tolist():
+        out[k] = _jpeg(batch[k], int(10 + 40 * u(1)))
+    blurred = nn.functional.avg_pool2d(nn.functional.pad(batch, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    out = torch.where((hit & (kind == 4)).view(n, 1, 1, 1), blurred, out)
+    noisy = batch + torch.randn(batch.shape, generator=generator) * (4 + 12 * u(n, 1, 1, 1))
+    out = torch.where((hit & (kind == 5)).view(n, 1, 1, 1), noisy, out)
+    turn = u(n) < share
+    angle = (u(n) - 0.5) * math.radians(60) * turn
+    scale = 1 + (u(n) - 0.5) * 0.4 * turn
+    shift = (u(n, 2) - 0.5) * 0.5 * turn.view(n, 1)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = nn.functional.affine_grid(theta, list(out.shape), align_corners=False)
+    return nn.functional.grid_sample(out, grid, padding_mode="border", align_corners=False)
+
+
+_SEPIA = torch.tensor([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]])  # BGR -> BGR
+
+
+def _jpeg(face: torch.Tensor, quality: int) -> torch.Tensor:
+    """One CHW float face through a JPEG encoder at this quality and back."""
+    image = face.clamp(0, 255).byte().permute(1, 2, 0).contiguous().numpy()
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return torch.from_numpy(cv2.imdecode(data, cv2.IMREAD_COLOR)).permute(2, 0, 1).float() if ok else face
 
 
 def _random_occluders(batch: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
@@ -193,10 +257,35 @@ def _random_occluders(batch: torch.Tensor, share: float, generator: torch.Genera
     hit = u(n) < share
     bw, bh = (0.3 + 0.7 * u(n)) * w, (0.1 + 0.3 * u(n)) * h
     x0, y0 = u(n) * (w - bw), u(n) * (h - bh)
+    return batch.masked_fill(_inside(x0, y0, bw, bh, hit, h, w), 0.0)
+
+
+def _inside(x0: torch.Tensor, y0: torch.Tensor, bw: torch.Tensor, bh: torch.Tensor, hit: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, 1, H, W): the pixels inside each face's rectangle, for the faces hit."""
+    n = len(hit)
     xs, ys = torch.arange(w).view(1, 1, w), torch.arange(h).view(1, h, 1)
     inside = (xs >= x0.view(n, 1, 1)) & (xs < (x0 + bw).view(n, 1, 1)) & (ys >= y0.view(n, 1, 1)) & (ys < (y0 + bh).view(n, 1, 1))
-    mask = (inside & hit.view(n, 1, 1)).unsqueeze(1)
-    return batch.masked_fill(mask, 0.0)
+    return (inside & hit.view(n, 1, 1)).unsqueeze(1)
+
+
+def _varied_occluders(batch: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """On a share of the faces, one occluder: a black block (as `_random_occluders`), a flat
+    skin- or hair-coloured patch (a hand, hair), or the band of the eyes blurred, pixelated or
+    darkened (dark glasses): eyes are hidden by more than a black bar."""
+    n, _, h, w = batch.shape
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    hit, kind = u(n) < share, torch.randint(0, 3, (n,), generator=generator)
+    eyes = kind == 2  # the framed face's eyes lie about 0.3-0.5 down its frame
+    bw = torch.where(eyes, torch.full((n,), 0.8 * w), (0.3 + 0.7 * u(n)) * w)
+    bh = torch.where(eyes, torch.full((n,), 0.18 * h), (0.1 + 0.3 * u(n)) * h)
+    x0 = torch.where(eyes, torch.full((n,), 0.1 * w), u(n) * (w - bw))
+    y0 = torch.where(eyes, (0.3 + 0.08 * u(n)) * h, u(n) * (h - bh))
+    colour = torch.where((kind == 1).view(n, 1), 40 + 180 * u(n, 1) * torch.tensor([[0.55, 0.7, 1.0]]), torch.zeros(n, 3))
+    pixelated = nn.functional.interpolate(nn.functional.avg_pool2d(batch, 8), size=(h, w), mode="nearest")
+    blurred = nn.functional.avg_pool2d(nn.functional.pad(batch, (3, 3, 3, 3), mode="replicate"), 7, stride=1)
+    eye_cover = torch.stack([pixelated, blurred, batch * 0.15])[torch.randint(0, 3, (n,), generator=generator), torch.arange(n)]
+    hidden = torch.where(eyes.view(n, 1, 1, 1), eye_cover, colour.view(n, 3, 1, 1).expand_as(batch))
+    return torch.where(_inside(x0, y0, bw, bh, hit, h, w), hidden, batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +426,11 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     fit_targets = torch.from_numpy(teacher_targets(fit, fit_targets, cfg) if cfg.teacher else fit_targets)
     fit_faces = torch.from_numpy(fit.faces).permute(0, 3, 1, 2)  # uint8 NCHW view of NHWC memory
     fit_ages = torch.from_numpy(fit.ages)
-    weights = torch.from_numpy(sample_weights(fit.ages, cfg))
+    people = None
+    if cfg.balance_people:
+        known = photo_demographics(Path(data_dir))
+        people = np.array([known.get(i, (UNKNOWN, UNKNOWN)) for i in fit.ids.tolist()])
+    weights = torch.from_numpy(sample_weights(fit.ages, cfg, people))
     net = initial_network(cfg).to(memory_format=torch.channels_last)  # about 2x faster on CPU
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
