@@ -287,6 +287,17 @@ def test_same_seed_same_manifest_and_resume(built, tmp_path):
     assert summary["faces"] == json.loads((out / "dataset.json").read_text())["faces"]
 
 
+def test_two_face_workers_build_the_same_data_set(built, tmp_path):
+    """Faces prepared by two processes of one thread each are the very faces one process makes."""
+    cfg, out, _, _ = built
+    parallel = tmp_path / "parallel"
+    build_dataset(cfg, parallel, progress=False, workers=2)
+    assert (parallel / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
+    for split in ("train", "test"):
+        for variant in ("org", "ocl"):
+            assert np.array_equal(load_faces(parallel, split, variant).faces, load_faces(out, split, variant).faces)
+
+
 def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
     """A resumed build reads each cached chunk's arrays once: its faces are views into one array
     per chunk, not each a view into a whole chunk of its own (which took 24 GB resuming the full

@@ -137,3 +137,22 @@ def test_tells_barred_eyes_from_open_ones(detector, detected):
             barred += eyes_occluded(covered, again)
     assert plain <= 0.02 * len(faces)
     assert refound >= 0.95 * len(faces) and barred >= 0.95 * refound
+
+
+def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
+    """Held-out faces pasted into face-free scenes, turned up to 30 degrees, some in grayscale or
+    sepia or cut by the edge: wherever stock MTCNN finds the face, the union of stock and
+    eye-bar-tuned stages finds it too, and it finds barred faces stock misses."""
+    from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, face_free_pictures, held_out_pairs, split_photos
+    from minorage.wild import found, wild_photo
+
+    _, held = split_photos(DetectorTrainingConfig())
+    originals, barred = held_out_pairs(held[:60:2])
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    rng = np.random.default_rng(5)
+    scenes = [wild_photo(chip, truth, backgrounds[k % len(backgrounds)], ("none", "grayscale", "sepia", "edge")[k % 4], rng)
+              for k, (chip, truth) in enumerate(originals + barred)]
+    stock, union = FaceDetector(DetectorConfig(weights="stock")), FaceDetector(DetectorConfig(weights="union"))
+    by_stock, by_union = [found(stock, p) for p in scenes], [found(union, p) for p in scenes]
+    assert all(u for s, u in zip(by_stock, by_union) if s) and sum(by_stock[: len(originals)]) >= 0.8 * len(originals)
+    assert sum(by_union[len(originals):]) > sum(by_stock[len(originals):])

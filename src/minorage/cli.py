@@ -156,7 +156,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         framing=Framing(margin=args.margin),
         detector=DetectorConfig(weights=args.detector),
     )
-    summary = build_dataset(cfg, Path(args.out), progress=True)
+    summary = build_dataset(cfg, Path(args.out), progress=True, workers=args.workers)
     faces = summary["faces"]
     print(json.dumps(summary, indent=2))
     print(f"minorage dataset build: {summary['records']} photos read, {summary['after_cleaning']} after cleaning, "
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photos with close hashes count as copies only if their grey thumbnails correlate this well; "
                         "0 trusts the hash alone, as builds before session 13 did (default: %(default)s)")
     p.add_argument("--detector", default="stock", help="MTCNN weights for the original photos (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="processes that prepare the faces, one thread each where more than one (default: %(default)s)")
     p.set_defaults(func=cmd_dataset_build)
     p = ds_sub.add_parser("info", help="counts per age, split and variant")
     p.add_argument("dir")

@@ -25,9 +25,11 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -552,9 +554,10 @@ def fingerprint(records: list[Record], cache: _Cache, max_pixels: int, progress:
     return photos, unreadable
 
 
-def prepare_faces(photos: list[Photo], cfg: DatasetConfig, cache: _Cache, progress: bool, chunk_size: int = 256) -> dict[str, PreparedFace | None]:
-    """sha256 -> its prepared face (None: no face found), computed in cached chunks."""
-    detector = FaceDetector(cfg.detector)
+def prepare_faces(photos: list[Photo], cfg: DatasetConfig, cache: _Cache, progress: bool, chunk_size: int = 256,
+                  workers: int = 1) -> dict[str, PreparedFace | None]:
+    """sha256 -> its prepared face (None: no face found), computed in cached chunks, by
+    `workers` processes where more than one (a chunk each at a time; the same faces)."""
     done: dict[str, PreparedFace | None] = {}
     for path in sorted(cache.folder.glob("faces_*.npz")):
         with np.load(path) as npz:  # each npz[key] decompresses its whole array: read each once
@@ -564,15 +567,44 @@ def prepare_faces(photos: list[Photo], cfg: DatasetConfig, cache: _Cache, progre
     todo = [p for p in photos if p.sha256 not in done]
     chunk = len(list(cache.folder.glob("faces_*.npz")))
     bar = tqdm(total=len(photos), initial=len(photos) - len(todo), desc="faces", unit="img", disable=not progress)
-    for start in range(0, len(todo), chunk_size):
-        part = todo[start : start + chunk_size]
-        results = [prepare_face(read_image(p.record.path, 10**9), detector, cfg.framing) for p in part]
-        _save_chunk(cache.faces_file(chunk), part, results, cfg.framing.size)
-        chunk += 1
-        done.update({p.sha256: r for p, r in zip(part, results)})
-        bar.update(len(part))
+    parts = [todo[start : start + chunk_size] for start in range(0, len(todo), chunk_size)]
+    jobs = [[str(p.record.path) for p in part] for part in parts]
+    with _face_pool(cfg, workers) as pool:
+        for part, results in zip(parts, pool(jobs)):
+            _save_chunk(cache.faces_file(chunk), part, results, cfg.framing.size)
+            chunk += 1
+            done.update({p.sha256: r for p, r in zip(part, results)})
+            bar.update(len(part))
     bar.close()
     return done
+
+
+_prep: dict = {}
+
+
+def _init_prep(detector: DetectorConfig, framing: Framing, threads: int | None) -> None:
+    """A face-preparing process's detector (one thread each where several run side by side)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    _prep.update(detector=FaceDetector(detector), framing=framing)
+
+
+def _prepare_chunk(paths: list[str]) -> list[PreparedFace | None]:
+    return [prepare_face(read_image(p, 10**9), _prep["detector"], _prep["framing"]) for p in paths]
+
+
+@contextmanager
+def _face_pool(cfg: DatasetConfig, workers: int) -> Iterator[Callable[[list[list[str]]], Iterable[list[PreparedFace | None]]]]:
+    """`map` of `_prepare_chunk` over chunks, in order: here, or in `workers` processes."""
+    if workers <= 1:
+        _init_prep(cfg.detector, cfg.framing, None)
+        yield lambda jobs: map(_prepare_chunk, jobs)
+        return
+    with get_context("spawn").Pool(workers, _init_prep, (cfg.detector, cfg.framing, 1)) as pool:
+        yield lambda jobs: pool.imap(_prepare_chunk, jobs)
 
 
 def _save_chunk(path: Path, photos: list[Photo], results: list[PreparedFace | None], size: int) -> None:
@@ -590,8 +622,9 @@ def _save_chunk(path: Path, photos: list[Photo], results: list[PreparedFace | No
     tmp.replace(path)  # a chunk is there whole or not at all
 
 
-def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_pixels: int = 100_000_000) -> dict:
-    """Build the data set in `out_dir` (resumable); returns the summary also written to dataset.json."""
+def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_pixels: int = 100_000_000, workers: int = 1) -> dict:
+    """Build the data set in `out_dir` (resumable; faces prepared by `workers` processes);
+    returns the summary also written to dataset.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = _Cache(out_dir, _config_key(cfg))
@@ -606,7 +639,7 @@ def build_dataset(cfg: DatasetConfig, out_dir: Path, progress: bool = True, max_
     minors, shortfall = select_balanced(kept, range(cfg.min_age, cfg.max_age + 1), cfg.per_age, cfg.seed)
     adults, _ = select_balanced(kept, range(cfg.max_age + 1, cfg.adult_max_age + 1), cfg.adults_per_age, cfg.seed)
     chosen = minors + adults
-    faces = prepare_faces(chosen, cfg, cache, progress)
+    faces = prepare_faces(chosen, cfg, cache, progress, workers=workers)
     no_face = [p for p in chosen if faces[p.sha256] is None]
     usable = [p for p in chosen if faces[p.sha256] is not None]
     split = assign_splits(usable, cfg.test_fraction, cfg.seed)
