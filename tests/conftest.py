@@ -44,3 +44,29 @@ def small_dataset(tmp_path_factory, utkface_files):
     cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=2)
     summary = build_dataset(cfg, out, progress=False)
     return cfg, out, summary, victim
+
+
+def scan_in_background(folder: Path, case: Path, workers: int, stderr=None):
+    """`minorage scan folder --out case` as a process of its own session (to be killed whole)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "minorage", "scan", str(folder), "--out", str(case), "--workers", str(workers)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for_files(case: Path, at_least: int, process, seconds: float = 120) -> bool:
+    """Wait until the running scan has committed `at_least` files (not folders) to its case."""
+    import sqlite3
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = sqlite3.connect(case / "case.sqlite").execute("SELECT COUNT(*) FROM files WHERE media != 'folder'").fetchone()[0]
+        except sqlite3.Error:  # not created yet, or its schema being written
+            continue
+        if done >= at_least:
+            return True
+    return False

@@ -23,6 +23,8 @@ import pytest
 
 from minorage.cli import main
 
+from .conftest import scan_in_background, wait_for_files
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,20 +120,11 @@ def test_a_killed_worker_costs_nothing_and_the_scan_ends(tmp_path, utkface_files
     for path in utkface_files[::211][:80]:
         shutil.copy(path, folder / path.name)
     case = tmp_path / "case"
-    command = [sys.executable, "-m", "minorage", "scan", str(folder), "--out", str(case), "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = scan_in_background(folder, case, workers=2, stderr=subprocess.PIPE)
     killed = None
-    deadline = time.time() + 120
-    while killed is None and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        try:
-            done = sqlite3.connect(case / "case.sqlite").execute("SELECT COUNT(*) FROM files WHERE media = 'image'").fetchone()[0]
-        except sqlite3.Error:
-            continue
-        workers = _workers(process.pid)
-        if done >= 5 and workers:
-            os.kill(workers[0], signal.SIGKILL)
-            killed = workers[0]
+    if wait_for_files(case, 5, process) and (workers := _workers(process.pid)):
+        os.kill(workers[0], signal.SIGKILL)
+        killed = workers[0]
     assert killed, "the scan ended before a worker could be killed"
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err

@@ -9,8 +9,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,8 @@ import pytest
 from PIL import Image
 
 from minorage.cli import main
+
+from .conftest import scan_in_background, wait_for_files
 
 EXPECTED = {  # relative path -> status
     "faces/a.jpg": "ok", "faces/deeper/b.jpg": "ok", "faces/c.png": "ok",
@@ -145,17 +145,8 @@ def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_file
     for path in utkface_files[::150][:60]:
         shutil.copy(path, folder / path.name)
     case = tmp_path / "case"
-    command = [sys.executable, "-m", "minorage", "scan", str(folder), "--out", str(case), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if (case / "case.sqlite").exists():
-            try:
-                if _db(case).execute("SELECT COUNT(*) FROM files WHERE media != 'folder'").fetchone()[0] >= 10:
-                    break
-            except sqlite3.OperationalError:
-                pass  # the schema is being created
+    process = scan_in_background(folder, case, workers=1)
+    wait_for_files(case, 10, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     first = dict(_db(case).execute("SELECT path, scanned_at FROM files WHERE media != 'folder'"))
