@@ -66,8 +66,8 @@ class DetectorConfig:
     min_face_size: int = 20  # pixels; larger is faster (a smaller pyramid)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
     factor: float = 0.709  # pyramid step
-    weights: str = "occlusion"  # "occlusion" (shipped, finds eye-barred faces), "stock", "union" (both
-    # R/O-Net pairs on the same P-Net proposals, every face either finds), or a folder
+    weights: str = "union"  # "union" (stock and eye-bar-tuned R/O-Nets on the same P-Net proposals: every
+    # face either finds), "occlusion" (the tuned pair alone), "stock", or a folder
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
 
 
