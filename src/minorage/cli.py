@@ -73,7 +73,7 @@ class _Counter:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor, check_outputs
 
-    check_outputs(args.paths, [args.output if args.output != "-" else None, args.annotate])
+    check_outputs(args.paths, [args.output if args.output != "-" else None])  # --annotate: the Predictor checks it
     options = PredictOptions(
         crops=args.crops,
         face_fraction=args.face_fraction,

@@ -70,7 +70,9 @@ def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: fl
         row["frame_time"] = frame_time
     if face is not None:
         info = face.to_dict()
-        row.update({"score": info["score"], "box": info["box"], "eyes": info["eyes"]} | ({"face": index} if index is not None else {}))
+        if index is not None:
+            row["face"] = index
+        row.update({"score": info["score"], "box": info["box"], "eyes": info["eyes"]})
     if item.framing:
         row["framing"] = item.framing
     if item.annotated:

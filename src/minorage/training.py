@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -166,11 +167,10 @@ def sample_weights(ages: np.ndarray, cfg: TrainConfig, people: np.ndarray | None
     age_weight = np.where(adult, cfg.adult_weight, 1.0)
     if cfg.balance_people and people is not None:
         sex, ethnicity = np.asarray(people)[:, 0], np.asarray(people)[:, 1]
-        keys = np.char.add(np.char.add(keys, "|" + sex), np.where(adult, "|" + ethnicity, ""))
-        groups_per_age = {}
-        for key in np.unique(keys):
-            groups_per_age[key.split("|")[0]] = groups_per_age.get(key.split("|")[0], 0) + 1
-        age_weight = age_weight / np.array([groups_per_age[k.split("|")[0]] for k in keys])
+        groups = np.char.add(np.char.add(keys, "|" + sex), np.where(adult, "|" + ethnicity, ""))
+        per_age = Counter(age for age, _ in set(zip(keys.tolist(), groups.tolist())))  # groups within each age
+        age_weight = age_weight / np.array([per_age[age] for age in keys.tolist()])
+        keys = groups
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     return age_weight / counts[inverse]
 
