@@ -1,7 +1,8 @@
 """Face detection: time per image at 250, 640 and 1280 px on 2 threads, and recall on held-out
 UTKFace faces as they are and eye-barred, as chips and pasted into scenes (`minorage.wild`:
 varied size, position and angle, grayscale, sepia, low resolution, JPEG, blur, noise, cut by the
-edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals.
+edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals vs YuNet's
+proposals placed by both O-Nets vs both sources together.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N]
 
@@ -24,7 +25,7 @@ from minorage.detection import DetectorConfig, FaceDetector
 from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, evaluate_detectors, face_free_pictures, split_photos
 from scene import compose  # benchmarks/scene.py
 
-DETECTORS = ("stock", "occlusion", "union")
+DETECTORS = ("stock", "occlusion", "union", "yunet", "union+yunet")
 
 
 def scenes(size: int, count: int) -> list[np.ndarray]:
@@ -47,11 +48,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=600, help="held-out photos for recall (0 = all)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), help="weight choices to compare (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
     report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
-    for weights in DETECTORS:
+    for weights in args.detectors:
         detector = FaceDetector(DetectorConfig(weights=weights))
         for size in (250, 640, 1280):
             ms = 1000 * time_per_image(detector, scenes(size, 8), args.repeats)
@@ -59,7 +61,7 @@ def main() -> None:
             print(f"{weights:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
-    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in DETECTORS}, held, progress=False)
+    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in args.detectors}, held, progress=False)
     print(json.dumps(report, indent=2))
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .yunet import YuNet
+
 
 @dataclass(frozen=True)
 class Face:
@@ -67,7 +69,8 @@ class DetectorConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
     factor: float = 0.709  # pyramid step
     weights: str = "union"  # "union" (stock and eye-bar-tuned R/O-Nets on the same P-Net proposals: every
-    # face either finds), "occlusion" (the tuned pair alone), "stock", or a folder
+    # face either finds), "occlusion" (the tuned pair alone), "stock", a folder, or with YuNet's
+    # proposals: "yunet" (YuNet's faces placed by both O-Nets) and "union+yunet" (both sources)
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
 
 
@@ -186,7 +189,9 @@ def load_networks(weights: str = "stock") -> tuple[PNet, RNet, ONet]:
 
 
 #: Weight choices that run several R/O-Net pairs behind one P-Net: the union of their faces.
-UNIONS = {"union": ("stock", "occlusion")}
+UNIONS = {"union": ("stock", "occlusion"), "yunet": ("stock", "occlusion"), "union+yunet": ("stock", "occlusion")}
+#: Where each weight choice takes its proposals from: P-Net's pyramid, YuNet (`minorage.yunet`), or both.
+PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
 
 
 def load_cascade(weights: str) -> tuple[PNet, list[tuple[RNet, ONet]]]:
@@ -258,6 +263,8 @@ class FaceDetector:
     def __init__(self, cfg: DetectorConfig = DetectorConfig()):
         self.cfg = cfg
         self.pnet, self.pairs = load_cascade(cfg.weights)
+        self.proposers = PROPOSERS.get(cfg.weights, ("pnet",))
+        self.yunet = YuNet() if "yunet" in self.proposers else None
 
     def pyramid(self, h: int, w: int) -> list[float]:
         """Scales at which a face of min_face_size pixels fills P-Net's 12x12 window."""
@@ -316,11 +323,14 @@ class FaceDetector:
         """One pass of the three stages over a BGR uint8 image, best score first; with several
         R/O-Net pairs, each on the same proposals, and a face found by more than one kept once."""
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        proposals = self.propose(rgb)
         faces = []
+        proposals = self.propose(rgb) if "pnet" in self.proposers else np.zeros((0, 5))
         for rnet, onet in self.pairs if len(proposals) else []:
             boxes = self.refine(rgb, proposals, rnet)
             faces += self.output(rgb, boxes, onet) if len(boxes) else []
+        found = self.yunet.propose(image) if self.yunet else np.zeros((0, 15))
+        for _, onet in self.pairs if len(found) else []:
+            faces += self.output(rgb, squared(found[:, :4]), onet)
         return merged(faces) if len(self.pairs) > 1 else faces
 
     def detect_padded(self, image: np.ndarray) -> list[Face]:
