@@ -3,7 +3,7 @@
 
 Inference is timed as `AgeEstimator.predict` runs it (BatchNorms folded, TorchScript-frozen so that
 oneDNN fuses each convolution with its activation, 32-face slices) and, for comparison, as the
-folded network run eagerly on whole batches (what `predict` ran until session 8).
+folded network run eagerly on whole batches (what `predict` ran until 2026-11-29).
 
     .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR] [--int8] [--onnx]
 
@@ -20,7 +20,7 @@ int8 and bf16 instructions. They are not the package's dependencies; install the
 Every run also times a 2048x2048 matrix product in fp32, bf16 and int8 on the same threads and
 divides it by the model's multiply-adds per face: the faces/s the model would reach if all its
 arithmetic ran as fast as PyTorch's large matrix product in each precision, about the most any
-runtime can get (a near bound, not an exact one: on the Zen 5 machine of session 13, ONNX Runtime's fp32
+runtime can get (a near bound, not an exact one: on the Zen 5 machine of 2026-11-29, ONNX Runtime's fp32
 ran v8 up to 10 % faster than this product's fp32 speed). The issue's 5,000 faces/s
 assumed AMX; the report says whether the CPU has it.
 """
@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from minorage import AgeEstimator, config
-from minorage.datasets import load_faces
-from minorage.metrics import mae
-from minorage.models import RUNTIME_SLICE, AveragedSSRNet, predict_ages
+from minorage.model.network import AveragedSSRNet
+from minorage.model.runtime import RUNTIME_SLICE, predict_ages
+from minorage.paper.metrics import mae
+from minorage.paper.store import load_faces
 
 Predictor = Callable[[np.ndarray, int], np.ndarray]  # uint8 NHWC faces, batch size -> ages
 
@@ -108,7 +109,12 @@ def onnx_predictors(net: torch.nn.Module, calibration: np.ndarray, folder: Path,
 def export_onnx(net: torch.nn.Module, plain: Path, int8: Path, calibration: np.ndarray) -> None:
     """The folded network as fp32 ONNX, and a copy whose convolutions are int8 (weights per
     channel, activation ranges observed on the calibration faces; the rest stays in float)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,8 +139,8 @@ def onnxruntime_predictors(plain: Path, int8: Path, max_age: float | None) -> di
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     found: dict[str, Predictor | str] = {}
     for name, path in (("onnxruntime_fp32", plain), ("onnxruntime_int8", int8)):
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        found[name] = sliced(lambda x, s=session: s.run(None, {"x": x})[0], max_age)
+        runner = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        found[name] = sliced(lambda x, s=runner: s.run(None, {"x": x})[0], max_age)
     return found
 
 
@@ -264,7 +270,8 @@ def main() -> None:
                 report[f"{name}_faces_per_s_batch_256"] = round(faces_per_second(found, faces, 256), 1)
                 report[f"{name}_max_age_difference"] = round(float(np.abs(found(faces, 256) - runtime(faces, 256)).max()), 4)
     if args.data:
-        from minorage.training import TrainConfig, train
+        from minorage.config import TrainConfig
+        from minorage.paper.training import train
 
         for variant in ("org", "ocl"):
             test = load_faces(Path(args.data), "test", variant)

@@ -19,11 +19,12 @@ import time
 import cv2
 import numpy as np
 import torch
+from scene import compose  # benchmarks/scene.py
 
 from minorage import config
-from minorage.detection import DetectorConfig, FaceDetector
-from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, evaluate_detectors, face_free_pictures, split_photos
-from scene import compose  # benchmarks/scene.py
+from minorage.config import DetectorConfig, DetectorTrainingConfig
+from minorage.faces.detection import FaceDetector
+from minorage.faces.detector_training import FACE_FREE_EVAL, evaluate_detectors, face_free_pictures, split_photos
 
 DETECTORS = ("stock", "occlusion", "union", "yunet", "union+yunet")
 

@@ -2,7 +2,7 @@
 are (UTKFace's 200 px chips) and as scenes of 640 and 1280 px; the share of time in reading,
 decoding, detection, age estimation and storing; and the peak memory of a 10,000-file scan.
 
-    .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--min-face-size N]
+    .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--min-face-size N] [--detectors W ...]
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size with two real UTKFace
 faces pasted in at 1/4 and 1/8 of its width, written as JPEG. The 10,000-file scan uses
@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 
 import cv2
+from scene import compose  # benchmarks/scene.py
 
 from minorage import config
-from minorage.config import ScanConfig
-from minorage.detection import DetectorConfig
-from minorage.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.models import AgeEstimator
-from minorage.scan import scan
-from scene import compose  # benchmarks/scene.py
+from minorage.config import DetectorConfig, ScanConfig
+from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
+from minorage.model.estimator import AgeEstimator
+from minorage.triage.scan import scan
 
 
 def write_scenes(folder: Path, size: int, count: int) -> None:
@@ -91,9 +90,11 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=10_000, help="files in the memory run (0 = skip)")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
     parser.add_argument("--min-face-size", type=int, default=ScanConfig().min_face_size)
+    parser.add_argument("--detectors", nargs="+", default=[DetectorConfig().weights], help="detector weight choices, timed side by side (default: the default)")
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)  # internal: one scan in a fresh process
     args = parser.parse_args()
-    cfg, detector = ScanConfig(workers=args.workers), DetectorConfig(min_face_size=args.min_face_size)
+    cfg = ScanConfig(workers=args.workers)
+    detector = DetectorConfig(min_face_size=args.min_face_size, weights=args.detectors[0])
     if args.memory_run:
         folder = Path(args.memory_run)
         print(json.dumps(run_one(folder / "photos", folder / "case", cfg, detector)))
@@ -102,13 +103,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         link_photos(tmp / "utkface", args.photos)
-        report["utkface_200px"] = run_one(tmp / "utkface", tmp / "case_utk", cfg, detector)
         for size in (640, 1280):
             write_scenes(tmp / f"scenes_{size}", size, args.photos)
-            report[f"scenes_{size}px"] = run_one(tmp / f"scenes_{size}", tmp / f"case_{size}", cfg, detector)
+        for weights in args.detectors:  # each detector on the same folders, one after the other
+            chosen = DetectorConfig(min_face_size=args.min_face_size, weights=weights)
+            report[weights] = {"utkface_200px": run_one(tmp / "utkface", tmp / f"case_utk_{weights}", cfg, chosen)}
+            for size in (640, 1280):
+                report[weights][f"scenes_{size}px"] = run_one(tmp / f"scenes_{size}", tmp / f"case_{size}_{weights}", cfg, chosen)
         if args.big:
             link_photos(tmp / "big" / "photos", args.big)
-            command = [sys.executable, __file__, "--memory-run", str(tmp / "big"), "--workers", str(args.workers), "--min-face-size", str(args.min_face_size)]
+            command = [sys.executable, __file__, "--memory-run", str(tmp / "big"), "--workers", str(args.workers), "--min-face-size", str(args.min_face_size),
+                       "--detectors", args.detectors[0]]
             process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
             peak = 0
             while process.poll() is None:

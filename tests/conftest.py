@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,42 @@ def utkface_age(path: Path) -> int:
     return int(path.name.split("_", 1)[0])
 
 
-@pytest.fixture(scope="session")
+@functools.cache
+def _utkface_files() -> tuple[Path, ...]:
+    return tuple(sorted(config.utkface_dir().glob("*.jpg")))
+
+
+@pytest.fixture(scope="module")
 def utkface_files() -> list[Path]:
-    """All UTKFace photos, sorted (labels in the names)."""
-    return sorted(config.utkface_dir().glob("*.jpg"))
+    """All UTKFace photos, sorted (labels in the names); listed once per test run."""
+    return list(_utkface_files())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def some_faces(utkface_files) -> list[Path]:
     """A spread of 24 real photos across ages (every 400th file)."""
     return utkface_files[::400][:24]
 
 
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory, utkface_files):
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
     """A data set built from 500 real photos, with a planted exact copy under another age:
-    (config, folder, summary, the photo that was copied)."""
+    (config, folder, summary, the photo that was copied); built once per test run."""
+    return _small_dataset(tmp_path_factory)
+
+
+_built: dict = {}
+
+
+def _small_dataset(tmp_path_factory):
+    if "small" in _built:
+        return _built["small"]
     import shutil
 
-    from minorage.datasets import DatasetConfig, build_dataset
+    from minorage.config import DatasetConfig
+    from minorage.paper.build import build_dataset
 
+    utkface_files = list(_utkface_files())
     folder = tmp_path_factory.mktemp("utk")
     chosen = utkface_files[::19][:500]
     for f in chosen:
@@ -43,11 +60,12 @@ def small_dataset(tmp_path_factory, utkface_files):
     out = tmp_path_factory.mktemp("ds")
     cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=2)
     summary = build_dataset(cfg, out, progress=False)
-    return cfg, out, summary, victim
+    _built["small"] = cfg, out, summary, victim
+    return _built["small"]
 
 
 def scan_in_background(folder: Path, case: Path, workers: int, stderr=None):
-    """`minorage scan folder --out case` as a process of its own session (to be killed whole)."""
+    """`minorage scan folder --out case` in a process group of its own (to be killed whole)."""
     import subprocess
     import sys
 

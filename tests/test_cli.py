@@ -124,8 +124,8 @@ def sha256(path):
 @pytest.fixture()
 def photos_folder(tmp_path, some_faces):
     """Four real faces in nested folders, a face-free picture and a corrupt file."""
-    import numpy as np
     import cv2
+    import numpy as np
 
     folder = tmp_path / "photos"
     (folder / "a" / "b").mkdir(parents=True)
@@ -186,8 +186,8 @@ def test_predict_reads_videos_one_frame_a_second(capsys, tmp_path, some_faces):
     """A 3 s clip at 5 fps (a face, a blank second, another face), a clip of blanks only and a
     broken .mp4, in a folder: one row per face with its frame's time, a no_face row for the
     blank clip, a corrupt row for the broken one; the files are only read."""
-    import numpy as np
     import cv2
+    import numpy as np
 
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -236,3 +236,29 @@ def test_crops_with_a_margin_are_framed_on_the_face_found_in_them(capsys, tmp_pa
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
     code, out, _ = run_cli(capsys, "predict", "--crops", str(blank))
     assert parse("jsonl", out)[0]["framing"] == "whole_image"  # nothing found: the whole image is the face
+
+
+def light_run(*argv: str) -> subprocess.CompletedProcess:
+    """`minorage ARGV` in a fresh interpreter that fails if torch was imported."""
+    script = ("import sys\nfrom minorage.cli import main\n"
+              f"try:\n    code = main({list(argv)!r})\nexcept SystemExit as done:\n    code = done.code\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def test_help_report_and_info_run_without_torch(tmp_path, capsys, some_faces):
+    """The light commands start fast: `--help`, `report` of a case and `info` of the shipped
+    model never import torch (the case is scanned first, here, where torch may load)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for face in some_faces[:3]:
+        shutil.copy(face, folder / face.name)
+    assert run_cli(capsys, "scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1")[0] == 0
+    helped = light_run("--help")
+    assert helped.returncode == 0 and "predict" in helped.stdout, helped.stderr
+    reported = light_run("report", str(tmp_path / "case"), "--format", "json", "-o", str(tmp_path / "r.json"))
+    assert reported.returncode == 0, reported.stderr
+    assert len(json.loads((tmp_path / "r.json").read_text())["faces"]) >= 3
+    info = light_run("info")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["parameters"] == 3 * 40531 and json.loads(info.stdout)["age_range"] == [0, 25]

@@ -12,20 +12,18 @@ import numpy as np
 import pytest
 
 from minorage import config
-from minorage.datasets import (
-    _Cache,
-    _config_key,
-    DatasetConfig,
+from minorage.paper.build import _Cache, _config_key, build_dataset, prepare_faces
+from minorage.paper.cleaning import (
     Photo,
-    Record,
-    build_dataset,
     clean_labels,
-    dataset_info,
     duplicate_groups,
     label_agreement,
-    load_faces,
     perceptual_hash,
-    prepare_faces,
+    thumbnail_check,
+    thumbnail_correlation,
+)
+from minorage.paper.readers import (
+    Record,
     read_agedb,
     read_appa_real,
     read_csv_folder,
@@ -33,12 +31,10 @@ from minorage.datasets import (
     read_imdb_wiki,
     read_source,
     read_utkface,
-    thumbnail_check,
-    thumbnail_correlation,
 )
+from minorage.paper.store import dataset_info, load_faces
 
 from .conftest import utkface_age
-
 
 # --- readers on miniatures laid out in each data set's published format ----------------------
 
@@ -301,7 +297,7 @@ def test_two_face_workers_build_the_same_data_set(built, tmp_path):
 def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
     """A resumed build reads each cached chunk's arrays once: its faces are views into one array
     per chunk, not each a view into a whole chunk of its own (which took 24 GB resuming the full
-    UTKFace build, until session 13)."""
+    UTKFace build, in minorage 0.1)."""
     cfg, out, _, _ = built
     cache = _Cache(out, _config_key(cfg))
     faces = [f for f in prepare_faces([], cfg, cache, progress=False).values() if f is not None]
@@ -313,7 +309,7 @@ def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
 def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface_files):
     """All 21,723 UTKFace photos: after cleaning no two photos are copies (bytes or hash), no
     conflicting group survives, the split never separates copies, counts stay within N."""
-    from minorage.datasets import _Cache, assign_splits, fingerprint, select_balanced
+    from minorage.paper.build import _Cache, assign_splits, fingerprint, select_balanced
 
     records = read_utkface(utkface_files[0].parent).records
     photos, unreadable = fingerprint(records, _Cache(tmp_path, "k"), 10**8, progress=False)
@@ -334,3 +330,31 @@ def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface
     test_share = sum(s == "test" for s in split.values()) / len(split)
     assert 0.18 <= test_share <= 0.22
     assert select_balanced(kept, range(0, 26), 100, seed=0)[0] == chosen
+
+
+def test_a_tiny_build_writes_a_store_that_reads_back_and_evaluates(tmp_path, utkface_files):
+    """The whole build on 57 real photos (three per age 1-17, and of two adult ages): its manifest, face
+    arrays and counts agree, each twin pair is the same photo barred, and `evaluate` measures a
+    model on its test split per variant and per group of people."""
+    from minorage.config import DatasetConfig
+    from minorage.paper.evaluation import evaluate_predictor
+
+    folder = tmp_path / "utk"
+    folder.mkdir()
+    by_age: dict[int, list[Path]] = {}
+    for f in utkface_files:
+        by_age.setdefault(utkface_age(f), []).append(f)
+    for age in [*range(1, 18), 30, 40]:
+        for f in by_age[age][:3]:
+            (folder / f.name).symlink_to(f)
+    out = tmp_path / "ds"
+    summary = build_dataset(DatasetConfig(sources=(("utkface", str(folder)),), per_age=3, adults_per_age=3, adult_max_age=40), out, progress=False)
+    info = dataset_info(out)
+    assert info["photos"] == summary["selected"] - summary["no_face"] and info["faces"] == 2 * info["photos"]
+    train, test = load_faces(out, "train", "org+ocl"), load_faces(out, "test", "org+ocl")
+    assert len(train) + len(test) == info["faces"] and set(train.ids).isdisjoint(test.ids)
+    org, ocl = load_faces(out, "test", "org"), load_faces(out, "test", "ocl")
+    assert (org.ids == ocl.ids).all() and not np.array_equal(org.faces, ocl.faces)
+    results = evaluate_predictor(lambda faces: np.full(len(faces), 10.0, np.float32), out)
+    assert set(results) == {"org", "ocl"} and results["org"]["n"] == len(org)
+    assert {"female", "male"} >= set(results["org"]["by_sex"]) and results["org"]["minor_below"] == 17.5

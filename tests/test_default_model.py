@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from minorage import AgeEstimator, config
-from minorage.framing import crop_box, frame_face
-from minorage.models import packaged_model_path
+from minorage.faces.framing import crop_box, frame_face
+from minorage.model.card import packaged_model_path
 
 from .conftest import utkface_age
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
 import numpy as np
 import pytest
 
-from minorage.detection import DetectorConfig, FaceDetector, main_face, nms
-from minorage.occlusion import eye_bar, occlude
+from minorage.config import DetectorConfig
+from minorage.faces.detection import FaceDetector, iou, main_face, nms
+from minorage.faces.occlusion import eye_bar, occlude
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 def test_tells_barred_eyes_from_open_ones(detector, detected):
     """`eyes_occluded` on faces as they are (no) and, found again, once barred (yes)."""
-    from minorage.occlusion import eyes_occluded
+    from minorage.faces.occlusion import eyes_occluded
 
     plain = barred = refound = 0
     faces = [(image, face) for image, face in detected if face is not None][:120]
@@ -143,8 +145,9 @@ def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     """Held-out faces pasted into face-free scenes, turned up to 30 degrees, some in grayscale or
     sepia or cut by the edge: wherever stock MTCNN finds the face, the union of stock and
     eye-bar-tuned stages finds it too, and it finds barred faces stock misses."""
-    from minorage.detector_training import FACE_FREE_EVAL, DetectorTrainingConfig, face_free_pictures, held_out_pairs, split_photos
-    from minorage.wild import found, wild_photo
+    from minorage.config import DetectorTrainingConfig
+    from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures, held_out_pairs, split_photos
+    from minorage.faces.wild import found, wild_photo
 
     _, held = split_photos(DetectorTrainingConfig())
     originals, barred = held_out_pairs(held[:60:2])
@@ -156,3 +159,36 @@ def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     by_stock, by_union = [found(stock, p) for p in scenes], [found(union, p) for p in scenes]
     assert all(u for s, u in zip(by_stock, by_union) if s) and sum(by_stock[: len(originals)]) >= 0.8 * len(originals)
     assert sum(by_union[len(originals):]) > sum(by_stock[len(originals):])
+
+
+def test_yunet_faces_are_placed_as_mtcnn_places_its_own(detected):
+    """YuNet's proposals go through the O-Nets, so a face found both ways gets nearly the same
+    box (the age model was trained on faces framed from MTCNN boxes) and level eye points."""
+    yunet = FaceDetector(DetectorConfig(weights="yunet"))
+    overlaps = []
+    for image, face in detected[::6]:
+        if face is None:
+            continue
+        other = main_face(yunet.detect(image), image.shape)
+        assert other is not None
+        overlaps.append(iou(np.array([other.box]), np.array(face.box))[0])
+        (lx, ly), (rx, ry) = other.eyes
+        assert lx < rx and abs(ly - ry) < 0.15 * other.width
+    assert len(overlaps) >= 30 and np.median(overlaps) > 0.85 and min(overlaps) > 0.6
+
+
+def test_a_pasted_face_is_where_the_scene_says(some_faces):
+    """`wild` pastes a real face into a face-free picture, turned and degraded; the scene's box
+    is where the face is: stock MTCNN finds it there, and finds nothing where no face was put."""
+    from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
+    from minorage.faces.wild import found, wild_photo
+
+    stock = FaceDetector(DetectorConfig(weights="stock"))
+    image = cv2.imread(str(some_faces[6]))
+    truth = main_face(stock.detect(image), image.shape)
+    background = face_free_pictures(FACE_FREE_EVAL)[0]
+    scene = wild_photo(image, truth, background, "grayscale", np.random.default_rng(3))
+    assert scene.image.shape == (480, 640, 3) and scene.degradation == "grayscale"
+    assert found(stock, scene)
+    elsewhere = dataclasses.replace(scene, box=(0.0, 0.0, 20.0, 20.0))
+    assert not found(stock, elsewhere)

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import torch
 
-from minorage.detection import DetectorConfig, FaceDetector, main_face, shipped_weights_dir
-from minorage.detector_training import DetectorTrainingConfig, _flip_points, face_candidates, is_held_out, train_detector
-from minorage.occlusion import occlude
+from minorage.config import DetectorConfig, DetectorTrainingConfig
+from minorage.faces.detection import FaceDetector, main_face, shipped_weights_dir
+from minorage.faces.detector_training import _flip_points, face_candidates, is_held_out, train_detector
+from minorage.faces.occlusion import occlude
 
 
 def test_miniature_fine_tuning_writes_usable_weights(tmp_path):
@@ -43,7 +44,7 @@ def test_shipped_detector_finds_barred_faces_stock_misses(utkface_files):
 
 
 def test_candidates_are_labelled_by_overlap():
-    from minorage.detection import Face
+    from minorage.faces.detection import Face
 
     truth = Face((50, 50, 150, 170), 0.99, np.zeros((5, 2)))
     proposals = np.array([[52, 55, 152, 155, 0.9], [300, 300, 400, 400, 0.8], [90, 90, 190, 190, 0.7]])

@@ -144,7 +144,7 @@ def crash_on_poison(item: str) -> str:
 
 
 def test_a_file_that_kills_every_worker_is_recorded_and_the_rest_finish():
-    from minorage.workers import Failed, Supervisor
+    from minorage.triage.workers import Failed, Supervisor
 
     pool = Supervisor(2, int, (), crash_on_poison, in_flight=3, timeout=5)
     items = [f"f{i}" for i in range(12)]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minorage import metrics
+from minorage import groups
+from minorage.paper import metrics
 
 
 def test_groups_round_ages_first():
     ages = np.array([0, 5.4, 5.5, 10.49, 15.6, 17.49, 17.5, 25.4, 25.5, 40])
-    names = [metrics.ALL_GROUPS[i] for i in metrics.group_index(ages)]
+    names = [groups.ALL_GROUPS[i] for i in groups.group_index(ages)]
     assert names == ["0-5", "0-5", "6-10", "6-10", "16-17", "16-17", "18-25", "18-25", "26+", "26+"]
-    assert [metrics.age_group(a) for a in (5.4, 5.5, 25.5)] == ["0-5", "6-10", "26+"]
+    assert [groups.age_group(a) for a in (5.4, 5.5, 25.5)] == ["0-5", "6-10", "26+"]
 
 
 def test_mae_and_age_averaged_mae():
@@ -142,7 +143,7 @@ def test_fairness_by_group_against_a_hand_computed_example():
 
 
 def test_the_file_names_give_sex_and_ethnicity():
-    from minorage.datasets import demographics
+    from minorage.paper.readers import demographics
 
     assert demographics("utkface", "/x/23_1_2_20170116174525125.jpg.chip.jpg") == ("female", "Asian")
     assert demographics("utkface", "61_0_20170109142408075.jpg.chip.jpg") == ("male", "unknown")  # real UTKFace: no race

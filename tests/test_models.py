@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from minorage import AgeEstimator, config
-from minorage.models import ModelCard, SSRNet, SSRNetConfig, load_checkpoint, predict_ages, save_checkpoint
+from minorage.config import SSRNetConfig
+from minorage.model.card import ModelCard
+from minorage.model.checkpoint import load_checkpoint, save_checkpoint
+from minorage.model.network import SSRNet
+from minorage.model.runtime import predict_ages
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ def test_missing_shared_file_names_path_and_source(tmp_path, monkeypatch):
 
 
 def test_ensemble_averages_its_members(tmp_path, reference):
-    from minorage.models import combine_checkpoints
+    from minorage.model.ensemble import combine_checkpoints
 
     paths = []
     for name in ("imdb", "morph2"):
@@ -106,3 +110,9 @@ def test_ensemble_averages_its_members(tmp_path, reference):
     np.testing.assert_allclose(ensemble.predict(reference["images"]), expected, atol=1e-3)
     mirrored, card = combine_checkpoints(paths, mirror=True, name="pair-mirror")
     assert card.training["mirror"] and len(mirrored.members) == 2
+    from minorage.paper.ensembles import make_ensemble
+
+    made, card, held = make_ensemble(paths, True, "pair-mirror")  # `minorage combine` without a data set
+    assert held == [str(p) for p in paths] and card.metrics == {} and len(made.members) == 2
+    with pytest.raises(ValueError, match="--choose needs --data"):
+        make_ensemble(paths, True, "pair", choose=2)

@@ -125,8 +125,8 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
 
 
 def test_a_barred_face_is_marked(tmp_path, utkface_files):
-    from minorage.detection import FaceDetector, main_face
-    from minorage.occlusion import occlude
+    from minorage.faces.detection import FaceDetector, main_face
+    from minorage.faces.occlusion import occlude
 
     folder = tmp_path / "in"
     folder.mkdir()

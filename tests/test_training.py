@@ -11,9 +11,12 @@ import torch
 
 from minorage import AgeEstimator
 from minorage.cli import main
-from minorage.datasets import load_faces
-from minorage.models import load_checkpoint, load_pretrained_network
-from minorage.training import TrainConfig, augment, batch_loss, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
+from minorage.config import TrainConfig
+from minorage.model.checkpoint import load_checkpoint
+from minorage.model.keras import load_pretrained_network
+from minorage.paper.augment import augment
+from minorage.paper.store import load_faces
+from minorage.paper.training import batch_loss, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
 def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
@@ -125,8 +128,8 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
     the chosen ensemble, built and measured for real, gets there, and no other does better."""
     import itertools
 
-    from minorage.models import combine_checkpoints
-    from minorage.training import choose_members, validate_combined
+    from minorage.model.ensemble import combine_checkpoints
+    from minorage.paper.ensembles import choose_members, validate_combined
 
     _, data, _, _ = small_dataset
     runs = {"a": TrainConfig(epochs=1, batch_size=32), "b": TrainConfig(epochs=1, batch_size=32, seed=1),
@@ -157,8 +160,9 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
 def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_dataset, tmp_path):
     """A shipped ensemble can compete with new networks: it is chosen or left as a whole, its
     networks count against K, and the new card lists one entry per network."""
-    from minorage.models import combine_checkpoints, member_cards, save_checkpoint
-    from minorage.training import choose_members, validate_combined
+    from minorage.model.checkpoint import save_checkpoint
+    from minorage.model.ensemble import combine_checkpoints, member_cards
+    from minorage.paper.ensembles import choose_members, validate_combined
 
     _, data, _, _ = small_dataset
     paths = []
@@ -185,8 +189,8 @@ def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_datas
 def test_training_can_start_from_one_network_of_an_ensemble():
     """The shipped default's networks have no checkpoints of their own: `init_member` picks one
     out of the ensemble to fine-tune further."""
-    from minorage.models import packaged_model_path
-    from minorage.training import initial_network
+    from minorage.model.checkpoint import packaged_model_path
+    from minorage.paper.training import initial_network
 
     default = packaged_model_path()
     ensemble, _ = load_checkpoint(default)

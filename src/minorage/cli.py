@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .case import CaseError
-from .config import MAX_FRAME_GAP, InferenceConfig, ScanConfig
-from .paths import printable
-from .output import FORMATS, output_stream, write_rows
+from minorage import __version__
+from minorage.config import MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig, TrainConfig
+from minorage.evidence.paths import printable
+from minorage.triage.case import CaseError
+from minorage.triage.output import FORMATS, output_stream, write_rows
 
 if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
-    from .models import AgeEstimator
+    from minorage.model.estimator import AgeEstimator
 
 MODEL_HELP = "default (shipped), imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
 DEFAULT_MODEL_NAME = "default"
@@ -28,7 +28,7 @@ def _progress_wanted() -> bool:
 
 
 def _detector_config(args: argparse.Namespace):
-    from .detection import DetectorConfig
+    from minorage.config import DetectorConfig
 
     return DetectorConfig(
         min_face_size=args.min_face_size,
@@ -39,7 +39,7 @@ def _detector_config(args: argparse.Namespace):
 
 
 def _detector(args: argparse.Namespace):
-    from .detection import FaceDetector
+    from minorage.faces.detection import FaceDetector
 
     return FaceDetector(_detector_config(args))
 
@@ -71,7 +71,13 @@ class _Counter:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import CROP_COLUMNS, FACE_COLUMNS, PredictOptions, Predictor, check_outputs
+    from minorage.triage.predict import (
+        CROP_COLUMNS,
+        FACE_COLUMNS,
+        PredictOptions,
+        Predictor,
+        check_outputs,
+    )
 
     check_outputs(args.paths, [args.output if args.output != "-" else None])  # --annotate: the Predictor checks it
     options = PredictOptions(
@@ -98,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_occlude(args: argparse.Namespace) -> int:
-    from .occlusion import occlude_files
+    from minorage.faces.occlusion import occlude_files
 
     out_dir = Path(args.out)
     sidecar = out_dir / args.sidecar
@@ -114,7 +120,8 @@ def cmd_occlude(args: argparse.Namespace) -> int:
 
 
 def cmd_detector_train(args: argparse.Namespace) -> int:
-    from .detector_training import DetectorTrainingConfig, train_detector
+    from minorage.config import DetectorTrainingConfig
+    from minorage.faces.detector_training import train_detector
 
     cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr)
     card = train_detector(Path(args.out), cfg, progress=True)
@@ -123,8 +130,8 @@ def cmd_detector_train(args: argparse.Namespace) -> int:
 
 
 def cmd_detector_evaluate(args: argparse.Namespace) -> int:
-    from .detection import DetectorConfig
-    from .detector_training import DetectorTrainingConfig, evaluate_detectors, split_photos
+    from minorage.config import DetectorConfig, DetectorTrainingConfig
+    from minorage.faces.detector_training import evaluate_detectors, split_photos
 
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
@@ -135,9 +142,8 @@ def cmd_detector_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
-    from .config import Framing
-    from .datasets import DatasetConfig, build_dataset
-    from .detection import DetectorConfig
+    from minorage.config import DatasetConfig, DetectorConfig, Framing
+    from minorage.paper.build import build_dataset
 
     sources = []
     for spec in args.source:
@@ -149,7 +155,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
         sources=tuple(sources),
         per_age=args.per_age,
         adults_per_age=args.adults_per_age,
-        **({"adult_max_age": args.adult_max_age} if args.adult_max_age else {}),
+        adult_max_age=args.adult_max_age,
         seed=args.seed,
         near_duplicate_bits=args.near_duplicate_bits,
         copy_min_correlation=args.copy_min_correlation,
@@ -165,7 +171,7 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_info(args: argparse.Namespace) -> int:
-    from .datasets import dataset_info
+    from minorage.paper.store import dataset_info
 
     info = dataset_info(Path(args.dir))
     if args.format == "json":
@@ -188,7 +194,8 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from minorage.config import TrainConfig
+    from minorage.paper.training import train
 
     options = json.loads(Path(args.config).read_text()) if args.config else {}
     for key in ("variant", "init", "epochs", "seed"):
@@ -201,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import as_markdown, evaluate_model
+    from minorage.paper.evaluation import as_markdown, evaluate_model
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
     estimator = _estimator(args)
@@ -211,32 +218,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from .models import combine_checkpoints, save_checkpoint
+    from minorage.model.checkpoint import save_checkpoint
+    from minorage.paper.ensembles import make_ensemble
 
-    models, chosen_score = [Path(m) for m in args.models], None
+    net, card, chosen = make_ensemble([Path(m) for m in args.models], args.mirror, args.name or Path(args.out).stem,
+                                      Path(args.data) if args.data else None, args.choose)
     if args.choose is not None:
-        if not args.data:
-            raise ValueError("--choose needs --data: members are chosen on their validation photos")
-        from .training import choose_members
-
-        models, chosen_score = choose_members(models, Path(args.data), args.choose, args.mirror)
-        print(f"minorage combine: chose {' '.join(map(str, models))} (validation MAE averaged over ages "
-              f"{chosen_score['val_mae_age_averaged']:.3f})", file=sys.stderr)
-    net, card = combine_checkpoints(models, args.mirror, args.name or Path(args.out).stem)
-    if chosen_score:  # the choice already measured this ensemble on the validation photos
-        card.metrics = chosen_score
-    elif args.data:
-        from .models import load_checkpoint
-        from .training import validate_combined
-
-        card.metrics = validate_combined(net, [load_checkpoint(m)[1] for m in models], Path(args.data))
+        print(f"minorage combine: chose {' '.join(chosen)} (validation MAE averaged over ages "
+              f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
     path = save_checkpoint(net, card, Path(args.out))
     print(f"minorage combine: {len(net.members)} SSR-Nets{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
     return 0
 
 
 def cmd_experiment_run(args: argparse.Namespace) -> int:
-    from .experiments import load_config, run
+    from minorage.paper.experiments import load_config, run
 
     cfg = load_config(Path(args.config))
     out = Path(args.out or Path("runs/experiments") / Path(args.config).stem)
@@ -246,7 +242,7 @@ def cmd_experiment_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment_report(args: argparse.Namespace) -> int:
-    from .experiments import report
+    from minorage.paper.experiments import report
 
     for path in report(Path(args.dir), Path(args.out)):
         print(path)
@@ -254,8 +250,8 @@ def cmd_experiment_report(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from .config import ScanConfig
-    from .scan import scan
+    from minorage.config import ScanConfig
+    from minorage.triage.scan import scan
 
     cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels,
                      max_bytes=args.max_bytes, follow_links=args.follow_links, file_timeout=args.file_timeout)
@@ -265,7 +261,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from minorage.triage.report import write_report
 
     target = args.output or str(Path(args.case) / f"report.{args.format}")
     with output_stream(target) as stream:
@@ -275,7 +271,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .models import AgeEstimator
+    from minorage.model.card import describe_checkpoint, resolve_model
+
+    if resolve_model(args.model) is not None:  # a checkpoint: its card and header, without torch
+        print(json.dumps(describe_checkpoint(args.model), indent=2))
+        return 0
+    from minorage.model.estimator import AgeEstimator
 
     print(json.dumps(AgeEstimator.from_pretrained(args.model).describe(), indent=2))
     return 0
@@ -300,13 +301,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _estimator(args: argparse.Namespace) -> AgeEstimator:
-    from .models import AgeEstimator
+    from minorage.model.estimator import AgeEstimator
 
     return AgeEstimator.from_pretrained(args.model, minor_below=args.minor_below)
 
 
 def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = None) -> None:
-    from .detection import DetectorConfig
+    from minorage.config import DetectorConfig
 
     d = DetectorConfig(**({"min_face_size": min_face_size} if min_face_size else {}))
     g = p.add_argument_group("face detection (MTCNN)")
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output rows (default: %(default)s)")
     p.add_argument("--output", "-o", help="write rows to this file instead of standard output")
     p.add_argument(
-        "--face-fraction", type=float, default=1.0,
+        "--face-fraction", type=float, default=InferenceConfig.face_fraction,
         help="with --crops, where no face is found in a crop: the share of each side that the face box covers; 1 = the whole "
         "crop is the face box, the model's margin is then added with repeated edge pixels (default: %(default)s)",
     )
@@ -353,10 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     det_sub = det.add_subparsers(dest="detector_command", required=True)
     p = det_sub.add_parser("train", help="fine-tune MTCNN's R-Net and O-Net on eye-barred UTKFace faces")
     p.add_argument("--out", required=True, help="folder for rnet.pt, onet.pt and card.json")
-    p.add_argument("--photos", type=int, default=3000, help="training photos (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=4, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    t = DetectorTrainingConfig()
+    p.add_argument("--photos", type=int, default=t.photos, help="training photos (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=t.seed, help="(default: %(default)s)")
     p.set_defaults(func=cmd_detector_train)
     p = det_sub.add_parser("evaluate", help="recall on held-out faces, as they are and eye-barred, and false detections")
     p.add_argument("weights", nargs="+", help="stock, occlusion (shipped) or weight folders")
@@ -370,15 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utkface, appa-real, agedb, imdb, wiki, fgnet or csv, with its folder; repeat for several")
     p.add_argument("--per-age", type=int, required=True, help="photos per age 0..25 (the paper: 250, 500, 1000, 5000)")
     p.add_argument("--out", required=True, help="data set folder (an interrupted build resumes here)")
-    p.add_argument("--adults-per-age", type=int, default=0, help="also photos per age 26..--adult-max-age, for the minor/adult decision (default: %(default)s)")
-    p.add_argument("--adult-max-age", type=int, help="the oldest age of those adults (default: DatasetConfig's, 60)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--margin", type=float, default=0.4, help="framing: share of the face box added on every side (default: %(default)s)")
-    p.add_argument("--near-duplicate-bits", type=int, default=4, help="perceptual-hash bits within which photos count as copies (default: %(default)s)")
-    p.add_argument("--copy-min-correlation", type=float, default=0.9,
+    d = DatasetConfig(sources=())
+    p.add_argument("--adults-per-age", type=int, default=d.adults_per_age, help="also photos per age 26..--adult-max-age, for the minor/adult decision (default: %(default)s)")
+    p.add_argument("--adult-max-age", type=int, default=d.adult_max_age, help="the oldest age of those adults (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--margin", type=float, default=d.framing.margin, help="framing: share of the face box added on every side (default: %(default)s)")
+    p.add_argument("--near-duplicate-bits", type=int, default=d.near_duplicate_bits, help="perceptual-hash bits within which photos count as copies (default: %(default)s)")
+    p.add_argument("--copy-min-correlation", type=float, default=d.copy_min_correlation,
                    help="photos with close hashes count as copies only if their grey thumbnails correlate this well; "
-                        "0 trusts the hash alone, as builds before session 13 did (default: %(default)s)")
-    p.add_argument("--detector", default="stock", help="MTCNN weights for the original photos (default: %(default)s)")
+                        "0 trusts the hash alone, as data sets built by minorage 0.1 did (default: %(default)s)")
+    p.add_argument("--detector", default=d.detector.weights, help="MTCNN weights for the original photos (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="processes that prepare the faces, one thread each where more than one (default: %(default)s)")
     p.set_defaults(func=cmd_dataset_build)
     p = ds_sub.add_parser("info", help="counts per age, split and variant")
@@ -389,11 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune SSR-Net on a data set's training split (paper §3.3)")
     p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build`")
     p.add_argument("--out", required=True, help="run folder: model.safetensors/.json, history.json, curves.png (resumes here)")
-    p.add_argument("--variant", choices=("org", "ocl", "org+ocl"), help="faces to train on (default: org+ocl)")
-    p.add_argument("--init", help="imdb, morph2, wiki, megaface_asian, scratch or a checkpoint (default: imdb)")
-    p.add_argument("--epochs", type=int, help="(default: 90)")
-    p.add_argument("--seed", type=int, help="(default: 0)")
-    p.add_argument("--config", help="JSON file of training options (minorage.training.TrainConfig); flags override it")
+    t = TrainConfig()
+    p.add_argument("--variant", choices=("org", "ocl", "org+ocl"), help=f"faces to train on (default: the config file's, else {t.variant})")
+    p.add_argument("--init", help=f"{', '.join(PRETRAINED_NAMES)}, scratch or a checkpoint (default: the config file's, else {t.init})")
+    p.add_argument("--epochs", type=int, help=f"(default: the config file's, else {t.epochs})")
+    p.add_argument("--seed", type=int, help=f"(default: the config file's, else {t.seed})")
+    p.add_argument("--config", help="JSON file of training options (minorage.config.TrainConfig); flags override it")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="MAE, group accuracy, confusion and the minor decision on a test split")

@@ -8,27 +8,13 @@ Nothing is ever downloaded: a missing file is an error that says where to get it
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 SHARED_ENV = "MINORAGE_SHARED"
 
 #: The four SSR-Net weight files released with the original paper (Yang et al., IJCAI 2018).
 PRETRAINED_NAMES = ("imdb", "morph2", "wiki", "megaface_asian")
-
-#: Ages are grouped as in the paper (Anda et al., 2019): [0-5] [6-10] [11-15] [16-17] [18-25].
-AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
-    ("0-5", 0, 5),
-    ("6-10", 6, 10),
-    ("11-15", 11, 15),
-    ("16-17", 16, 17),
-    ("18-25", 18, 25),
-)
-ADULT_GROUP = "26+"
-MINOR_LIMIT = 18  # a true age below this is a minor
-CHILD_LIMIT = 16  # a true age below this is below the [16-17] group, the minors nearest adulthood
-MINOR_BELOW = 17.5  # an estimate below this is flagged "probably a minor" (rounds to 17 or less),
-# unless the model's card sets its own threshold, calibrated on validation faces
 
 HOW_TO_OBTAIN = {
     "ssrnet": (
@@ -95,6 +81,27 @@ def ssrnet_fixture() -> Path:
 
 
 @dataclass(frozen=True)
+class SSRNetConfig:
+    """Architecture hyper-parameters (the paper's 3-3-3, lambda_local = lambda_d = 1)."""
+
+    stages: tuple[int, int, int] = (3, 3, 3)
+    lambda_local: float = 1.0
+    lambda_d: float = 1.0
+    V: int = 101  # ages span [0, V); 101 for the released weights, 26 for [0, 25]
+    image_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SSRNetConfig":
+        return cls(
+            stages=tuple(data["stages"]),
+            lambda_local=float(data["lambda_local"]),
+            lambda_d=float(data["lambda_d"]),
+            V=int(data["V"]),
+            image_size=int(data["image_size"]),
+        )
+
+
+@dataclass(frozen=True)
 class Framing:
     """How a face box becomes the network's square input (the paper's §3.3 resize to 64x64).
 
@@ -130,6 +137,7 @@ class InferenceConfig:
     threads: int = 2
     video_every: float = 1.0  # seconds between the video frames looked at
     max_video_frames: int = 3600  # frames looked at per video, at most
+    face_fraction: float = 1.0  # with --crops, where no face is found: the central share of each side taken as the face box
 
 
 @dataclass(frozen=True)
@@ -148,3 +156,136 @@ class ScanConfig:
     thumbnail: int = 96  # side of the face thumbnails kept in the case (pixels)
     in_flight: int = 4  # files queued per worker: bounds memory whatever the collection size
     age_batch: int = 64  # faces gathered before the age model runs (files still commit one by one)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The cascade's settings; the defaults are MTCNN's usual ones."""
+
+    min_face_size: int = 20  # pixels; larger is faster (a smaller pyramid)
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
+    factor: float = 0.709  # pyramid step
+    weights: str = "union"  # "union" (stock and eye-bar-tuned R/O-Nets on the same P-Net proposals: every
+    # face either finds), "occlusion" (the tuned pair alone), "stock", a folder, or with YuNet's
+    # proposals: "yunet" (YuNet's faces placed by both O-Nets) and "union+yunet" (both sources)
+    crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
+
+
+
+@dataclass(frozen=True)
+class DetectorTrainingConfig:
+    """Everything that decides the fine-tuned weights (recorded beside them)."""
+
+    photos: int = 3000  # training photos drawn from the non-held-out part
+    holdout_every: int = 5  # content hash mod this == 0: held out (20 %)
+    seed: int = 0
+    epochs: int = 4
+    lr: float = 1e-4
+    batch_size: int = 256
+    positives_per_face: int = 4
+    parts_per_face: int = 3
+    negatives_per_face: int = 5
+    negatives_per_picture: int = 300  # per scale and mirror image
+    negative_scales: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
+    pad: float = 0.25  # photos are tight crops: detected padded, as `FaceDetector.detect_padded`
+    rotate: float = 25.0  # half the photos turned by up to this many degrees, so points follow a tilt
+
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What decides a data set's content (recorded in dataset.json)."""
+
+    sources: tuple[tuple[str, str], ...]  # (reader name, folder)
+    per_age: int = 250
+    min_age: int = 0
+    max_age: int = 25
+    adults_per_age: int = 0  # photos per age above max_age, for the minor/adult decision
+    adult_max_age: int = 60
+    seed: int = 0
+    test_fraction: float = 0.2
+    near_duplicate_bits: int = 4  # chosen on UTKFace, see the README's data set section
+    copy_min_correlation: float = 0.9  # near copies must look alike pixel by pixel too (0: hash only, as data sets built by minorage 0.1)
+    framing: Framing = Framing()
+    detector: DetectorConfig = DetectorConfig(weights="stock")  # the paper's MTCNN, on unbarred photos
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["sources"] = [list(s) for s in self.sources]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice of a training run; the defaults are the paper's recipe."""
+
+    variant: str = "org+ocl"  # org | ocl | org+ocl: which faces to train on
+    init: str = "imdb"  # imdb | morph2 | wiki | megaface_asian | scratch | a checkpoint path
+    init_member: int = 0  # with `init` an ensemble checkpoint: which of its networks to start from
+    epochs: int = 90
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    loss: str = "l1"  # l1 | smooth_l1
+    V: int = 26  # output range [0, V)
+    max_age: int = 25  # ages above are adults: see `adult_target`
+    adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
+    balance: bool = False  # sample every age equally often
+    adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
+    balance_people: bool = False  # with `balance`, within each age (and among the adults) every sex, and
+    # among the adults every ethnicity, drawn as often: the flag must not follow who someone is
+    augment: bool = False  # flips, shifts, zooms, light and colour changes
+    robust: float = 0.0  # share of faces made to look like seized photos: grayscale, sepia, low
+    # resolution, heavy JPEG, blur, noise (one of them), and apart the same share turned up to 30
+    # degrees, off-centre and cut by the frame (`seized_look`)
+    occluders: float = 0.0  # share of faces given a random black occluder
+    varied_occluders: bool = False  # the occluders are also skin- or hair-coloured patches, or the
+    # eyes blurred, pixelated or behind dark glasses (`_varied_occluders`)
+    teacher: str = ""  # a trained checkpoint whose estimate on each photo's unbarred face is
+    teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
+    teacher_centred: bool = False  # first take off the teacher's mean error at each target age
+    boundary_weight: float = 0.0  # weight of a hinge that pushes minors' estimates below the flag
+    boundary_margin: float = 1.0  # threshold and adults' above it by this many years (`boundary_loss`)
+    mirror_consistency: float = 0.0  # weight of |estimate - estimate of the mirrored face|; each
+    # batch then also runs mirrored (twice the time): `batch_loss`
+    per_age: int = 0  # use at most this many training-split photos per age; 0 = all
+    val_fraction: float = 0.2  # 0: fit on every training photo and keep the last epoch (a refit
+    # of a recipe already chosen on validation; the test split still judges it)
+    val_seed: int = 0  # which photos validate: fixed apart from `seed`, so that models of several
+    # seeds share their validation faces (an ensemble is then measured on faces none has fit)
+    seed: int = 0
+    patience: int = 0  # stop after this many epochs without a better validation MAE; 0 = never
+    minor_recall: float = 0.0  # calibrate the minor flag to this recall on validation; 0 = 17.5
+
+    def __post_init__(self) -> None:
+        """Refuse options that contradict each other before any data is loaded."""
+        if self.val_fraction == 0 and self.minor_recall:
+            raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
+
+    def resume_key(self) -> dict:
+        """The options that decide the weights (the flag's calibration comes after them)."""
+        return {k: v for k, v in asdict(self).items() if k != "minor_recall"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DexConfig:
+    """A DEX training run: the input size the CPU allows, and a short schedule."""
+
+    image_size: int = 32
+    classes: int = 26  # ages 0..25
+    fc_width: int = 4096  # VGG-16's fully connected layers
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    variant: str = "org+ocl"
+    per_age: int = 0
+    seed: int = 0

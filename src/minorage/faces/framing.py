@@ -1,0 +1,49 @@
+"""From a face box to the network's square input: one place for training and inference.
+
+The box is widened by `framing.margin` of its width and height on every side (the original
+SSR-Net models saw 40 %), squared around its centre, cut out with the image's edge pixels
+repeated where it leaves the image, and resized to `framing.size` (64) pixels.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from minorage.config import Framing
+
+_BORDERS = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+
+
+def framed_square(box: tuple[float, float, float, float], margin: float) -> tuple[int, int, int, int]:
+    """The square (x1, y1, x2, y2), end-exclusive, that a box plus its margin occupies."""
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side_px = max(1, int(round(side)))
+    return left, top, left + side_px, top + side_px
+
+
+def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing) -> np.ndarray:
+    """The model's input (size, size, 3) uint8 BGR for one face box in a BGR image."""
+    x1, y1, x2, y2 = framed_square(box, framing.margin)
+    h, w = image.shape[:2]
+    pad = max(0, -x1, -y1, x2 - w, y2 - h)
+    if pad:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, _BORDERS[framing.border], value=(0, 0, 0))
+        x1, y1, x2, y2 = x1 + pad, y1 + pad, x2 + pad, y2 + pad
+    crop = image[y1:y2, x1:x2]
+    interpolation = cv2.INTER_AREA if crop.shape[0] > framing.size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (framing.size, framing.size), interpolation=interpolation)
+
+
+def crop_box(image: np.ndarray, face_fraction: float) -> tuple[float, float, float, float]:
+    """The face box assumed in a ready-made face crop: its central `face_fraction` of each side.
+
+    A crop made with the model's own framing has face_fraction = 1 / (1 + 2 * margin); a tight
+    crop (the face fills the image) has 1.
+    """
+    h, w = image.shape[:2]
+    dx, dy = w * (1 - face_fraction) / 2, h * (1 - face_fraction) / 2
+    return dx, dy, w - dx, h - dy

@@ -1,0 +1,122 @@
+"""Photos as seized collections hold them, made from held-out faces: each face pasted into a
+face-free scene at a random size, position and angle, then degraded the way such photos are
+(grayscale, sepia, low resolution, heavy JPEG, blur, noise, cut by the image's edge).
+
+Why: `../shared` holds only UTKFace's aligned, centred, colour chips, on which every detector
+looks perfect; a detector or an age model must be judged on faces that are not. The truth of
+each face is stock MTCNN's box on its chip (as in `detector_training.held_out_pairs`), carried
+through the same geometry as the pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from minorage.faces.detection import Face, FaceDetector, iou
+
+DEGRADATIONS = ("none", "grayscale", "sepia", "low_res", "jpeg", "blur", "noise", "edge")
+
+_SEPIA = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # BGR in, BGR out
+
+
+@dataclass(frozen=True)
+class WildPhoto:
+    """A scene with one pasted face: the image, the face's true box, what was done to it."""
+
+    image: np.ndarray
+    box: tuple[float, float, float, float]
+    degradation: str
+    angle: float
+
+
+def _soft_mask(side: int) -> np.ndarray:
+    """An ellipse over the chip with a blurred rim, so no square edge betrays the paste."""
+    mask = np.zeros((side, side), np.float32)
+    cv2.ellipse(mask, (side // 2, side // 2), (int(side * 0.46), int(side * 0.49)), 0, 0, 360, 1.0, -1)
+    return cv2.GaussianBlur(mask, (0, 0), side * 0.04)[..., None]
+
+
+def paste(scene: np.ndarray, chip: np.ndarray, truth: Face, face_px: float, angle: float, centre: tuple[float, float]
+          ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The chip scaled so its face box is `face_px` wide, turned by `angle` degrees, its face
+    centred at `centre`, blended into a copy of the scene; and the face's box there."""
+    scale = face_px / truth.width
+    fx, fy = (truth.box[0] + truth.box[2]) / 2, (truth.box[1] + truth.box[3]) / 2
+    matrix = cv2.getRotationMatrix2D((fx, fy), angle, scale)
+    matrix[:, 2] += np.array(centre) - np.array([fx, fy])
+    h, w = scene.shape[:2]
+    warped = cv2.warpAffine(chip, matrix, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    alpha = cv2.warpAffine(_soft_mask(chip.shape[0]), matrix, (w, h))[..., None]
+    out = (scene * (1 - alpha) + warped * alpha).astype(np.uint8)
+    x1, y1, x2, y2 = truth.box
+    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
+    (bx1, by1), (bx2, by2) = corners.min(axis=0), corners.max(axis=0)
+    return out, (max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2))
+
+
+def degrade(image: np.ndarray, degradation: str, rng: np.random.Generator) -> np.ndarray:
+    """One of `DEGRADATIONS` (low resolution and the edge are done by `wild_photo`)."""
+    if degradation == "grayscale":
+        return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if degradation == "sepia":
+        return np.clip(image.astype(np.float32) @ _SEPIA.T, 0, 255).astype(np.uint8)
+    if degradation == "jpeg":
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(10, 41))])
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if degradation == "blur":
+        return cv2.GaussianBlur(image, (0, 0), float(rng.uniform(1.0, 2.5)))
+    if degradation == "noise":
+        return np.clip(image + rng.normal(0, rng.uniform(8, 20), image.shape), 0, 255).astype(np.uint8)
+    return image
+
+
+def wild_photo(chip: np.ndarray, truth: Face, background: np.ndarray, degradation: str, rng: np.random.Generator,
+               size: tuple[int, int] = (640, 480), max_angle: float = 30.0) -> WildPhoto:
+    """One scene of `size` (w, h) with the chip's face in it, degraded."""
+    w, h = size
+    low_res = degradation == "low_res"
+    shrink = int(rng.integers(2, 4)) if low_res else 1  # drawn small, then enlarged: faces of 24-64 px upscaled
+    sw, sh = w // shrink, h // shrink
+    face_px = float(rng.uniform(24, 64) if low_res else rng.uniform(48, min(sw, sh) * 0.5))
+    angle = float(rng.uniform(-max_angle, max_angle))
+    margin = face_px * 0.75
+    if degradation == "edge":  # a quarter to a third of the face beyond the image's left or right edge
+        cx = face_px * rng.uniform(0.17, 0.25) * (1 if rng.random() < 0.5 else -1)
+        cx = cx if cx > 0 else sw + cx
+        centre = (cx, float(rng.uniform(margin, sh - margin)))
+    else:
+        centre = (float(rng.uniform(margin, sw - margin)), float(rng.uniform(margin, sh - margin)))
+    scene = cv2.resize(background, (sw, sh), interpolation=cv2.INTER_AREA)
+    image, box = paste(scene, chip, truth, face_px, angle, centre)
+    if low_res:
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        box = tuple(float(v) * shrink for v in box)
+    return WildPhoto(degrade(image, degradation, rng), box, degradation, angle)
+
+
+def wild_set(pairs: list[tuple[np.ndarray, Face]], backgrounds: list[np.ndarray], seed: int = 0) -> list[WildPhoto]:
+    """One scene per (chip, truth), the degradations taken in turn so each is as common."""
+    rng = np.random.default_rng(seed)
+    return [wild_photo(chip, truth, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
+            for k, (chip, truth) in enumerate(pairs)]
+
+
+def found(detector: FaceDetector, photo: WildPhoto, min_iou: float = 0.3) -> bool:
+    """Whether the detector finds the pasted face (its box overlaps the truth's; a turned face's
+    true box is the bounding box of its turned corners, larger than a detector's, hence 0.3)."""
+    faces = detector.detect(photo.image)
+    return bool(faces) and float(iou(np.array([f.box for f in faces]), np.array(photo.box)).max()) >= min_iou
+
+
+def recall_by_degradation(detector: FaceDetector, photos: list[WildPhoto]) -> dict[str, float]:
+    """Share of pasted faces found, for all photos and for each degradation."""
+    hits = [(p.degradation, found(detector, p)) for p in photos]
+    out = {"all": float(np.mean([h for _, h in hits]))}
+    for name in DEGRADATIONS:
+        mine = [h for d, h in hits if d == name]
+        if mine:
+            out[name] = float(np.mean(mine))
+    return out

@@ -1,0 +1,158 @@
+"""What a checkpoint is, readable without torch: its model card (architecture, framing, the
+flag's threshold, data, training, metrics, licence), where a named model lives, and what
+`minorage info` shows. The weights themselves are read by `checkpoint`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from minorage import config, groups
+from minorage.config import Framing, SSRNetConfig
+
+CHECKPOINT_FORMAT = "minorage-ssrnet/1"
+DEFAULT_MODEL = "default"
+#: state-dict entries that are running statistics, not parameters
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: architecture, input framing, and where it came from."""
+
+    architecture: SSRNetConfig = field(default_factory=SSRNetConfig)
+    framing: Framing = field(default_factory=Framing)
+    name: str = ""
+    data: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    licence: str = ""
+    minor_below: float = groups.MINOR_BELOW  # the "probably a minor" flag: an estimate below this
+    max_age: float | None = None  # estimates above are reported as this ("this age or older")
+    members: int = 1  # SSR-Nets averaged (an ensemble when above 1)
+    mirror: bool = False  # each also averaged over the mirrored face
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "name": self.name,
+            "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages),
+                             "members": self.members, "mirror": self.mirror},
+            "framing": self.framing.to_dict(),
+            "decision": {"minor_below": self.minor_below, "max_age": self.max_age},
+            "data": self.data,
+            "training": self.training,
+            "metrics": self.metrics,
+            "licence": self.licence,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelCard":
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} model card (format={data.get('format')!r})")
+        return cls(
+            architecture=SSRNetConfig.from_dict(data["architecture"]),
+            members=int(data["architecture"].get("members", 1)),
+            mirror=bool(data["architecture"].get("mirror", False)),
+            framing=Framing.from_dict(data["framing"]),
+            minor_below=float(data.get("decision", {}).get("minor_below", groups.MINOR_BELOW)),
+            max_age=data.get("decision", {}).get("max_age"),
+            name=data.get("name", ""),
+            data=data.get("data", {}),
+            training=data.get("training", {}),
+            metrics=data.get("metrics", {}),
+            licence=data.get("licence", ""),
+        )
+
+
+def card_path(weights_path: Path) -> Path:
+    """The metadata JSON that sits beside a checkpoint's .safetensors file."""
+    return weights_path.with_suffix(".json")
+
+
+def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """A model shipped inside the package (src/minorage/weights/)."""
+    return Path(str(resources.files("minorage") / "weights" / f"{name}.safetensors"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model(name_or_path: str | Path) -> Path | None:
+    """The checkpoint a model name or path means; None for the original SSR-Net weights
+    (`config.PRETRAINED_NAMES`), which are not checkpoints of this project."""
+    key = str(name_or_path)
+    if key in config.PRETRAINED_NAMES:
+        return None
+    path = Path(name_or_path)
+    if not path.exists() and not any(sep in key for sep in "/\\") and not key.endswith(".safetensors"):
+        path = packaged_model_path(key)
+        if not path.exists():
+            known = ", ".join((*config.PRETRAINED_NAMES, DEFAULT_MODEL))
+            raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
+    return path
+
+
+def weights_file(path: Path) -> Path:
+    """The .safetensors file of a checkpoint given as a file (either half) or as its folder."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        if len(candidates) != 1:
+            raise FileNotFoundError(f"{path}: expected one .safetensors checkpoint, found {len(candidates)}")
+        path = candidates[0]
+    path = path.with_suffix(".safetensors")
+    if not path.is_file() or not card_path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (needs {path.name} and {card_path(path).name})")
+    return path
+
+
+def read_card(path: Path) -> ModelCard:
+    return ModelCard.from_dict(json.loads(card_path(weights_file(path)).read_text()))
+
+
+def describe(card: ModelCard, source: str, parameters: int, age_range: tuple[int, int]) -> dict:
+    """What `minorage info` shows: size, parameters, range, framing and the model card."""
+    file = Path(source) if source else None
+    return {
+        "model": card.name or source,
+        "source": source,
+        "size_bytes": file.stat().st_size if file and file.is_file() else None,
+        "sha256": file_sha256(file) if file and file.is_file() else None,
+        "parameters": parameters,
+        "age_range": list(age_range),
+        **{k: v for k, v in card.to_dict().items() if k not in ("format", "name")},
+    }
+
+
+def age_range(card: ModelCard) -> tuple[int, int]:
+    """The ages a model reports: the network's range [0, V - 1], capped by the card's `max_age`."""
+    top = card.architecture.V - 1
+    return 0, top if card.max_age is None else min(top, int(card.max_age))
+
+
+def describe_checkpoint(name_or_path: str | Path) -> dict:
+    """`describe` of a checkpoint from its card and the tensor shapes in its file's header: no
+    weights are loaded and torch is not imported."""
+    from safetensors import safe_open
+
+    path = weights_file(resolve_model(name_or_path))
+    card = read_card(path)
+    with safe_open(str(path), framework="numpy") as f:
+        parameters = sum(int(_size(f.get_slice(k).get_shape())) for k in f.keys() if not k.endswith(_BUFFERS))
+    return describe(card, str(path), parameters, age_range(card))
+
+
+def _size(shape: list[int]) -> int:
+    size = 1
+    for n in shape:
+        size *= n
+    return size

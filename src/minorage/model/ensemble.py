@@ -1,0 +1,58 @@
+"""Ensembles: several trained checkpoints averaged into one model, each member's card kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from minorage import groups
+from minorage.model.card import ModelCard
+from minorage.model.checkpoint import load_checkpoint
+from minorage.model.network import AveragedSSRNet
+
+
+def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedSSRNet, ModelCard]:
+    """One ensemble of several trained checkpoints (same architecture and framing); the card
+    keeps each member's card. A single model only mirrored keeps its own data, training
+    and metrics, with the mirroring added."""
+    loaded = [load_checkpoint(Path(p)) for p in paths]
+    members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedSSRNet) else [net])]
+    framings = {card.framing for _, card in loaded}
+    if len(framings) != 1:
+        raise ValueError(f"members frame faces differently: {framings}")
+    ranges = {card.max_age for _, card in loaded}
+    if len(ranges) != 1:
+        raise ValueError(f"members report different age ranges (max_age {ranges})")
+    first = loaded[0][1]
+    alone = len(loaded) == 1
+    card = ModelCard(
+        name=name,
+        framing=framings.pop(),
+        data=first.data if alone else {**_shared_data(c for _, c in loaded),
+                                       "members": [m for p, (_, c) in zip(paths, loaded) for m in _member_entries(p, c)]},
+        training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        metrics=first.metrics if alone else {},
+        minor_below=first.minor_below if len({c.minor_below for _, c in loaded}) == 1 else groups.MINOR_BELOW,
+        max_age=ranges.pop(),
+        licence=first.licence,
+    )
+    return AveragedSSRNet(members, mirror), card
+
+
+def _member_entries(path: Path, card: ModelCard) -> list[dict]:
+    """The member cards an ensemble's card lists for one input checkpoint: an ensemble given
+    as an input contributes its own members' cards, so the list stays one network per entry."""
+    return card.data["members"] if "members" in card.data else [{"path": str(path), **card.to_dict()}]
+
+
+def member_cards(card: ModelCard) -> list[ModelCard]:
+    """The cards of the networks a model averages (its own card for a single network): each
+    keeps the training options, such as the validation split, that an ensemble's card does not."""
+    return [ModelCard.from_dict(m) for m in card.data["members"]] if "members" in card.data else [card]
+
+
+def _shared_data(cards) -> dict:
+    """The data set all members were trained on, if they share one (else nothing)."""
+    sets = {json.dumps({k: c.data.get(k) for k in ("dataset", "dataset_config")}, sort_keys=True) for c in cards}
+    return json.loads(sets.pop()) if len(sets) == 1 else {}

@@ -1,0 +1,76 @@
+"""`AgeEstimator`: a model and its card behind one call, `predict(faces) -> ages`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minorage import config
+from minorage.config import Framing
+from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
+from minorage.model.checkpoint import load_checkpoint
+from minorage.model.keras import load_pretrained_network
+from minorage.model.network import AveragedSSRNet, SSRNet
+from minorage.model.runtime import InferenceRuntime, predict_ages
+
+
+class AgeEstimator:
+    """An SSR-Net with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
+
+    def __init__(self, net: SSRNet | AveragedSSRNet, card: ModelCard, source: str = "", minor_below: float | None = None):
+        self.net = net.eval()
+        self.card = card
+        self.source = source
+        self.runtime = InferenceRuntime(self.net)  # what `predict` runs
+        top = self.age_range[1]
+        if minor_below is not None and not 0 < minor_below <= top:
+            raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
+        self._minor_below = minor_below  # the user's operating point, else the card's
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, minor_below: float | None = None) -> "AgeEstimator":
+        """`imdb`, `morph2`, `wiki`, `megaface_asian` (original weights), `default`, or a path;
+        `minor_below` flags estimates below it instead of the model card's threshold."""
+        key = str(name_or_path)
+        if key in config.PRETRAINED_NAMES:
+            card = ModelCard(
+                name=key,
+                data={"source": f"original SSR-Net weights {key}.h5 (Yang et al., IJCAI 2018)"},
+                licence="Apache-2.0 (SSR-Net pretrained weights)",
+            )
+            return cls(load_pretrained_network(key), card, source=str(config.ssrnet_weights(key)), minor_below=minor_below)
+        path = resolve_model(name_or_path)
+        net, card = load_checkpoint(path)
+        return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path), minor_below=minor_below)
+
+    @property
+    def framing(self) -> Framing:
+        return self.card.framing
+
+    @property
+    def minor_below(self) -> float:
+        """Estimates below this are flagged "probably a minor" (the model card's, unless the user
+        chose another: a higher one catches more minors and flags more young adults)."""
+        return self.card.minor_below if self._minor_below is None else self._minor_below
+
+    @property
+    def age_range(self) -> tuple[int, int]:
+        """The ages `predict` reports (the card's `max_age` caps the network's range)."""
+        return age_range(self.card)
+
+    def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255; capped at the
+        card's `max_age` (a model trained on [0, 25] with adults beyond it says "25 or older")."""
+        faces = np.asarray(faces)
+        size = self.net.cfg.image_size
+        if faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
+            raise ValueError(f"faces must be (N, {size}, {size}, 3) uint8 BGR, got {faces.shape}")
+        if faces.dtype != np.uint8:
+            raise ValueError(f"faces must be uint8 (raw 0..255), got {faces.dtype}")
+        return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
+
+    def describe(self) -> dict:
+        """What `minorage info` shows: size, parameters, range, framing and the model card."""
+        return describe(self.card, self.source, sum(p.numel() for p in self.net.parameters()), self.age_range)

@@ -1,0 +1,123 @@
+"""A model on a data set's test split, normal and eye-barred faces apart (the paper's §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from minorage import groups
+from minorage.model.estimator import AgeEstimator
+from minorage.paper import metrics
+from minorage.paper.readers import UNKNOWN
+from minorage.paper.store import load_faces, photo_demographics
+
+VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
+FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demographics`
+
+
+def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
+                   per_age: int = 0, resamples: int = 0) -> dict[str, dict]:
+    """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
+    given `resamples`, the bootstrap intervals of the headline measures)."""
+    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below, resamples)
+
+
+def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
+                       split: str = "test", per_age: int = 0, minor_below: float = groups.MINOR_BELOW,
+                       resamples: int = 0) -> dict[str, dict]:
+    """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
+    each age when set: the paper's test sets grow with the training size)."""
+    results = {}
+    people = photo_demographics(data_dir)
+    for variant in variants:
+        faces = load_faces(data_dir, split, variant)
+        if per_age:
+            faces = faces.cap_per_age(per_age)
+        ages = predict(faces.faces)
+        results[variant] = metrics.evaluate(faces.ages, ages, minor_below)
+        if resamples:
+            results[variant]["intervals"] = metrics.bootstrap_intervals(faces.ages, ages, minor_below, resamples)
+        for index, key in enumerate(FAIRNESS_KEYS):
+            groups = np.array([people.get(i, (UNKNOWN, UNKNOWN))[index] for i in faces.ids.tolist()])
+            results[variant][key] = metrics.by_group(faces.ages, ages, groups, minor_below, resamples)
+    return results
+
+
+def as_markdown(results: dict[str, dict], title: str = "") -> str:
+    """The results as Markdown: one column per variant, then each variant's group confusion."""
+    rows = [
+        ("faces", "n", "{:d}"),
+        ("MAE, ages 0-25", "MAE", "{:.2f}"),
+        ("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"),
+        *[(f"accuracy [{g}]", g, "{:.1%}") for g in groups.GROUP_NAMES],
+        ("Acc (mean of the groups)", "Acc", "{:.1%}"),
+        ("minor flag threshold (estimate below)", "minor_below", "{:.1f}"),
+        ("minors' recall (< 18 flagged)", "minor_recall", "{:.1%}"),
+        ("specificity on 18-25", "specificity_18_25", "{:.1%}"),
+        ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),
+        ("minors' recall at 85% specificity (best threshold)", "recall_at_spec85", "{:.1%}"),
+        ("  that threshold", "threshold_at_spec85", "{:.1f}"),
+        ("  recall on the under-16s at that threshold", "recall_at_spec85_under16", "{:.1%}"),
+    ]
+    variants = list(results)
+    lines = [f"### {title}" if title else "", "", "| measure | " + " | ".join(VARIANT_LABELS.get(v, v) for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for label, key, fmt in rows:
+        cells = [_cell(results[v], key, fmt) for v in variants]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for v in variants:
+        lines += ["", f"Group confusion, {VARIANT_LABELS.get(v, v)} (rows true, columns predicted):", "",
+                  "| true \\ predicted | " + " | ".join(groups.ALL_GROUPS) + " |", "|---|" + "---|" * len(groups.ALL_GROUPS)]
+        for name, row in zip(groups.ALL_GROUPS, np.asarray(results[v]["confusion"])):
+            if row.sum():
+                lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
+    lines += _by_age_table(results, "flagged_by_age", "Minors flagged at the flag threshold, by true age:", "{:.0%}")
+    lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
+    lines += _fairness_tables(results)
+    if any("intervals" in results[v] for v in variants):
+        lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
+    return "\n".join(lines).strip() + "\n"
+
+
+def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> list[str]:
+    """One row per variant, one column per true age, of a measure kept age by age (none for
+    results saved before the measure existed)."""
+    ages = sorted({a for by_age in (r.get(key, {}) for r in results.values()) for a in by_age})
+    if not ages:
+        return []
+    lines = ["", title, "", "| variant | " + " | ".join(map(str, ages)) + " |", "|---|" + "---|" * len(ages)]
+    for v, result in results.items():
+        values = result.get(key, {})
+        lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(fmt.format(values[a]) if a in values else "–" for a in ages) + " |")
+    return lines
+
+
+_FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
+                     ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"))
+
+
+def _fairness_tables(results: dict[str, dict]) -> list[str]:
+    """Per variant, one table by sex and one by ethnicity: each group's headline measures, with
+    the faces they rest on (none for results saved before the measure existed)."""
+    lines = []
+    for v, result in results.items():
+        for key in FAIRNESS_KEYS:
+            if key not in result:
+                continue
+            lines += ["", f"{VARIANT_LABELS.get(v, v)}, {key.replace('_', ' ')}:", "",
+                      "| group | faces (minors / 18-25 / 26+) | " + " | ".join(label for label, _, _ in _FAIRNESS_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(_FAIRNESS_COLUMNS)]
+            for name, measured in result[key].items():
+                counts = f"{measured['n']} ({measured['n_minors']} / {measured['n_18_25']} / {measured['n_26plus']})"
+                lines.append(f"| {name} | {counts} | " + " | ".join(_cell(measured, k, fmt) for _, k, fmt in _FAIRNESS_COLUMNS) + " |")
+    return lines
+
+
+def _cell(result: dict, key: str, fmt: str) -> str:
+    """One measure, with its bootstrap interval where there is one."""
+    if key not in result:
+        return "–"
+    low_high = result.get("intervals", {}).get(key)
+    return fmt.format(result[key]) + (f" ({fmt.format(low_high[0])}–{fmt.format(low_high[1])})" if low_high else "")
