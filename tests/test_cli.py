@@ -62,6 +62,7 @@ def test_predict_crops_every_format(capsys, mixed_folder, fmt):
     assert "8 read, 0 without a face, 3 errors" in err
 
 
+@pytest.mark.slow
 def test_predictions_follow_real_ages(capsys, utkface_files):
     """The pretrained IMDB model is poor on children but must still order babies below adults."""
     babies = [f for f in utkface_files if utkface_age(f) <= 2][:20]
@@ -95,6 +96,7 @@ def test_info_describes_the_model(capsys):
     assert info["size_bytes"] > 300_000 and info["framing"]["margin"] == 0.4
 
 
+@pytest.mark.slow
 def test_minor_below_moves_the_flag_and_nothing_else(capsys, utkface_files):
     """Real 14-22 year olds through the default model: with the threshold at 21 the same ages
     are reported and every face estimated under 21 is flagged, so more are; out of the model's

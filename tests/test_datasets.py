@@ -223,6 +223,7 @@ def _manifest(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_no_photo_on_both_sides_of_the_split(built):
     _, out, _, _ = built
     rows = _manifest(out)
@@ -239,6 +240,7 @@ def test_no_photo_on_both_sides_of_the_split(built):
         assert np.array_equal(org.ids, ocl.ids) and len(org) > 0
 
 
+@pytest.mark.slow
 def test_conflicting_copies_are_gone(built):
     _, out, summary, victim = built
     rows = _manifest(out)
@@ -252,6 +254,7 @@ def test_conflicting_copies_are_gone(built):
     assert dataset_info(out)["label_agreement"] == agreement  # read back from cleaning.csv
 
 
+@pytest.mark.slow
 def test_counts_per_age_never_above_n(built):
     cfg, out, summary, _ = built
     info = dataset_info(out)
@@ -261,6 +264,7 @@ def test_counts_per_age_never_above_n(built):
     assert summary["shortfall_per_age"]  # 500 photos cannot give 12 of every age
 
 
+@pytest.mark.slow
 def test_faces_are_framed_and_barred(built):
     _, out, _, _ = built
     org, ocl = load_faces(out, "train", "org"), load_faces(out, "train", "ocl")
@@ -273,6 +277,7 @@ def test_faces_are_framed_and_barred(built):
     assert sorted(p.name for p in (out / "contact").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_manifest_and_resume(built, tmp_path):
     cfg, out, _, _ = built
     again = tmp_path / "again"
@@ -283,6 +288,7 @@ def test_same_seed_same_manifest_and_resume(built, tmp_path):
     assert summary["faces"] == json.loads((out / "dataset.json").read_text())["faces"]
 
 
+@pytest.mark.slow
 def test_two_face_workers_build_the_same_data_set(built, tmp_path):
     """Faces prepared by two processes of one thread each are the very faces one process makes."""
     cfg, out, _, _ = built
@@ -294,6 +300,7 @@ def test_two_face_workers_build_the_same_data_set(built, tmp_path):
             assert np.array_equal(load_faces(parallel, split, variant).faces, load_faces(out, split, variant).faces)
 
 
+@pytest.mark.slow
 def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
     """A resumed build reads each cached chunk's arrays once: its faces are views into one array
     per chunk, not each a view into a whole chunk of its own (which took 24 GB resuming the full
@@ -306,6 +313,7 @@ def test_faces_resumed_from_the_cache_share_their_chunks_arrays(built):
     assert len({id(f.org.base) for f in faces}) == chunks and len({id(f.ocl.base) for f in faces}) == chunks
 
 
+@pytest.mark.slow
 def test_cleaning_selection_and_split_on_the_whole_real_folder(tmp_path, utkface_files):
     """All 21,723 UTKFace photos: after cleaning no two photos are copies (bytes or hash), no
     conflicting group survives, the split never separates copies, counts stay within N."""

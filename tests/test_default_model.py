@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from minorage import AgeEstimator, config
 from minorage.faces.framing import crop_box, frame_face
@@ -34,6 +35,7 @@ def test_default_model_needs_no_shared_folder(monkeypatch, tmp_path):
     assert ages.shape == (2,) and np.all(np.isfinite(ages))
 
 
+@pytest.mark.slow
 def test_default_model_ages_real_faces(utkface_files):
     estimator = AgeEstimator.from_pretrained("default")
     picks = {"babies": (1, 2), "children": (8, 10), "adults": (40, 60)}

@@ -30,11 +30,13 @@ def detected(detector, utkface_files):
     return out
 
 
+@pytest.mark.slow
 def test_finds_the_face_in_almost_every_photo(detected):
     found = sum(face is not None for _, face in detected)
     assert found >= 0.97 * len(detected)
 
 
+@pytest.mark.slow
 def test_eye_points_are_plausible(detected):
     """On UTKFace's aligned crops the eyes sit level in the upper half, left eye on the left."""
     for image, face in detected:
@@ -83,6 +85,7 @@ def test_bar_is_pure_black_and_touches_nothing_else(detected):
     assert np.any(image != barred) and image is not barred
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("turn", [-20, 20])
 def test_bar_turns_with_a_rotated_face(detector, detected, turn):
     """A face turned by +-20 degrees gets a bar turned by the same angle."""
@@ -124,6 +127,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert keep.tolist() == [1, 2]
 
 
+@pytest.mark.slow
 def test_tells_barred_eyes_from_open_ones(detector, detected):
     """`eyes_occluded` on faces as they are (no) and, found again, once barred (yes)."""
     from minorage.faces.occlusion import eyes_occluded
@@ -141,6 +145,7 @@ def test_tells_barred_eyes_from_open_ones(detector, detected):
     assert refound >= 0.95 * len(faces) and barred >= 0.95 * refound
 
 
+@pytest.mark.slow
 def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     """Held-out faces pasted into face-free scenes, turned up to 30 degrees, some in grayscale or
     sepia or cut by the edge: wherever stock MTCNN finds the face, the union of stock and
@@ -161,6 +166,7 @@ def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     assert sum(by_union[len(originals):]) > sum(by_stock[len(originals):])
 
 
+@pytest.mark.slow
 def test_yunet_faces_are_placed_as_mtcnn_places_its_own(detected):
     """YuNet's proposals go through the O-Nets, so a face found both ways gets nearly the same
     box (the age model was trained on faces framed from MTCNN boxes) and level eye points."""

@@ -6,6 +6,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from minorage.config import DetectorConfig, DetectorTrainingConfig
@@ -14,6 +15,7 @@ from minorage.faces.detector_training import _flip_points, face_candidates, is_h
 from minorage.faces.occlusion import occlude
 
 
+@pytest.mark.slow
 def test_miniature_fine_tuning_writes_usable_weights(tmp_path):
     cfg = DetectorTrainingConfig(photos=12, epochs=1, negative_scales=(1.0,), negatives_per_picture=20)
     card = train_detector(tmp_path, cfg, progress=False)
@@ -23,6 +25,7 @@ def test_miniature_fine_tuning_writes_usable_weights(tmp_path):
     FaceDetector(DetectorConfig(weights=str(tmp_path)))  # loads
 
 
+@pytest.mark.slow
 def test_shipped_detector_finds_barred_faces_stock_misses(utkface_files):
     """On held-out photos (never trained on): the shipped R/O-Net find eye-barred faces."""
     stock, shipped = FaceDetector(DetectorConfig(weights="stock")), FaceDetector(DetectorConfig(weights="occlusion"))

@@ -30,6 +30,7 @@ def _miniature(tmp_path, data) -> str:
     return str(config)
 
 
+@pytest.mark.slow
 def test_miniature_grid_runs_resumes_and_reports(small_dataset, tmp_path):
     _, data, _, _ = small_dataset
     config, run_dir, results = _miniature(tmp_path, data), tmp_path / "run", tmp_path / "results"

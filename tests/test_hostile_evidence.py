@@ -88,6 +88,7 @@ def test_annotate_into_the_evidence_is_refused_and_names_never_collide(tmp_path,
 # --- 2: a name that is not UTF-8 ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_scanned_and_written(tmp_path, face, capsys):
     d = tmp_path / "d"
     d.mkdir()
@@ -114,6 +115,7 @@ def _workers(pid: int) -> list[int]:
     return [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_nothing_and_the_scan_ends(tmp_path, utkface_files):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -143,6 +145,7 @@ def crash_on_poison(item: str) -> str:
     return item.upper()
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_every_worker_is_recorded_and_the_rest_finish():
     from minorage.triage.workers import Failed, Supervisor
 
@@ -165,6 +168,7 @@ def _radiance_hdr(path: Path, side: int) -> None:
     path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + f"-Y {side} +X {side}\n".encode() + row * side)
 
 
+@pytest.mark.slow
 def test_bombs_and_endless_files_are_refused_unread(tmp_path, face, capsys):
     d = tmp_path / "d"
     d.mkdir()
@@ -194,6 +198,7 @@ def test_the_byte_limit_is_an_option(tmp_path, face, capsys):
 # --- 7, 10: links, inside and outside the sources ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_links_are_recorded_with_their_targets_and_outside_ones_not_read(tmp_path, face, utkface_files):
     ev, elsewhere = tmp_path / "ev", tmp_path / "elsewhere"
     (ev / "sub").mkdir(parents=True)
@@ -223,6 +228,7 @@ def test_links_are_recorded_with_their_targets_and_outside_ones_not_read(tmp_pat
 # --- 8: a folder that cannot be listed ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_folder_that_cannot_be_listed_has_its_row(tmp_path, face):
     ev = tmp_path / "ev"
     (ev / "sub").mkdir(parents=True)
@@ -246,6 +252,7 @@ def test_a_folder_that_cannot_be_listed_has_its_row(tmp_path, face):
 # --- 9: a resume with other settings -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, capsys):
     ev = tmp_path / "ev"
     ev.mkdir()
@@ -273,6 +280,7 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
 # --- 11: access times --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_access_times_are_kept(tmp_path, face):
     ev = tmp_path / "ev"
     (ev / "sub").mkdir(parents=True)
@@ -299,6 +307,7 @@ def test_access_times_are_kept(tmp_path, face):
 # --- 12: damaged cases, full disks, failed reports --------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_cases_full_disks_and_failed_reports_say_so(tmp_path, face, capsys):
     ev = tmp_path / "ev"
     ev.mkdir()
@@ -340,6 +349,7 @@ def test_damaged_cases_full_disks_and_failed_reports_say_so(tmp_path, face, caps
 # --- 13: names that attack spreadsheets and terminals -----------------------------------------
 
 
+@pytest.mark.slow
 def test_formula_and_escape_names_are_defused(tmp_path, face):
     d = tmp_path / "d"
     d.mkdir()
@@ -358,6 +368,7 @@ def test_formula_and_escape_names_are_defused(tmp_path, face):
 # --- 14: HEIC/HEIF -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heic_photos_are_images(tmp_path, face, capsys):
     import pillow_heif
     from PIL import Image

@@ -40,6 +40,7 @@ def test_batching_does_not_change_results(reference):
     np.testing.assert_allclose(estimator.predict(reference["images"], batch_size=5), whole, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fast_runtime_gives_the_networks_own_ages(reference):
     """`predict` runs bulk batches through a folded, TorchScript-frozen copy in 32-face slices,
     small ones through the folded copy; both must give what the network itself gives: here the

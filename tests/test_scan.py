@@ -124,6 +124,7 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
         assert 0 <= age <= 31 and minor == int(age < float(info["minor_below"])) and thumb[:2] == b"\xff\xd8"
 
 
+@pytest.mark.slow
 def test_a_barred_face_is_marked(tmp_path, utkface_files):
     from minorage.faces.detection import FaceDetector, main_face
     from minorage.faces.occlusion import occlude
@@ -139,6 +140,7 @@ def test_a_barred_face_is_marked(tmp_path, utkface_files):
     assert marks == {str(folder / "plain.png"): 0, str(folder / "barred.png"): 1}
 
 
+@pytest.mark.slow
 def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_files):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -165,6 +167,7 @@ def test_killed_scan_resumes_without_duplicates_or_losses(tmp_path, utkface_file
     assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] >= faces_first
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -179,6 +182,7 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "17.5"]) == 0
 
 
+@pytest.mark.slow
 def test_report_formats(evidence, tmp_path):
     import csv
     import json
@@ -197,6 +201,7 @@ def test_report_formats(evidence, tmp_path):
     assert page.count("data:image/jpeg;base64,") == 3 and "bomb.png" in page and "http" not in page.replace("http-equiv", "")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is installed by scripts/setup.sh where apt is available")
 def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
     root, _ = evidence
@@ -216,6 +221,7 @@ def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
     assert (column.min(axis=2) < 200).mean() > 0.6
 
 
+@pytest.mark.slow
 def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files, capsys):
     folder = tmp_path / "in" / "sub"
     folder.mkdir(parents=True)

@@ -19,6 +19,7 @@ from minorage.paper.store import load_faces
 from minorage.paper.training import batch_loss, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
+@pytest.mark.slow
 def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
     _, data, _, _ = small_dataset
     card = train(data, tmp_path / "run", TrainConfig(epochs=2, batch_size=32), progress=False)
@@ -36,6 +37,7 @@ def test_two_epochs_write_a_loadable_checkpoint(small_dataset, tmp_path):
     assert ages.shape == (8,) and np.all(np.isfinite(ages))
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_resumes(small_dataset, tmp_path):
     _, data, _, _ = small_dataset
     cfg = TrainConfig(epochs=2, batch_size=32, augment=True, balance=True, occluders=0.3)
@@ -53,6 +55,7 @@ def test_training_is_reproducible_and_resumes(small_dataset, tmp_path):
     assert history_a[1]["val_mae"] == history_b[1]["val_mae"]
 
 
+@pytest.mark.slow
 def test_a_refit_on_every_training_photo_keeps_its_last_epoch(small_dataset, tmp_path, capsys):
     """`val_fraction` 0 fits the validation photos too: the last epoch is kept, the card has no
     validation measures, and an ensemble choice refuses such members (nothing left to choose on)."""
@@ -101,6 +104,7 @@ def test_people_balance_shares_each_age_among_sexes_and_the_adults_among_groups(
                                [1 / 2, 1 / 2, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 1])
 
 
+@pytest.mark.slow
 def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path, capsys):
     """Models of several seeds validate on the same photos (none of them fits those), so an
     ensemble of them can be measured and calibrated there."""
@@ -123,6 +127,7 @@ def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path
     assert "not validated on the same photos" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, tmp_path, capsys):
     """The choice scores every ensemble of up to K on the validation photos; its score is what
     the chosen ensemble, built and measured for real, gets there, and no other does better."""
@@ -157,6 +162,7 @@ def test_combine_chooses_the_ensemble_best_on_validation_photos(small_dataset, t
     assert main(["combine", *map(str, paths), "--choose", "0", "--data", str(data), "--out", str(tmp_path / "no" / "model.safetensors")]) == 2
 
 
+@pytest.mark.slow
 def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_dataset, tmp_path):
     """A shipped ensemble can compete with new networks: it is chosen or left as a whole, its
     networks count against K, and the new card lists one entry per network."""
@@ -189,7 +195,7 @@ def test_an_earlier_ensemble_is_a_candidate_that_counts_its_networks(small_datas
 def test_training_can_start_from_one_network_of_an_ensemble():
     """The shipped default's networks have no checkpoints of their own: `init_member` picks one
     out of the ensemble to fine-tune further."""
-    from minorage.model.checkpoint import packaged_model_path
+    from minorage.model.card import packaged_model_path
     from minorage.paper.training import initial_network
 
     default = packaged_model_path()
@@ -203,6 +209,7 @@ def test_training_can_start_from_one_network_of_an_ensemble():
         initial_network(TrainConfig(init=str(default), init_member=beyond, V=ensemble.cfg.V))
 
 
+@pytest.mark.slow
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):
     """Both twins of a photo get the same blended target: the label and the teacher's estimate
     on the open-eyed face, never on the barred one."""
@@ -254,6 +261,7 @@ def test_seized_looks_and_varied_occluders_keep_shape_and_range_and_change_faces
     assert torch.equal(black, augment(batch, TrainConfig(occluders=1.0), torch.Generator().manual_seed(2)))
 
 
+@pytest.mark.slow
 def test_evaluate_command(small_dataset, tmp_path, capsys):
     _, data, _, _ = small_dataset
     code = main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json", "--bootstrap", "50"])
@@ -274,6 +282,7 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
     assert all(wide[v]["flagged_by_age"][a] >= results[v]["flagged_by_age"][a] for v in wide for a in wide[v]["flagged_by_age"])
 
 
+@pytest.mark.slow
 def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path):
     """Adults trained at a target past 25 (V = 31) push them away from the minor flag; the model
     still reports ages on [0, 25], "25" meaning 25 or older."""
@@ -289,6 +298,7 @@ def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path
     assert ages.max() <= 25
 
 
+@pytest.mark.slow
 def test_per_age_cap_keeps_twins_and_is_order_free(small_dataset):
     _, data, _, _ = small_dataset
     faces = load_faces(data, "train", "org+ocl")
@@ -310,6 +320,7 @@ def test_boundary_loss_only_counts_faces_near_or_across_the_flag():
     assert pred.grad.tolist() == pytest.approx([0, 0.25, -0.25, 0])  # descent: the 16-year-old down, the 19-year-old up
 
 
+@pytest.mark.slow
 def test_mirror_consistency_adds_the_gap_between_a_face_and_its_mirror_image(small_dataset):
     """A real face and its mirror image get different estimates: with `mirror_consistency` the
     loss averages both views' errors and adds the weighted gap; a mirror-symmetric face has none."""
