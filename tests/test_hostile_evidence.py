@@ -260,7 +260,7 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
     case = tmp_path / "case"
     assert main(["scan", str(ev), "--out", str(case), "--workers", "1"]) == 0
     capsys.readouterr()
-    for option, value, said in (("--detector", "stock", "--detector union (this run: stock)"),
+    for option, value, said in (("--detector", "stock", "--detector union+yunet (this run: stock)"),
                                 ("--min-face-size", "150", "--min-face-size 32 (this run: 150)"),
                                 ("--max-pixels", "1000000", "--max-pixels 100000000 (this run: 1000000)"),
                                 ("--max-bytes", "1000000", "(this run: 1000000)"),

@@ -182,7 +182,6 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "17.5"]) == 0
 
 
-@pytest.mark.slow
 def test_report_formats(evidence, tmp_path):
     import csv
     import json
@@ -195,6 +194,7 @@ def test_report_formats(evidence, tmp_path):
     rows = list(csv.DictReader(io.StringIO((case / "report.csv").read_text())))
     ages = [float(r["age"]) for r in rows]
     assert len(rows) == 3 and ages == sorted(ages) and all(r["sha256"] for r in rows)
+    assert all(r["group"] and r["minor"] in ("0", "1") for r in rows)  # named as `predict` names them
     data = json.loads((case / "report.json").read_text())
     assert len(data["faces"]) == 3 and len(data["files"]) == 3 + 9 + 3 and data["case"]["model_sha256"]  # + 3 folders
     page = (case / "report.html").read_text()

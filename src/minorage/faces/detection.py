@@ -326,6 +326,7 @@ class FaceDetector:
             boxes = self.refine(rgb, proposals, rnet)
             faces += self.output(rgb, boxes, onet) if len(boxes) else []
         found = self.yunet.propose(image) if self.yunet else np.zeros((0, 15))
+        found = found[np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) >= self.cfg.min_face_size]
         for _, onet in self.pairs if len(found) else []:
             faces += self.output(rgb, squared(found[:, :4]), onet)
         return merged(faces) if len(self.pairs) > 1 else faces

@@ -289,10 +289,11 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     workers = cfg.workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
-    estimator.runtime.bulk()  # traced here, before the workers take the cores, not inside the first batch
     pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framing, cfg), examine, cfg.in_flight, cfg.file_timeout)
     outcome = "interrupted"
     try:
+        pool.start()
+        estimator.runtime.bulk()  # traced while the workers start up, not inside the first batch
         for batch in _batches(_results(pool.imap(todo())), cfg.age_batch):
             _estimate_and_store(db, batch, estimator, summary, run_id)
             bar.update(len(batch))
@@ -301,6 +302,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
         outcome = f"failed: {exc}"
         raise
     finally:
+        pool.close()
         torch.set_num_threads(threads)
         bar.close()
         summary.atime_kept &= record.atime_kept

@@ -86,10 +86,16 @@ class Supervisor:
         theirs.close()
         return _Worker(process, mine)
 
+    def start(self) -> None:
+        """Start the workers now (they take seconds to import and load their models), so the
+        caller can prepare its own part meanwhile; `imap` starts them if this was not called."""
+        if not self.workers:
+            self.workers = [self._start() for _ in range(self.size)]
+
     def imap(self, items: Iterable) -> Iterator[tuple[Any, Any]]:
         source, again = iter(items), deque()  # again: (item, attempts) to hand out first
         exhausted = False
-        self.workers = [self._start() for _ in range(self.size)]
+        self.start()
         try:
             while True:
                 for worker in self.workers:
