@@ -102,9 +102,11 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
     assert _fingerprints(root) == before  # evidence untouched
     errors = dict(db.execute("SELECT path, error FROM files WHERE status NOT IN ('ok', 'folder')"))
     assert all(errors.values()) and "pixels is above the limit" in errors[str(root / "bad/bomb.png")]
-    sha, md5, size = db.execute("SELECT sha256, md5, size FROM files WHERE path = ?", (str(root / "faces/a.jpg"),)).fetchone()
+    sha, sha1, md5, size = db.execute("SELECT sha256, sha1, md5, size FROM files WHERE path = ?", (str(root / "faces/a.jpg"),)).fetchone()
     data = (root / "faces/a.jpg").read_bytes()
     assert (sha, md5, size) == (hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), len(data))
+    for tool, value in (("sha1sum", sha1), ("md5sum", md5), ("sha256sum", sha)):  # as the tools other suites use
+        assert subprocess.run([tool, str(root / "faces/a.jpg")], capture_output=True, text=True).stdout.split()[0] == value
 
     faces = {str(Path(p).relative_to(root)): rows for p, rows in
              db.execute("SELECT path, COUNT(*) FROM faces JOIN files ON files.id = file_id GROUP BY path")}

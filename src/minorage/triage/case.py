@@ -26,7 +26,7 @@ from pathlib import Path
 from minorage.evidence.paths import display_path, inside
 
 CASE_FILE = "case.sqlite"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: files.sha1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS case_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS files (
     path_bytes BLOB NOT NULL UNIQUE,  -- the exact path
     size INTEGER,
     sha256 TEXT,
+    sha1 TEXT,
     md5 TEXT,
     media TEXT NOT NULL,          -- image | video | other | folder | link
     status TEXT NOT NULL,         -- see minorage.triage.scan.STATUSES
@@ -226,9 +227,9 @@ def insert_file(db: sqlite3.Connection, row: dict, faces: list[tuple], run_id: i
     (named twice by overlapping sources: kept once)."""
     with writing(db, f"the file {display_path(row['path'])}"):
         cursor = db.execute(
-            "INSERT OR IGNORE INTO files (path, path_bytes, size, sha256, md5, media, status, error, link_target, frames, faces, "
-            "scanned_at, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (display_path(row["path"]), os.fsencode(row["path"]), row.get("size"), row.get("sha256"), row.get("md5"), row["media"],
+            "INSERT OR IGNORE INTO files (path, path_bytes, size, sha256, sha1, md5, media, status, error, link_target, frames, faces, "
+            "scanned_at, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (display_path(row["path"]), os.fsencode(row["path"]), row.get("size"), row.get("sha256"), row.get("sha1"), row.get("md5"), row["media"],
              row["status"], row.get("error"), row.get("link_target"), row.get("frames"), len(faces), now(), run_id),
         )
         if cursor.rowcount == 0:

@@ -21,9 +21,9 @@ from minorage.triage.case import case_info, connect_read_only
 from minorage.triage.output import spreadsheet_safe
 
 FORMATS = ("html", "csv", "json")
-FACE_COLUMNS = ("path", "sha256", "md5", "media", "frame_time", "face", "age", "group", "minor", "eyes_occluded", "score",
+FACE_COLUMNS = ("path", "sha256", "sha1", "md5", "media", "frame_time", "face", "age", "group", "minor", "eyes_occluded", "score",
                 "x1", "y1", "x2", "y2", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y")
-FILE_COLUMNS = ("path", "size", "sha256", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
+FILE_COLUMNS = ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
 
 
 def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = False) -> list[dict]:
@@ -37,7 +37,7 @@ def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = F
 
 def _select(column: str) -> str:
     """A face export column as the case stores it (the group under the name `predict` gives it)."""
-    if column in ("path", "sha256", "md5", "media"):
+    if column in ("path", "sha256", "sha1", "md5", "media"):
         return f"files.{column}"
     return 'faces.age_group AS "group"' if column == "group" else f"faces.{column}"
 

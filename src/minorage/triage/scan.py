@@ -1,7 +1,7 @@
 """Bulk triage of a seized collection: `minorage scan`.
 
 Every file, folder and link under the sources gets one row in the case (`minorage.case`): its
-size, SHA-256, MD5, media type and status; every face found in it (in a video, in the frames
+size, SHA-256, SHA-1, MD5, media type and status; every face found in it (in a video, in the frames
 sampled every few seconds) one row more: frame time, box, eye points, detection score, age,
 group, minor flag, whether its eyes are barred, and a small thumbnail for the review report.
 
@@ -107,6 +107,7 @@ class FileResult:
     status: str
     size: int | None = None
     sha256: str | None = None
+    sha1: str | None = None
     md5: str | None = None
     error: str | None = None
     link_target: str | None = None
@@ -130,23 +131,24 @@ def _init_worker(detector_cfg: DetectorConfig, framing: Framing, cfg: ScanConfig
     _worker.update(detector=FaceDetector(detector_cfg), framing=framing, cfg=cfg)
 
 
-def _read(opened: Opened, path: str, max_bytes: int) -> tuple[int, str, str, str, bytes | None]:
-    """(size, SHA-256, MD5, media, the bytes if an image within `max_bytes`) in one pass: the
-    whole file goes through the hashes, 1 MiB at a time; only an image's bytes are kept."""
-    sha, md5, size, media = hashlib.sha256(), hashlib.md5(), 0, "other"
+def _read(opened: Opened, path: str, max_bytes: int) -> tuple[int, dict[str, str], str, bytes | None]:
+    """(size, the SHA-256, SHA-1 and MD5, media, the bytes if an image within `max_bytes`) in one
+    pass: the whole file goes through the hashes, 1 MiB at a time; only an image's bytes are kept.
+    Why three hashes: hash sets in use (Project VIC, CAID, NSRL) key files by MD5 and SHA-1."""
+    hashes, size, media = {"sha256": hashlib.sha256(), "sha1": hashlib.sha1(), "md5": hashlib.md5()}, 0, "other"
     kept: list[bytes] | None = [] if opened.info.st_size <= max_bytes else None
     for chunk in iter(lambda: opened.file.read(1 << 20), b""):
         if not size:
             media = media_of(path, chunk[:16])
         if media == "image" and kept is not None:
             kept = kept + [chunk] if size + len(chunk) <= max_bytes else None
-        sha.update(chunk)
-        md5.update(chunk)
+        for digest in hashes.values():
+            digest.update(chunk)
         size += len(chunk)
     if not size:
         media = media_of(path, b"")
     data = b"".join(kept) if media == "image" and kept is not None else None
-    return size, sha.hexdigest(), md5.hexdigest(), media, data
+    return size, {name: digest.hexdigest() for name, digest in hashes.items()}, media, data
 
 
 def examine(path: str) -> FileResult:
@@ -158,7 +160,8 @@ def examine(path: str) -> FileResult:
         with open_evidence(path) as opened:
             result.atime_kept = opened.atime_kept
             started = time.perf_counter()
-            result.size, result.sha256, result.md5, result.media, data = _read(opened, path, cfg.max_bytes)
+            result.size, hashes, result.media, data = _read(opened, path, cfg.max_bytes)
+            result.sha256, result.sha1, result.md5 = hashes["sha256"], hashes["sha1"], hashes["md5"]
             result.seconds["read"] = time.perf_counter() - started
             if result.media == "image":
                 if data is None and result.size:
@@ -358,7 +361,7 @@ def _store(db, result: FileResult, ages: np.ndarray, minor_below: float, run_id:
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
                       round(float(age), 2), *_verdict_columns(age, minor_below), int(found.eyes_occluded), found.thumbnail))
-    row = {k: getattr(result, k) for k in ("path", "size", "sha256", "md5", "media", "status", "error", "link_target", "frames")}
+    row = {k: getattr(result, k) for k in ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames")}
     return insert_file(db, row, faces, run_id)
 
 
