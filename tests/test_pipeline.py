@@ -7,7 +7,7 @@ import numpy as np
 
 from minorage import AgeEstimator
 from minorage.faces.detection import FaceDetector
-from minorage.triage.pipeline import ages_by_item, find_faces, frame_crop, verdict
+from minorage.triage.pipeline import Reading, ages_by_item, find_faces, frame_crop
 
 
 def test_one_pass_for_several_files_gives_each_file_its_own_ages(some_faces):
@@ -33,7 +33,28 @@ def test_a_crop_is_framed_on_its_face_or_taken_whole(some_faces):
     assert how == "whole_image" and blank.face is None and blank.crop.shape == (64, 64, 3)
 
 
-def test_the_verdict_is_the_group_and_the_flag():
-    assert verdict(12.0, 17.5) == {"group": "11-15", "minor": True}
-    assert verdict(17.6, 17.5) == {"group": "18-25", "minor": False}
-    assert verdict(17.6, 18.5) == {"group": "18-25", "minor": True}
+def test_the_verdict_is_the_group_and_the_flag_and_the_ceiling_an_adult():
+    """An estimate's group and flag; at the top of a model that reports [0, 25] ("25 or older") the
+    face is an adult, shown as 25+, never in the 18-25 group; a model with a wider range is read
+    as it is."""
+    capped = Reading(17.5, 25.0)
+    assert capped.verdict(12.0) == {"group": "11-15", "minor": True}
+    assert capped.verdict(17.6) == {"group": "18-25", "minor": False}
+    assert Reading(18.5, 25.0).verdict(17.6) == {"group": "18-25", "minor": True}
+    assert capped.verdict(25.0) == {"group": "26+", "minor": False} and capped.shown(25.0) == "25+"
+    assert capped.verdict(24.9) == {"group": "18-25", "minor": False} and capped.shown(24.9) == "24.9"
+    wide = Reading.of(AgeEstimator.from_pretrained("imdb"))
+    assert wide.ceiling is None and wide.verdict(25.0)["group"] == "18-25" and wide.shown(40.0) == "40.0"
+    assert Reading.of(AgeEstimator.from_pretrained()).ceiling == 25.0
+
+
+def test_adults_are_shown_as_adults(capsys, utkface_files):
+    """Real photos of people aged 50 and over through the shipped model: every estimate at its
+    ceiling (most of them) is in the 26+ group, and none is called 18-25 at 25."""
+    from minorage.cli import main
+
+    old = [str(f) for f in utkface_files if int(f.name.split("_")[0]) >= 50][::200][:8]
+    assert main(["predict", "--crops", "--format", "json", *old]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    at_top = [r for r in rows if r["age"] >= 25.0]
+    assert len(at_top) >= 4 and all(r["group"] == "26+" and not r["minor"] for r in at_top)

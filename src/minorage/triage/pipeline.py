@@ -2,7 +2,7 @@
 
 An image's faces are found and each framed as the model expects (`find_faces`); the faces of
 several files are aged in one network pass and the ages handed back file by file
-(`ages_by_item`); each age becomes the reported group and flag (`verdict`). `predict` runs the
+(`ages_by_item`); each age becomes the reported group and flag (`Reading.verdict`). `predict` runs the
 whole path in one process; `scan` finds faces in its worker processes and ages them in the main
 one, so that its batches stay large.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, main_face
 from minorage.faces.framing import crop_box, frame_face
-from minorage.groups import age_group, is_minor
+from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor
 from minorage.model.estimator import AgeEstimator
 
 
@@ -50,6 +50,25 @@ def ages_by_item(crops: list[list[np.ndarray]], estimator: AgeEstimator) -> list
     return [ages[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
-def verdict(age: float, minor_below: float) -> dict:
-    """What every output says of one face's age: its group and the "probably a minor" flag."""
-    return {"group": age_group(age), "minor": is_minor(age, minor_below)}
+@dataclass(frozen=True)
+class Reading:
+    """How an age estimate is read out: below `minor_below` it is flagged; at `ceiling`, the top of
+    a model that reports [0, 25] with 25 meaning "25 or older", it is an adult ("26+"), never
+    put in the 18-25 group it cannot tell from."""
+
+    minor_below: float
+    ceiling: float | None = None
+
+    @classmethod
+    def of(cls, estimator: AgeEstimator) -> "Reading":
+        top = estimator.age_range[1]
+        return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None)
+
+    def shown(self, age: float) -> str:
+        """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
+        return f"{self.ceiling:.0f}+" if self.ceiling is not None and age >= self.ceiling else f"{age:.1f}"
+
+    def verdict(self, age: float) -> dict:
+        """What every output says of one face's age: its group and the "probably a minor" flag."""
+        adult = self.ceiling is not None and age >= self.ceiling
+        return {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, self.minor_below)}

@@ -38,7 +38,7 @@ from minorage.evidence.sources import Entry, named_or_suffixed, real_sources, wa
 from minorage.faces.detection import Face, FaceDetector
 from minorage.groups import is_minor
 from minorage.model.estimator import AgeEstimator
-from minorage.triage.pipeline import ages_by_item, find_faces, frame_crop, verdict
+from minorage.triage.pipeline import Reading, ages_by_item, find_faces, frame_crop
 
 CROP_COLUMNS = ("path", "age", "group", "minor", "framing", "box", "status", "error")
 FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error", "annotated")
@@ -74,8 +74,8 @@ class _Image:
     annotated: str | None = None
 
 
-def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, age: float, minor_below: float) -> dict:
-    row = {"path": display_path(item.path), "age": float(age), **verdict(age, minor_below), "status": "ok"}
+def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, age: float, reading: Reading) -> dict:
+    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age), "status": "ok"}
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
@@ -90,26 +90,26 @@ def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: fl
     return row
 
 
-def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, minor_below: float) -> list[dict]:
+def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, reading: Reading) -> list[dict]:
     if item.error is not None:
         return [{"path": display_path(item.path), "status": item.error.status, "error": str(item.error)}]
     if not item.faces:
         return [{"path": display_path(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item, None if crops_mode else i, face, frame_time, next(ages), minor_below)
+        _face_row(item, None if crops_mode else i, face, frame_time, next(ages), reading)
         for i, (face, frame_time) in enumerate(zip(item.faces, item.frame_times))
     ]
 
 
-def annotate(image: np.ndarray, faces: list[Face], ages: list[float], minor_below: float) -> np.ndarray:
+def annotate(image: np.ndarray, faces: list[Face], ages: list[float], reading: Reading) -> np.ndarray:
     """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 400))
     for face, age in zip(faces, ages):
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        colour = (0, 0, 255) if is_minor(age, minor_below) else (0, 200, 0)
+        colour = (0, 0, 255) if is_minor(age, reading.minor_below) else (0, 200, 0)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        label = f"{age:.1f}"
+        label = reading.shown(age)
         scale = max(0.4, face.width / 160)
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(y1, th + 4)
@@ -176,11 +176,11 @@ class Predictor:
         for item, mine in zip(batch, ages_by_item([item.crops for item in batch], self.estimator)):
             if item.image is not None and item.faces:
                 self.write_annotation(item, [float(a) for a in mine])
-            yield from _rows(item, iter(mine), self.options.crops, self.estimator.minor_below)
+            yield from _rows(item, iter(mine), self.options.crops, Reading.of(self.estimator))
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
         """A copy with boxes and ages under the file's relative path; never over an existing file."""
-        drawn = annotate(item.image, item.faces, ages, self.estimator.minor_below)
+        drawn = annotate(item.image, item.faces, ages, Reading.of(self.estimator))
         item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
 
     def wanted(self, entry: Entry, roots: list[str]) -> bool:

@@ -16,7 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
-from minorage.groups import ADULT_GROUP, AGE_GROUPS
+from minorage.groups import ADULT_GROUP, AGE_GROUPS, YOUNG_ADULT_MAX
 from minorage.triage.case import case_info, connect_read_only
 from minorage.triage.output import spreadsheet_safe
 
@@ -138,6 +138,13 @@ def _face_row(r: dict) -> str:
     thumb = base64.b64encode(r["thumbnail"] or b"").decode()
     frame = "" if r["frame_time"] is None else f"{r['frame_time']:.1f}"
     return (f'<tr class="{"minor" if r["minor"] else ""}" data-group="{esc(r["group"])}" data-minor="{r["minor"]}">'
-            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{r["age"]:.1f}</td><td>{esc(r["group"])}</td>'
+            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{_shown(r)}</td><td>{esc(r["group"])}</td>'
             f'<td>{"yes" if r["minor"] else "no"}</td><td>{"yes" if r["eyes_occluded"] else "no"}</td><td>{r["score"]:.2f}</td>'
             f'<td class=path>{esc(r["path"])}<br><span class=meta>SHA-256 {esc((r["sha256"] or "")[:16])}…</span></td><td>{frame}</td></tr>')
+
+
+def _shown(face: dict) -> str:
+    """The age as read: "25+" for an estimate at the top of a model that reports [0, 25] (its
+    group is then the adults'), else to a tenth of a year."""
+    capped = face["group"] == ADULT_GROUP and face["age"] <= YOUNG_ADULT_MAX
+    return f"{YOUNG_ADULT_MAX}+" if capped else f"{face['age']:.1f}"

@@ -57,7 +57,7 @@ from minorage.triage.case import (
     open_case,
     prepare_folder,
 )
-from minorage.triage.pipeline import ages_by_item, find_faces, verdict
+from minorage.triage.pipeline import Reading, ages_by_item, find_faces
 from minorage.triage.workers import Failed, Supervisor
 
 #: Every status a file, folder or link can have in a case, and what it means.
@@ -283,7 +283,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 bar.update()
             elif entry.status is not None:  # the walk's own verdict: nothing to read
                 result = FileResult.of_entry(entry)
-                if _store(db, result, np.zeros(0), estimator.minor_below, run_id):
+                if _store(db, result, np.zeros(0), Reading.of(estimator), run_id):
                     summary.add(result, np.zeros(0), estimator.minor_below)
                 bar.update()
             else:
@@ -348,23 +348,22 @@ def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, su
     for result, mine in zip(batch, ages):
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
-        stored = _store(db, result, mine, estimator.minor_below, run_id)
+        stored = _store(db, result, mine, Reading.of(estimator), run_id)
         result.seconds["store"] = time.perf_counter() - t0
         if stored:
             summary.add(result, mine, estimator.minor_below)
 
 
-def _store(db, result: FileResult, ages: np.ndarray, minor_below: float, run_id: int) -> bool:
+def _store(db, result: FileResult, ages: np.ndarray, reading: Reading, run_id: int) -> bool:
     """One file and all its faces, in one transaction; False if the file was already there."""
     faces = []
     for found, age in zip(result.faces, ages):
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
-                      round(float(age), 2), *_verdict_columns(age, minor_below), int(found.eyes_occluded), found.thumbnail))
+                      round(float(age), 2), *_verdict_columns(reading.verdict(age)), int(found.eyes_occluded), found.thumbnail))
     row = {k: getattr(result, k) for k in ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames")}
     return insert_file(db, row, faces, run_id)
 
 
-def _verdict_columns(age: float, minor_below: float) -> tuple[str, int]:
-    said = verdict(age, minor_below)
+def _verdict_columns(said: dict) -> tuple[str, int]:
     return said["group"], int(said["minor"])
