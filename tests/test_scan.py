@@ -203,6 +203,37 @@ def test_report_formats(evidence, tmp_path):
     assert page.count("data:image/jpeg;base64,") == 3 and "bomb.png" in page and "http" not in page.replace("http-equiv", "")
 
 
+def test_vics_export_names_every_read_medium_by_its_md5_and_sha1(evidence, tmp_path):
+    """`report --format vics`: an OData document of the ProjectVic data model with one Media per
+    image or video the scan read (a copy found twice is one Media with two files), its MD5 and
+    SHA-1 those of md5sum and sha1sum, every place it was found, the faces in its comments, a
+    tag for a probable minor exactly where the case flagged one, and no content category."""
+    import json
+
+    root, _ = evidence
+    copy = tmp_path / "more"
+    copy.mkdir()
+    shutil.copy(root / "faces/a.jpg", copy / "same_as_a.jpg")
+    case = tmp_path / "case"
+    assert main(["scan", str(root / "faces"), str(root / "bad"), str(copy), "--out", str(case), "--workers", "2"]) == 0
+    assert main(["report", str(case), "--format", "vics"]) == 0
+    feed = json.loads((case / "report.vics.json").read_text())
+    assert "ProjectVic" in feed["@odata.context"] and feed["@odata.context"].endswith("#Media")
+    db = _db(case)
+    read = db.execute("SELECT path FROM files WHERE media IN ('image', 'video') AND status IN ('ok', 'no_face')").fetchall()
+    files = [str(Path(f["FilePath"]) / f["FileName"]) for m in feed["value"] for f in m["MediaFiles"]]
+    assert sorted(files) == sorted(p for (p,) in read) and len(feed["value"]) == len(read) - 1  # a.jpg and its copy: one Media
+    flagged = {p for (p,) in db.execute("SELECT DISTINCT path FROM files JOIN faces ON files.id = file_id WHERE minor = 1")}
+    for media in feed["value"]:
+        where = [str(Path(f["FilePath"]) / f["FileName"]) for f in media["MediaFiles"]]
+        for tool, key in (("md5sum", "MD5"), ("sha1sum", "SHA1")):
+            assert subprocess.run([tool, where[0]], capture_output=True, text=True).stdout.split()[0].upper() == media[key]
+        assert media["Category"] is None and media["MediaSize"] == os.path.getsize(where[0])
+        assert ("minorage: probable minor" in media["Tags"]) == any(w in flagged for w in where)
+        assert media["Comments"].startswith("minorage ") and ("age " in media["Comments"] or "no face" in media["Comments"])
+    assert len(next(m for m in feed["value"] if len(m["MediaFiles"]) == 2)["MediaFiles"]) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is installed by scripts/setup.sh where apt is available")
 def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):

@@ -15,6 +15,7 @@ from minorage.config import MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, Dete
 from minorage.evidence.paths import printable
 from minorage.triage.case import CaseError
 from minorage.triage.output import FORMATS, output_stream, write_rows
+from minorage.triage.report import FORMATS as REPORT_FORMATS
 
 if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
     from minorage.model.estimator import AgeEstimator
@@ -263,7 +264,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from minorage.triage.report import write_report
 
-    target = args.output or str(Path(args.case) / f"report.{args.format}")
+    target = args.output or str(Path(args.case) / f"report.{'vics.json' if args.format == 'vics' else args.format}")
     with output_stream(target) as stream:
         n = write_report(Path(args.case), args.format, stream, args.max_faces)
     print(f"minorage report: {n} faces -> {printable(target) if target != '-' else 'stdout'}", file=sys.stderr)
@@ -445,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="review report of a scanned case: HTML page, CSV or JSON")
     p.add_argument("case", help="a case folder written by `minorage scan`")
-    p.add_argument("--format", choices=("html", "csv", "json"), default="html", help="(default: %(default)s)")
+    p.add_argument("--format", choices=REPORT_FORMATS, default="html",
+                   help="html (a page to look at), csv (one row per face), json (the whole case), vics (Project VIC's VICS 2.0 JSON, "
+                        "one Media per file with its MD5 and SHA-1, for forensic suites and hash sets) (default: %(default)s)")
     p.add_argument("-o", "--output", help="file to write, - for stdout (default: CASE/report.FORMAT)")
     p.add_argument("--max-faces", type=int, help="at most this many faces, youngest first (default: all)")
     p.set_defaults(func=cmd_report)

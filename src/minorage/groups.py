@@ -45,3 +45,9 @@ def group_index(ages: np.ndarray) -> np.ndarray:
     years = np.maximum(0, np.rint(np.asarray(ages, float))).astype(int)
     edges = np.array([high for _, _, high in AGE_GROUPS])
     return np.searchsorted(edges, years, side="left")
+
+
+def shown_age(age: float, group: str) -> str:
+    """An age as a person reads it: "25+" for an estimate at the top of a model that reports
+    [0, 25] ("25 or older", grouped with the adults), else to a tenth of a year."""
+    return f"{YOUNG_ADULT_MAX}+" if group == ADULT_GROUP and age <= YOUNG_ADULT_MAX else f"{age:.1f}"

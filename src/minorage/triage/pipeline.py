@@ -16,7 +16,7 @@ import numpy as np
 from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, main_face
 from minorage.faces.framing import crop_box, frame_face
-from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor
+from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
 from minorage.model.estimator import AgeEstimator
 
 
@@ -66,7 +66,7 @@ class Reading:
 
     def shown(self, age: float) -> str:
         """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
-        return f"{self.ceiling:.0f}+" if self.ceiling is not None and age >= self.ceiling else f"{age:.1f}"
+        return shown_age(age, self.verdict(age)["group"])
 
     def verdict(self, age: float) -> dict:
         """What every output says of one face's age: its group and the "probably a minor" flag."""

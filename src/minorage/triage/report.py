@@ -16,11 +16,12 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
-from minorage.groups import ADULT_GROUP, AGE_GROUPS, YOUNG_ADULT_MAX
+from minorage.groups import ADULT_GROUP, AGE_GROUPS, shown_age
+from minorage.triage import vics
 from minorage.triage.case import case_info, connect_read_only
 from minorage.triage.output import spreadsheet_safe
 
-FORMATS = ("html", "csv", "json")
+FORMATS = ("html", "csv", "json", "vics")
 FACE_COLUMNS = ("path", "sha256", "sha1", "md5", "media", "frame_time", "face", "age", "group", "minor", "eyes_occluded", "score",
                 "x1", "y1", "x2", "y2", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y")
 FILE_COLUMNS = ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
@@ -68,6 +69,11 @@ def write_report(case_dir: Path, fmt: str, stream: TextIO, max_faces: int | None
             writer = csv.DictWriter(stream, FACE_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+        elif fmt == "vics":
+            feed, n = vics.document(db)
+            json.dump(feed, stream, indent=1)
+            stream.write("\n")
+            return n
         elif fmt == "json":
             rows = faces(db, max_faces)
             json.dump({"case": case_info(db), "counts": counts(db), "faces": rows, "files": files(db)}, stream, indent=1)
@@ -138,13 +144,6 @@ def _face_row(r: dict) -> str:
     thumb = base64.b64encode(r["thumbnail"] or b"").decode()
     frame = "" if r["frame_time"] is None else f"{r['frame_time']:.1f}"
     return (f'<tr class="{"minor" if r["minor"] else ""}" data-group="{esc(r["group"])}" data-minor="{r["minor"]}">'
-            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{_shown(r)}</td><td>{esc(r["group"])}</td>'
+            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{shown_age(r["age"], r["group"])}</td><td>{esc(r["group"])}</td>'
             f'<td>{"yes" if r["minor"] else "no"}</td><td>{"yes" if r["eyes_occluded"] else "no"}</td><td>{r["score"]:.2f}</td>'
             f'<td class=path>{esc(r["path"])}<br><span class=meta>SHA-256 {esc((r["sha256"] or "")[:16])}…</span></td><td>{frame}</td></tr>')
-
-
-def _shown(face: dict) -> str:
-    """The age as read: "25+" for an estimate at the top of a model that reports [0, 25] (its
-    group is then the adults'), else to a tenth of a year."""
-    capped = face["group"] == ADULT_GROUP and face["age"] <= YOUNG_ADULT_MAX
-    return f"{YOUNG_ADULT_MAX}+" if capped else f"{face['age']:.1f}"
