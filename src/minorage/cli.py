@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minorage.paper.training import train
 
     options = json.loads(Path(args.config).read_text()) if args.config else {}
-    for key in ("variant", "init", "epochs", "seed"):
+    for key in ("variant", "init", "init_member", "epochs", "seed"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -213,7 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
     estimator = _estimator(args)
-    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap)
+    left_out = Path(args.exclude).read_text().split() if args.exclude else ()
+    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out)
     print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
     return 0
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = TrainConfig()
     p.add_argument("--variant", choices=("org", "ocl", "org+ocl"), help=f"faces to train on (default: the config file's, else {t.variant})")
     p.add_argument("--init", help=f"{', '.join(PRETRAINED_NAMES)}, scratch or a checkpoint (default: the config file's, else {t.init})")
+    p.add_argument("--init-member", type=int, help=f"with --init an ensemble: which of its networks to start from (default: the config file's, else {t.init_member})")
     p.add_argument("--epochs", type=int, help=f"(default: the config file's, else {t.epochs})")
     p.add_argument("--seed", type=int, help=f"(default: the config file's, else {t.seed})")
     p.add_argument("--config", help="JSON file of training options (minorage.config.TrainConfig); flags override it")
@@ -409,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("md", "json"), default="md", help="(default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="test sets drawn again N times for the 95%% intervals of the headline measures; 0: none (default: %(default)s)")
+    p.add_argument("--exclude", metavar="FILE", help="photos to leave out of the test split, one per line, by file name or photo id "
+                   "(the manifest's `id`): those a model was trained on elsewhere")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("combine", help="average several trained models into one (e.g. the Org and Ocl models)")

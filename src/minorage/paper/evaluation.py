@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +19,25 @@ FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demograp
 
 
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
-                   per_age: int = 0, resamples: int = 0) -> dict[str, dict]:
+                   per_age: int = 0, resamples: int = 0, exclude: Iterable[str] = ()) -> dict[str, dict]:
     """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
     given `resamples`, the bootstrap intervals of the headline measures)."""
-    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below, resamples)
+    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below, resamples, exclude)
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
                        split: str = "test", per_age: int = 0, minor_below: float = groups.MINOR_BELOW,
-                       resamples: int = 0) -> dict[str, dict]:
+                       resamples: int = 0, exclude: Iterable[str] = ()) -> dict[str, dict]:
     """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
-    each age when set: the paper's test sets grow with the training size)."""
+    each age when set: the paper's test sets grow with the training size), leaving out the
+    photos `exclude` names (ids or file names): those a model saw in another data set."""
     results = {}
     people = photo_demographics(data_dir)
+    left_out = photo_ids(data_dir, exclude)
     for variant in variants:
         faces = load_faces(data_dir, split, variant)
+        if left_out:
+            faces = faces.subset(~np.isin(faces.ids, list(left_out)))
         if per_age:
             faces = faces.cap_per_age(per_age)
         ages = predict(faces.faces)
@@ -43,6 +48,20 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Pa
             groups = np.array([people.get(i, (UNKNOWN, UNKNOWN))[index] for i in faces.ids.tolist()])
             results[variant][key] = metrics.by_group(faces.ages, ages, groups, minor_below, resamples)
     return results
+
+
+def photo_ids(data_dir: Path, names: Iterable[str]) -> set[str]:
+    """The data set's photo ids for a list of ids or source file names (unknown ones refused)."""
+    wanted = set(names)
+    if not wanted:
+        return set()
+    rows = list(csv.DictReader((Path(data_dir) / "manifest.csv").open()))
+    found = {r["id"] for r in rows if r["id"] in wanted or Path(r["source_path"]).name in wanted}
+    known = {r["id"] for r in rows} | {Path(r["source_path"]).name for r in rows}
+    unknown = wanted - known
+    if unknown:
+        raise ValueError(f"{len(unknown)} photos to leave out are not in {data_dir}'s manifest, e.g. {sorted(unknown)[0]}")
+    return found
 
 
 def as_markdown(results: dict[str, dict], title: str = "") -> str:
