@@ -366,3 +366,9 @@ def test_a_tiny_build_writes_a_store_that_reads_back_and_evaluates(tmp_path, utk
     results = evaluate_predictor(lambda faces: np.full(len(faces), 10.0, np.float32), out)
     assert set(results) == {"org", "ocl"} and results["org"]["n"] == len(org)
     assert {"female", "male"} >= set(results["org"]["by_sex"]) and results["org"]["minor_below"] == 17.5
+    manifest = list(csv.DictReader((out / "manifest.csv").open()))
+    tested = sorted({Path(r["source_path"]).name for r in manifest if r["split"] == "test"})
+    fewer = evaluate_predictor(lambda faces: np.full(len(faces), 10.0, np.float32), out, exclude=tested[:2])
+    assert fewer["org"]["n"] == results["org"]["n"] - 2 and fewer["ocl"]["n"] == results["ocl"]["n"] - 2
+    with pytest.raises(ValueError, match="not in"):
+        evaluate_predictor(lambda faces: faces[:, 0, 0, 0].astype(np.float32), out, exclude=["no_such_photo.jpg"])
