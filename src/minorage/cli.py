@@ -209,11 +209,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minorage.paper.evaluation import as_markdown, evaluate_model
+    from minorage.paper.evaluation import as_markdown, evaluate_model, photo_ids
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
     estimator = _estimator(args)
-    left_out = Path(args.exclude).read_text().split() if args.exclude else ()
+    left_out = Path(args.exclude).read_text().split() if args.exclude else []
+    if left_out:
+        found, absent = photo_ids(Path(args.data), left_out)
+        print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
+              f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
     results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out)
     print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
     return 0
