@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,12 +148,5 @@ def describe_checkpoint(name_or_path: str | Path) -> dict:
     path = weights_file(resolve_model(name_or_path))
     card = read_card(path)
     with safe_open(str(path), framework="numpy") as f:
-        parameters = sum(int(_size(f.get_slice(k).get_shape())) for k in f.keys() if not k.endswith(_BUFFERS))
+        parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(_BUFFERS))
     return describe(card, str(path), parameters, age_range(card))
-
-
-def _size(shape: list[int]) -> int:
-    size = 1
-    for n in shape:
-        size *= n
-    return size
