@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, weights_file
+from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, read_card, weights_file
 from minorage.model.network import AveragedSSRNet, SSRNet
 
 
@@ -30,7 +30,7 @@ def load_checkpoint(path: Path) -> tuple[SSRNet | AveragedSSRNet, ModelCard]:
     from safetensors.torch import load_file
 
     path = weights_file(path)
-    card = ModelCard.from_dict(json.loads(card_path(path).read_text()))
+    card = read_card(path)
     members = [SSRNet(card.architecture) for _ in range(card.members)]
     net = AveragedSSRNet(members, card.mirror) if card.members > 1 or card.mirror else members[0]
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)

@@ -133,6 +133,7 @@ class Predictor:
 
     def __init__(self, estimator: AgeEstimator, detector: FaceDetector, options: PredictOptions):
         self.estimator, self.detector, self.options = estimator, detector, options
+        self.reading = Reading.of(estimator)  # how every age is read out: group, flag, "25+"
         self.suffixes = IMAGE_SUFFIXES if options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
     def load(self, path: str, relative: str) -> _Image:
@@ -176,11 +177,11 @@ class Predictor:
         for item, mine in zip(batch, ages_by_item([item.crops for item in batch], self.estimator)):
             if item.image is not None and item.faces:
                 self.write_annotation(item, [float(a) for a in mine])
-            yield from _rows(item, iter(mine), self.options.crops, Reading.of(self.estimator))
+            yield from _rows(item, iter(mine), self.options.crops, self.reading)
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
         """A copy with boxes and ages under the file's relative path; never over an existing file."""
-        drawn = annotate(item.image, item.faces, ages, Reading.of(self.estimator))
+        drawn = annotate(item.image, item.faces, ages, self.reading)
         item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
 
     def wanted(self, entry: Entry, roots: list[str]) -> bool:

@@ -273,7 +273,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     db = open_case(prepare_folder(case_dir, roots))
     run_id = begin_run(db, scan_settings(estimator, detector_cfg, cfg), roots, __version__)
     total = sum(1 for _ in walk(roots, cfg.follow_links))  # a first, cheap pass: the progress bar's length
-    summary, record = ScanSummary(files=total), Walk()
+    summary, record, reading = ScanSummary(files=total), Walk(), Reading.of(estimator)
     bar = tqdm(total=total, desc="scan", unit="entry", disable=not progress, smoothing=0.1)
 
     def todo() -> Iterator[str]:
@@ -283,7 +283,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 bar.update()
             elif entry.status is not None:  # the walk's own verdict: nothing to read
                 result = FileResult.of_entry(entry)
-                if _store(db, result, np.zeros(0), Reading.of(estimator), run_id):
+                if _store(db, result, np.zeros(0), reading, run_id):
                     summary.add(result, np.zeros(0), estimator.minor_below)
                 bar.update()
             else:
@@ -298,7 +298,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
         pool.start()
         estimator.runtime.bulk()  # traced while the workers start up, not inside the first batch
         for batch in _batches(_results(pool.imap(todo())), cfg.age_batch):
-            _estimate_and_store(db, batch, estimator, summary, run_id)
+            _estimate_and_store(db, batch, estimator, reading, summary, run_id)
             bar.update(len(batch))
         outcome = "finished"
     except Exception as exc:
@@ -340,7 +340,7 @@ def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) ->
         yield batch
 
 
-def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, summary: ScanSummary, run_id: int) -> None:
+def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, reading: Reading, summary: ScanSummary, run_id: int) -> None:
     """Ages for a batch of files' faces in one pass, then each file committed on its own."""
     started = time.perf_counter()
     ages = ages_by_item([[f.crop for f in r.faces] for r in batch], estimator)
@@ -348,7 +348,7 @@ def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, su
     for result, mine in zip(batch, ages):
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
-        stored = _store(db, result, mine, Reading.of(estimator), run_id)
+        stored = _store(db, result, mine, reading, run_id)
         result.seconds["store"] = time.perf_counter() - t0
         if stored:
             summary.add(result, mine, estimator.minor_below)
