@@ -209,6 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from minorage.paper.calibration import check_if_calibrated_on
     from minorage.paper.evaluation import as_markdown, evaluate_model, photo_ids
 
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
@@ -219,7 +220,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
               f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
     results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out)
-    print(json.dumps(results, indent=2) if args.format == "json" else as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
+    checked = check_if_calibrated_on(estimator, Path(args.data), left_out)
+    if args.format == "json":
+        print(json.dumps({**results, **({"calibration_check": checked} if checked else {})}, indent=2))
+    else:
+        print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
+        if checked:
+            from minorage.paper.calibration import as_markdown as calibration_markdown
+
+            print(calibration_markdown(checked))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from minorage.model.checkpoint import save_checkpoint
+    from minorage.paper.calibration import as_markdown, calibrate
+
+    estimator = _estimator(args)
+    left_out = Path(args.exclude).read_text().split() if args.exclude else []
+    calibrations, tables = calibrate(estimator, Path(args.data), left_out)
+    estimator.card.calibration = calibrations.to_dict()
+    path = save_checkpoint(estimator.net, estimator.card, Path(args.out))
+    print(as_markdown(tables, "of the calibration half, each judged by a fit on the other folds"))
+    print(f"minorage calibrate: {path} (the same weights; its card carries p_minor and the age interval)", file=sys.stderr)
     return 0
 
 
@@ -418,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out of the test split, one per line, by file name or photo id "
                    "(the manifest's `id`): those a model was trained on elsewhere")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split; `evaluate` checks them on the other half")
+    _model_options(p)
+    p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build` whose test split the model never saw")
+    p.add_argument("--exclude", metavar="FILE", help="photos to leave out, one per line, by file name or photo id: those the model saw elsewhere")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint's path (.safetensors; the weights unchanged, the card with the calibration)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("combine", help="average several trained models into one (e.g. the Org and Ocl models)")
     p.add_argument("models", nargs="+", help="checkpoints (.safetensors) to average")

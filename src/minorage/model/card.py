@@ -35,6 +35,7 @@ class ModelCard:
     max_age: float | None = None  # estimates above are reported as this ("this age or older")
     members: int = 1  # SSR-Nets averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
+    calibration: dict | None = None  # p_minor and the age interval (`model.calibration`), if fit
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class ModelCard:
             "training": self.training,
             "metrics": self.metrics,
             "licence": self.licence,
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     @classmethod
@@ -66,6 +68,7 @@ class ModelCard:
             training=data.get("training", {}),
             metrics=data.get("metrics", {}),
             licence=data.get("licence", ""),
+            calibration=data.get("calibration"),
         )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from minorage import config
 from minorage.config import Framing
+from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.keras import load_pretrained_network
@@ -54,6 +55,11 @@ class AgeEstimator:
         """Estimates below this are flagged "probably a minor" (the model card's, unless the user
         chose another: a higher one catches more minors and flags more young adults)."""
         return self.card.minor_below if self._minor_below is None else self._minor_below
+
+    @property
+    def calibration(self) -> Calibrations | None:
+        """The card's calibrated p_minor and age interval (None for a model never calibrated)."""
+        return Calibrations.from_dict(self.card.calibration)
 
     @property
     def age_range(self) -> tuple[int, int]:
