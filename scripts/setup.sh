@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv beside the repository and installs minorage (idempotent).
 #   bash scripts/setup.sh          what the commands need
-#   bash scripts/setup.sh --test   also the test tools, and Debian's chromium for the HTML report's
-#                                  browser test (installed with apt-get when run as root)
+#   bash scripts/setup.sh --test   also the test tools, and Debian's chromium and chromedriver for the
+#                                  browser tests of the HTML report and the review app (installed
+#                                  with apt-get when run as root)
 # torch is pinned first to the CPU build: an unpinned torch would pull GBs of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +16,11 @@ if [ "${1:-}" != "--test" ]; then
     exit 0
 fi
 pip install -e ".[test]"
-if ! command -v chromium > /dev/null; then
+if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q chromium > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install -y -q chromium > /dev/null; }
+        apt-get install -y -q chromium chromium-driver > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install -y -q chromium chromium-driver > /dev/null; }
     else
-        echo "setup: no chromium and no root apt-get: the HTML report's browser test will be skipped" >&2
+        echo "setup: no chromium/chromedriver and no root apt-get: the browser tests (HTML report, review app) will be skipped" >&2
     fi
 fi

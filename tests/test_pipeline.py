@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from minorage import AgeEstimator
 from minorage.faces.detection import FaceDetector
@@ -58,3 +59,31 @@ def test_adults_are_shown_as_adults(capsys, utkface_files):
     rows = __import__("json").loads(capsys.readouterr().out)
     at_top = [r for r in rows if r["age"] >= 25.0]
     assert len(at_top) >= 4 and all(r["group"] == "26+" and not r["minor"] for r in at_top)
+
+
+def test_a_calibrated_verdict_carries_p_minor_and_the_interval_of_its_kind_of_face():
+    """By hand: normal faces' p_minor is 0.5 at 17.5 and each true age a's estimates lie in
+    [a-2, a+2], so an estimate of 10 is a true 8-12; barred faces' ranges are [a-4, a+4]. A
+    flag stated as a probability follows p_minor, and needs a calibration."""
+    import math
+
+    from minorage.groups import flag_rule, shown_interval, shown_probability
+    from minorage.model.calibration import Calibration, Calibrations
+
+    ages = range(26)
+    normal = Calibration(17.5, -1.0, tuple(a - 2.0 for a in ages), tuple(a + 2.0 for a in ages))
+    barred = Calibration(17.5 * 0.5, -0.5, tuple(a - 4.0 for a in ages), tuple(a + 4.0 for a in ages))
+    reading = Reading(17.5, 25.0, Calibrations(normal, barred, {}))
+    said = reading.verdict(10.0)
+    assert said == {"group": "6-10", "minor": True, "p_minor": round(1 / (1 + math.exp(-7.5)), 4), "age_low": 8.0, "age_high": 12.0}
+    assert reading.verdict(10.0, eyes_barred=True)["age_low"] == 6.0 and reading.verdict(10.0, eyes_barred=True)["age_high"] == 14.0
+    assert reading.verdict(17.5)["p_minor"] == 0.5 and reading.verdict(25.0)["age_high"] == 25.0
+    assert shown_interval(23.0, 25.0) == "23+" and shown_interval(8.0, 12.0) == "8-12" and shown_interval(None, None) == ""
+    assert shown_probability(0.001) == "<0.01" and shown_probability(0.5) == "0.50" and shown_probability(None) == ""
+    by_p = Reading(17.5, 25.0, Calibrations(normal, barred, {}), minor_above=0.9)
+    assert by_p.verdict(15.0)["minor"] is True and by_p.verdict(17.0)["minor"] is False  # p 0.92 and 0.62
+    assert flag_rule(17.5, None) == "estimate below 17.5 years" and flag_rule(17.5, 0.9) == "p_minor above 0.9"
+    with pytest.raises(ValueError, match="needs a model calibrated"):
+        Reading(17.5, 25.0, None, minor_above=0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Reading(17.5, 25.0, Calibrations(normal, barred, {}), minor_above=1.5)

@@ -122,8 +122,8 @@ def test_scan_gives_every_file_its_status_and_touches_nothing(evidence, tmp_path
     # ages are plausible, the minor flag follows them and the model's threshold, a thumbnail is kept
     info = dict(db.execute("SELECT key, value FROM case_info"))
     assert info["model"] and len(info["model_sha256"]) == 64
-    for age, minor, thumb in db.execute("SELECT age, minor, thumbnail FROM faces"):
-        assert 0 <= age <= 31 and minor == int(age < float(info["minor_below"])) and thumb[:2] == b"\xff\xd8"
+    for age, minor, p_minor, thumb in db.execute("SELECT age, minor, p_minor, thumbnail FROM faces"):
+        assert 0 <= age <= 31 and minor == int(age < float(info["minor_below"])) and thumb[:2] == b"\xff\xd8" and 0 <= p_minor <= 1
 
 
 @pytest.mark.slow
@@ -207,7 +207,8 @@ def test_vics_export_names_every_read_medium_by_its_md5_and_sha1(evidence, tmp_p
     """`report --format vics`: an OData document of the ProjectVic data model with one Media per
     image or video the scan read (a copy found twice is one Media with two files), its MD5 and
     SHA-1 those of md5sum and sha1sum, every place it was found, the faces in its comments, a
-    tag for a probable minor exactly where the case flagged one, and no content category."""
+    tag for a probable minor exactly where the case flagged one, and, with nothing reviewed, the
+    category the flag gives (2 where a face is flagged, else none)."""
     import json
 
     root, _ = evidence
@@ -228,7 +229,9 @@ def test_vics_export_names_every_read_medium_by_its_md5_and_sha1(evidence, tmp_p
         where = [str(Path(f["FilePath"]) / f["FileName"]) for f in media["MediaFiles"]]
         for tool, key in (("md5sum", "MD5"), ("sha1sum", "SHA1")):
             assert subprocess.run([tool, where[0]], capture_output=True, text=True).stdout.split()[0].upper() == media[key]
-        assert media["Category"] is None and media["MediaSize"] == os.path.getsize(where[0])
+        flagged_here = any(w in flagged for w in where)  # nothing reviewed: the category is the flag's, tagged as such
+        assert media["Category"] == (2 if flagged_here else None) and media["MediaSize"] == os.path.getsize(where[0])
+        assert ("minorage: category from the flag (not reviewed)" in media["Tags"]) == flagged_here
         assert ("minorage: probable minor" in media["Tags"]) == any(w in flagged for w in where)
         assert media["Comments"].startswith("minorage ") and ("age " in media["Comments"] or "no face" in media["Comments"])
     assert len(next(m for m in feed["value"] if len(m["MediaFiles"]) == 2)["MediaFiles"]) == 2

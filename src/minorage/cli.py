@@ -91,6 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         video_every=args.video_every,
         max_video_frames=args.max_video_frames,
         follow_links=args.follow_links,
+        minor_above=_minor_above(args),
     )
     predictor = Predictor(_estimator(args), _detector(args), options)
     counter = _Counter()
@@ -283,7 +284,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from minorage.triage.scan import scan
 
     cfg = ScanConfig(workers=args.workers, video_every=args.video_every, max_video_frames=args.max_video_frames, max_pixels=args.max_pixels,
-                     max_bytes=args.max_bytes, follow_links=args.follow_links, file_timeout=args.file_timeout)
+                     max_bytes=args.max_bytes, follow_links=args.follow_links, file_timeout=args.file_timeout, minor_above=_minor_above(args))
     summary = scan(args.sources, Path(args.out), _estimator(args), _detector_config(args), cfg, _progress_wanted())
     print(f"minorage scan: {summary.line()}; case in {printable(args.out)}", file=sys.stderr)
     return 0
@@ -296,6 +297,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     with output_stream(target) as stream:
         n = write_report(Path(args.case), args.format, stream, args.max_faces)
     print(f"minorage report: {n} faces -> {printable(target) if target != '-' else 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import getpass
+
+    from minorage.triage.review import serve
+
+    def announce(url: str) -> None:
+        print(f"minorage review: open {url} in a browser on this machine (Ctrl-C ends the review; decisions are saved as they are made)",
+              file=sys.stderr, flush=True)
+
+    try:
+        serve(Path(args.case), args.port, args.reviewer or getpass.getuser(), announce)
+    except KeyboardInterrupt:
+        print("minorage review: ended", file=sys.stderr)
     return 0
 
 
@@ -327,6 +344,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minor-below", type=float, metavar="YEARS",
                    help="flag estimates below this as probable minors (default: the model's own, 17.5 for the shipped one); "
                         "higher catches more minors and flags more young adults: `minorage evaluate` shows both")
+
+
+def _flag_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minor-above", type=float, metavar="P",
+                   help="flag faces whose calibrated probability of being under 18 (p_minor) is above P, instead of an age "
+                        "threshold; needs a calibrated model, as the shipped one is (default: the age threshold)")
+
+
+def _minor_above(args: argparse.Namespace) -> float | None:
+    if args.minor_above is not None and args.minor_below is not None:
+        raise ValueError("--minor-above and --minor-below each set the flag: give one of them")
+    return args.minor_above
 
 
 def _estimator(args: argparse.Namespace) -> AgeEstimator:
@@ -361,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", metavar="DIR", help="write copies with boxes and ages drawn into DIR")
     _detector_options(p)
     _model_options(p)
+    _flag_option(p)
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output rows (default: %(default)s)")
     p.add_argument("--output", "-o", help="write rows to this file instead of standard output")
     p.add_argument(
@@ -474,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="files and folders (walked recursively; evidence is only read)")
     p.add_argument("--out", required=True, help="case folder: case.sqlite (a re-run resumes it)")
     _model_options(p)
+    _flag_option(p)
     scan_defaults = ScanConfig()
     p.add_argument("--workers", type=int, default=scan_defaults.workers, help="processes reading and detecting; 0 = one per core (default: %(default)s)")
     p.add_argument("--file-timeout", type=float, default=scan_defaults.file_timeout,
@@ -482,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _detector_options(p, scan_defaults.min_face_size)
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("report", help="review report of a scanned case: HTML page, CSV or JSON")
+    p = sub.add_parser("report", help="a scanned case as an HTML page to share, CSV, JSON or Project VIC's VICS JSON, with the reviews")
     p.add_argument("case", help="a case folder written by `minorage scan`")
     p.add_argument("--format", choices=REPORT_FORMATS, default="html",
                    help="html (a page to look at), csv (one row per face), json (the whole case), vics (Project VIC's VICS 2.0 JSON, "
@@ -490,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write, - for stdout (default: CASE/report.FORMAT)")
     p.add_argument("--max-faces", type=int, help="at most this many faces, youngest first (default: all)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("review", help="review a scanned case's faces in the browser: minor / adult / not a face / unsure, saved in the case")
+    p.add_argument("case", help="a case folder written by `minorage scan`")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one, printed with the address)")
+    p.add_argument("--reviewer", help="the name recorded with each decision (default: the login name)")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("info", help="describe a model: parameters, size, age range, framing, training metadata")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL_NAME, help=MODEL_HELP)

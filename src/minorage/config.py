@@ -152,6 +152,7 @@ class ScanConfig:
     max_pixels: int = InferenceConfig.max_pixels  # images and frames above are refused
     max_bytes: int = InferenceConfig.max_bytes
     follow_links: bool = False  # read what links outside the sources point to
+    minor_above: float | None = None  # flag by calibrated p_minor above this instead of the age threshold
     file_timeout: float = 600.0  # seconds one file may take before its worker is replaced
     thumbnail: int = 96  # side of the face thumbnails kept in the case (pixels)
     in_flight: int = 4  # files queued per worker: bounds memory whatever the collection size

@@ -51,3 +51,23 @@ def shown_age(age: float, group: str) -> str:
     """An age as a person reads it: "25+" for an estimate at the top of a model that reports
     [0, 25] ("25 or older", grouped with the adults), else to a tenth of a year."""
     return f"{YOUNG_ADULT_MAX}+" if group == ADULT_GROUP and age <= YOUNG_ADULT_MAX else f"{age:.1f}"
+
+
+def shown_interval(low: float | None, high: float | None) -> str:
+    """A 90 % age interval as a person reads it: "14-19", or "19+" where its top is the
+    model's ceiling (25, "25 or older"); empty for a model without one."""
+    if low is None or high is None:
+        return ""
+    return f"{low:.0f}+" if high >= YOUNG_ADULT_MAX else f"{low:.0f}-{high:.0f}"
+
+
+def flag_rule(minor_below: float, minor_above: float | None) -> str:
+    """The "probably a minor" flag's rule in words, for reports and exports."""
+    return f"p_minor above {minor_above:g}" if minor_above is not None else f"estimate below {minor_below:g} years"
+
+
+def shown_probability(p: float | None) -> str:
+    """p_minor as a person reads it ("0.93"; "<0.01" and ">0.99" at the ends); empty without one."""
+    if p is None:
+        return ""
+    return "<0.01" if p < 0.005 else ">0.99" if p > 0.995 else f"{p:.2f}"

@@ -24,9 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from minorage.evidence.paths import display_path, inside
+from minorage.groups import flag_rule
 
 CASE_FILE = "case.sqlite"
-SCHEMA_VERSION = "3"  # 3: files.sha1
+SCHEMA_VERSION = "4"  # 3: files.sha1; 4: faces.p_minor, age_low, age_high; reviews
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS case_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,16 +69,36 @@ CREATE TABLE IF NOT EXISTS faces (
     age REAL NOT NULL,
     age_group TEXT NOT NULL,
     minor INTEGER NOT NULL,
+    p_minor REAL,                 -- calibrated probability of being under 18 (NULL: model not calibrated)
+    age_low REAL,                 -- the 90 % interval of the age; age_high at the model's ceiling
+    age_high REAL,                -- (25) means "or older"
     eyes_occluded INTEGER NOT NULL,
     thumbnail BLOB,               -- JPEG of the face, for the review report
     UNIQUE (file_id, frame_time, face)
 );
 CREATE INDEX IF NOT EXISTS faces_by_age ON faces (minor DESC, age);
+CREATE TABLE IF NOT EXISTS reviews (  -- an examiner's decisions; append-only: the latest per face counts
+    id INTEGER PRIMARY KEY,
+    face_id INTEGER NOT NULL REFERENCES faces(id),
+    decision TEXT NOT NULL CHECK (decision IN ('minor', 'adult', 'not_face', 'unsure')),
+    note TEXT,
+    reviewer TEXT NOT NULL,
+    at TEXT NOT NULL              -- UTC, ISO 8601
+);
+CREATE INDEX IF NOT EXISTS reviews_by_face ON reviews (face_id, id);
+CREATE TRIGGER IF NOT EXISTS reviews_never_updated BEFORE UPDATE ON reviews
+    BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS reviews_never_deleted BEFORE DELETE ON reviews
+    BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
+CREATE VIEW IF NOT EXISTS decisions AS  -- each reviewed face's latest decision
+    SELECT r.face_id, r.decision, r.note, r.reviewer, r.at FROM reviews r
+    JOIN (SELECT MAX(id) AS id FROM reviews GROUP BY face_id) latest ON latest.id = r.id;
 """
 
 #: Settings that change a case's results, with the option that sets each.
 SETTING_OPTIONS = {
-    "model": "--model", "model_sha256": "--model (SHA-256)", "minor_below": "--minor-below",
+    "model": "--model", "model_sha256": "--model (SHA-256)", "minor_below": "--minor-below", "minor_above": "--minor-above",
+    "calibration": "--model (its calibration)",
     "detector": "--detector", "min_face_size": "--min-face-size", "thresholds": "--thresholds",
     "crop_padding": "--crop-padding", "pyramid_factor": "pyramid factor",
     "max_pixels": "--max-pixels", "max_bytes": "--max-bytes", "video_every": "--video-every",
@@ -154,6 +175,14 @@ def connect_read_only(case_dir: Path) -> sqlite3.Connection:
     return db
 
 
+def open_for_review(case_dir: Path) -> sqlite3.Connection:
+    """The case's database for recording reviews (the review app's only writes), without the
+    whole-file check `connect_read_only` made when the app started: one per request stays cheap."""
+    db = sqlite3.connect(Path(case_dir) / CASE_FILE, timeout=10)
+    db.row_factory = sqlite3.Row
+    return db
+
+
 def case_info(db: sqlite3.Connection) -> dict[str, str]:
     return dict(db.execute("SELECT key, value FROM case_info"))
 
@@ -189,7 +218,7 @@ def begin_run(db: sqlite3.Connection, settings: dict, roots: list[str], version:
         db.executemany("INSERT OR IGNORE INTO case_info VALUES (?, ?)", [
             ("schema", SCHEMA_VERSION), ("settings", json.dumps(settings, sort_keys=True)), ("started", now()),
             ("minorage_version", version), ("model", str(settings["model"])), ("model_sha256", str(settings["model_sha256"])),
-            ("minor_below", str(settings["minor_below"])),
+            ("minor_below", str(settings["minor_below"])), ("flag_rule", flag_rule(settings["minor_below"], settings.get("minor_above"))),
         ])
         db.execute("INSERT OR REPLACE INTO case_info VALUES ('sources', ?)", (json.dumps(sources),))
         cursor = db.execute("INSERT INTO runs (started, sources, minorage_version) VALUES (?, ?, ?)", (now(), json.dumps(roots), version))
@@ -235,6 +264,29 @@ def insert_file(db: sqlite3.Connection, row: dict, faces: list[tuple], run_id: i
         if cursor.rowcount == 0:
             return False
         db.executemany("INSERT INTO faces (file_id, face, frame_time, x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, right_eye_y, "
-                       "score, age, age_group, minor, eyes_occluded, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       "score, age, age_group, minor, p_minor, age_low, age_high, eyes_occluded, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        [(cursor.lastrowid, *face) for face in faces])
     return True
+
+
+#: What an examiner can say of a face, and the key that says it in `minorage review`.
+DECISIONS = {"minor": "minor", "adult": "adult", "not_face": "not a face", "unsure": "unsure"}
+
+
+def add_review(db: sqlite3.Connection, face_id: int, decision: str, note: str | None, reviewer: str) -> dict:
+    """Record one decision on a face (appended; an earlier one stays in the table) and return it."""
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown decision {decision!r}; one of {', '.join(DECISIONS)}")
+    at = now()
+    with writing(db, "the review"):
+        if db.execute("SELECT 1 FROM faces WHERE id = ?", (face_id,)).fetchone() is None:
+            raise KeyError(face_id)
+        db.execute("INSERT INTO reviews (face_id, decision, note, reviewer, at) VALUES (?, ?, ?, ?, ?)",
+                   (face_id, decision, note or None, reviewer, at))
+    return {"face_id": face_id, "decision": decision, "note": note or None, "reviewer": reviewer, "at": at}
+
+
+def review_progress(db: sqlite3.Connection) -> tuple[int, int]:
+    """(faces reviewed, faces in the case)."""
+    return (db.execute("SELECT COUNT(DISTINCT face_id) FROM reviews").fetchone()[0], db.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+

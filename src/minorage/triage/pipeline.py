@@ -17,6 +17,7 @@ from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, main_face
 from minorage.faces.framing import crop_box, frame_face
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
+from minorage.model.calibration import Calibrations
 from minorage.model.estimator import AgeEstimator
 
 
@@ -52,23 +53,49 @@ def ages_by_item(crops: list[list[np.ndarray]], estimator: AgeEstimator) -> list
 
 @dataclass(frozen=True)
 class Reading:
-    """How an age estimate is read out: below `minor_below` it is flagged; at `ceiling`, the top of
-    a model that reports [0, 25] with 25 meaning "25 or older", it is an adult ("26+"), never
-    put in the 18-25 group it cannot tell from."""
+    """How an age estimate is read out, the same in every output.
+
+    - The flag: an estimate below `minor_below` years, or, where `minor_above` is set, a
+      calibrated probability of being under 18 above it (the operating point stated as a
+      probability; it needs a calibrated model).
+    - The group: at `ceiling`, the top of a model that reports [0, 25] with 25 meaning "25 or
+      older", the face is an adult ("26+"), never put in the 18-25 group it cannot tell from.
+    - With the model's `calibration`: `p_minor` and a 90 % interval for the age (`age_low`,
+      `age_high`; a top at the ceiling means "or older"), each fit on normal or on eye-barred
+      faces as the face is.
+    """
 
     minor_below: float
     ceiling: float | None = None
+    calibration: Calibrations | None = None
+    minor_above: float | None = None
+
+    def __post_init__(self):
+        if self.minor_above is not None:
+            if self.calibration is None:
+                raise ValueError("--minor-above needs a model calibrated with `minorage calibrate`; this one has no p_minor: "
+                                 "use --minor-below YEARS")
+            if not 0 < self.minor_above < 1:
+                raise ValueError(f"--minor-above is a probability between 0 and 1, got {self.minor_above}")
 
     @classmethod
-    def of(cls, estimator: AgeEstimator) -> "Reading":
+    def of(cls, estimator: AgeEstimator, minor_above: float | None = None) -> "Reading":
         top = estimator.age_range[1]
-        return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None)
+        return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None, estimator.calibration, minor_above)
 
     def shown(self, age: float) -> str:
         """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
         return shown_age(age, self.verdict(age)["group"])
 
-    def verdict(self, age: float) -> dict:
-        """What every output says of one face's age: its group and the "probably a minor" flag."""
+    def verdict(self, age: float, eyes_barred: bool = False) -> dict:
+        """What every output says of one face's age: its group, the "probably a minor" flag and,
+        for a calibrated model, p_minor and the 90 % interval."""
         adult = self.ceiling is not None and age >= self.ceiling
-        return {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, self.minor_below)}
+        said = {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, self.minor_below)}
+        if self.calibration is not None:
+            fit = self.calibration.of(eyes_barred)
+            low, high = fit.interval(np.array([age]))
+            said.update(p_minor=round(float(fit.probability(np.array([age]))[0]), 4), age_low=float(low[0]), age_high=float(high[0]))
+            if self.minor_above is not None:
+                said["minor"] = said["p_minor"] > self.minor_above
+        return said

@@ -36,12 +36,13 @@ from minorage.evidence.io import (
 from minorage.evidence.paths import display_path, inside
 from minorage.evidence.sources import Entry, named_or_suffixed, real_sources, walk
 from minorage.faces.detection import Face, FaceDetector
-from minorage.groups import is_minor
+from minorage.faces.occlusion import eyes_occluded
 from minorage.model.estimator import AgeEstimator
 from minorage.triage.pipeline import Reading, ages_by_item, find_faces, frame_crop
 
-CROP_COLUMNS = ("path", "age", "group", "minor", "framing", "box", "status", "error")
-FACE_COLUMNS = ("path", "frame_time", "face", "age", "group", "minor", "score", "box", "eyes", "status", "error", "annotated")
+VERDICT_COLUMNS = ("age", "group", "minor", "p_minor", "age_low", "age_high")
+CROP_COLUMNS = ("path", *VERDICT_COLUMNS, "eyes_occluded", "framing", "box", "status", "error")
+FACE_COLUMNS = ("path", "frame_time", "face", *VERDICT_COLUMNS, "eyes_occluded", "score", "box", "eyes", "status", "error", "annotated")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class PredictOptions:
     video_every: float = InferenceConfig.video_every
     max_video_frames: int = InferenceConfig.max_video_frames
     follow_links: bool = False  # read what links outside the sources point to
+    minor_above: float | None = None  # flag by p_minor above this instead of the age threshold
 
 
 @dataclass
@@ -68,14 +70,15 @@ class _Image:
     error: ImageReadError | None = None
     faces: list[Face | None] = field(default_factory=list)
     frame_times: list[float | None] = field(default_factory=list)  # per face: its video frame's time
+    barred: list[bool] = field(default_factory=list)  # per face: its eyes under a black bar
     framing: str | None = None  # with crops: "detected" (the face found in the crop) or "whole_image"
     crops: list[np.ndarray] = field(default_factory=list)
     image: np.ndarray | None = None  # kept only to annotate
     annotated: str | None = None
 
 
-def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, age: float, reading: Reading) -> dict:
-    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age), "status": "ok"}
+def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, barred: bool, age: float, reading: Reading) -> dict:
+    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred), "eyes_occluded": barred, "status": "ok"}
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
@@ -96,18 +99,18 @@ def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, reading: Readin
     if not item.faces:
         return [{"path": display_path(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item, None if crops_mode else i, face, frame_time, next(ages), reading)
-        for i, (face, frame_time) in enumerate(zip(item.faces, item.frame_times))
+        _face_row(item, None if crops_mode else i, face, frame_time, barred, next(ages), reading)
+        for i, (face, frame_time, barred) in enumerate(zip(item.faces, item.frame_times, item.barred))
     ]
 
 
-def annotate(image: np.ndarray, faces: list[Face], ages: list[float], reading: Reading) -> np.ndarray:
+def annotate(image: np.ndarray, faces: list[Face], ages: list[float], barred: list[bool], reading: Reading) -> np.ndarray:
     """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 400))
-    for face, age in zip(faces, ages):
+    for face, age, eyes_barred in zip(faces, ages, barred):
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        colour = (0, 0, 255) if is_minor(age, reading.minor_below) else (0, 200, 0)
+        colour = (0, 0, 255) if reading.verdict(age, eyes_barred)["minor"] else (0, 200, 0)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         label = reading.shown(age)
         scale = max(0.4, face.width / 160)
@@ -133,7 +136,7 @@ class Predictor:
 
     def __init__(self, estimator: AgeEstimator, detector: FaceDetector, options: PredictOptions):
         self.estimator, self.detector, self.options = estimator, detector, options
-        self.reading = Reading.of(estimator)  # how every age is read out: group, flag, "25+"
+        self.reading = Reading.of(estimator, options.minor_above)  # how every age is read out: group, flag, p_minor, "25+"
         self.suffixes = IMAGE_SUFFIXES if options.crops else IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
     def load(self, path: str, relative: str) -> _Image:
@@ -167,6 +170,7 @@ class Predictor:
         else:
             framed = find_faces(image, self.detector, self.estimator.framing)
         item.faces += [f.face for f in framed]
+        item.barred += [f.face is not None and eyes_occluded(image, f.face) for f in framed]
         item.frame_times += [frame_time] * len(framed)
         item.crops += [f.crop for f in framed]
         if self.options.annotate_dir is not None and not self.options.crops and frame_time is None:
@@ -181,7 +185,7 @@ class Predictor:
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
         """A copy with boxes and ages under the file's relative path; never over an existing file."""
-        drawn = annotate(item.image, item.faces, ages, self.reading)
+        drawn = annotate(item.image, item.faces, ages, item.barred, self.reading)
         item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
 
     def wanted(self, entry: Entry, roots: list[str]) -> bool:

@@ -16,22 +16,25 @@ import sqlite3
 from pathlib import Path
 from typing import TextIO
 
-from minorage.groups import ADULT_GROUP, AGE_GROUPS, shown_age
+from minorage.groups import ADULT_GROUP, AGE_GROUPS, shown_age, shown_interval, shown_probability
 from minorage.triage import vics
-from minorage.triage.case import case_info, connect_read_only
+from minorage.triage.case import DECISIONS, case_info, connect_read_only
 from minorage.triage.output import spreadsheet_safe
 
 FORMATS = ("html", "csv", "json", "vics")
-FACE_COLUMNS = ("path", "sha256", "sha1", "md5", "media", "frame_time", "face", "age", "group", "minor", "eyes_occluded", "score",
+FACE_COLUMNS = ("path", "sha256", "sha1", "md5", "media", "frame_time", "face", "age", "group", "minor", "p_minor", "age_low", "age_high",
+                "eyes_occluded", "score", "review", "review_note", "reviewer", "reviewed_at",
                 "x1", "y1", "x2", "y2", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y")
+_REVIEW_COLUMNS = {"review": "decision", "review_note": "note", "reviewer": "reviewer", "reviewed_at": "at"}
 FILE_COLUMNS = ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
 
 
 def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = False) -> list[dict]:
-    """Every face with its file's identity, youngest estimate first (probable minors on top)."""
+    """Every face with its file's identity and its latest review, youngest estimate first
+    (probable minors on top)."""
     columns = ", ".join(_select(c) for c in FACE_COLUMNS)
     query = (f"SELECT {columns}{', faces.thumbnail' if thumbnails else ''} FROM faces JOIN files ON files.id = faces.file_id "
-             "ORDER BY faces.age, files.path, faces.frame_time, faces.face")
+             "LEFT JOIN decisions ON decisions.face_id = faces.id ORDER BY faces.age, files.path, faces.frame_time, faces.face")
     rows = db.execute(query + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
     return [dict(r) for r in rows]
 
@@ -40,6 +43,8 @@ def _select(column: str) -> str:
     """A face export column as the case stores it (the group under the name `predict` gives it)."""
     if column in ("path", "sha256", "sha1", "md5", "media"):
         return f"files.{column}"
+    if column in _REVIEW_COLUMNS:
+        return f"decisions.{_REVIEW_COLUMNS[column]} AS {column}"
     return 'faces.age_group AS "group"' if column == "group" else f"faces.{column}"
 
 
@@ -55,6 +60,7 @@ def counts(db: sqlite3.Connection) -> dict:
         "minors": db.execute("SELECT COUNT(*) FROM faces WHERE minor = 1").fetchone()[0],
         "statuses": dict(db.execute("SELECT status, COUNT(*) FROM files GROUP BY status ORDER BY status").fetchall()),
         "groups": dict(db.execute("SELECT age_group, COUNT(*) FROM faces GROUP BY age_group").fetchall()),
+        "reviews": dict(db.execute("SELECT decision, COUNT(*) FROM decisions GROUP BY decision ORDER BY decision").fetchall()),
     }
 
 
@@ -124,14 +130,16 @@ def render_html(info: dict, totals: dict, rows: list[dict], problems: list[dict]
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>{_STYLE}</style></head><body>
 <h1>minorage case report</h1>
-<p class=meta>Model {esc(info.get('model', '?'))} (SHA-256 {esc(info.get('model_sha256', '?')[:16])}…), minor flag: estimate below
-{esc(info.get('minor_below', '?'))} years; minorage {esc(info.get('minorage_version', '?'))}; sources {esc(', '.join(json.loads(info.get('sources', '[]'))))};
+<p class=meta>Model {esc(info.get('model', '?'))} (SHA-256 {esc(info.get('model_sha256', '?')[:16])}…), minor flag:
+{esc(info.get('flag_rule', '?'))}; minorage {esc(info.get('minorage_version', '?'))}; sources {esc(', '.join(json.loads(info.get('sources', '[]'))))};
 started {esc(info.get('started', '?'))}; access times preserved: {esc(info.get('atime_preserved', '?'))}.</p>
 <p>{totals['files']} files, {totals['faces']} faces, <b>{totals['minors']} flagged as probable minors</b>. Files by status:
-{esc(', '.join(f'{k} {v}' for k, v in totals['statuses'].items()))}. Estimates are leads for a human reviewer, not findings.</p>
+{esc(', '.join(f'{k} {v}' for k, v in totals['statuses'].items()))}. Reviewed: {sum(totals['reviews'].values())}
+({esc(', '.join(f'{DECISIONS[k]} {v}' for k, v in totals['reviews'].items())) or 'none yet'}). Estimates are leads for a human reviewer, not findings.</p>
 <div class=filters>{buttons}</div>
 <p class=meta>Showing <span id=shown>{len(rows)}</span> faces ({shown_note} in this page), youngest estimate first.</p>
-<table id=faces><thead><tr><th>face</th><th>age</th><th>group</th><th>minor?</th><th>eyes barred</th><th>score</th><th>file</th><th>frame (s)</th></tr></thead>
+<table id=faces><thead><tr><th>face</th><th>age</th><th>90 % interval</th><th>group</th><th>minor?</th><th>p_minor</th><th>eyes barred</th>
+<th>score</th><th>review</th><th>file</th><th>frame (s)</th></tr></thead>
 <tbody>{body}</tbody></table>
 <h2>Files not read ({len(problems)})</h2>
 <table><thead><tr><th>file</th><th>status</th><th>why</th></tr></thead><tbody>{problem_rows}</tbody></table>
@@ -144,6 +152,16 @@ def _face_row(r: dict) -> str:
     thumb = base64.b64encode(r["thumbnail"] or b"").decode()
     frame = "" if r["frame_time"] is None else f"{r['frame_time']:.1f}"
     return (f'<tr class="{"minor" if r["minor"] else ""}" data-group="{esc(r["group"])}" data-minor="{r["minor"]}">'
-            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{shown_age(r["age"], r["group"])}</td><td>{esc(r["group"])}</td>'
-            f'<td>{"yes" if r["minor"] else "no"}</td><td>{"yes" if r["eyes_occluded"] else "no"}</td><td>{r["score"]:.2f}</td>'
+            f'<td><img alt="face" src="data:image/jpeg;base64,{thumb}"></td><td class=age>{shown_age(r["age"], r["group"])}</td>'
+            f'<td>{shown_interval(r["age_low"], r["age_high"])}</td><td>{esc(r["group"])}</td>'
+            f'<td>{"yes" if r["minor"] else "no"}</td><td>{shown_probability(r["p_minor"])}</td><td>{"yes" if r["eyes_occluded"] else "no"}</td>'
+            f'<td>{r["score"]:.2f}</td><td>{_review_cell(r)}</td>'
             f'<td class=path>{esc(r["path"])}<br><span class=meta>SHA-256 {esc((r["sha256"] or "")[:16])}…</span></td><td>{frame}</td></tr>')
+
+
+def _review_cell(r: dict) -> str:
+    if not r["review"]:
+        return '<span class=meta>not reviewed</span>'
+    note = f"<br><span class=meta>{html.escape(r['review_note'])}</span>" if r["review_note"] else ""
+    return f"<b>{html.escape(DECISIONS[r['review']])}</b> <span class=meta>({html.escape(r['reviewer'])}, {html.escape(r['reviewed_at'])})</span>{note}"
+

@@ -20,6 +20,7 @@ How it stays safe on evidence and on crashes:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -233,10 +234,10 @@ class ScanSummary:
     atime_kept: bool = True
     workers_replaced: int = 0
 
-    def add(self, result: FileResult, ages: np.ndarray, minor_below: float) -> None:
+    def add(self, result: FileResult, flags: list[bool]) -> None:
         self.scanned += 1
-        self.faces += len(ages)
-        self.minors += int(np.sum(ages < minor_below))
+        self.faces += len(flags)
+        self.minors += sum(flags)
         self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
         self.atime_kept &= result.atime_kept
         for stage, spent in result.seconds.items():
@@ -250,13 +251,14 @@ class ScanSummary:
                 f"access times {'preserved' if self.atime_kept else 'NOT preserved (O_NOATIME refused)'}{replaced}")
 
 
-def scan_settings(estimator: AgeEstimator, detector_cfg: DetectorConfig, cfg: ScanConfig) -> dict:
+def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: DetectorConfig, cfg: ScanConfig) -> dict:
     """Every setting that changes what a case holds: a resume must use the same."""
     source = Path(estimator.source)
     return {
         "model": estimator.card.name or estimator.source,
         "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
-        "minor_below": estimator.minor_below,
+        "minor_below": estimator.minor_below, "minor_above": reading.minor_above,
+        "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
         "thresholds": list(detector_cfg.thresholds), "crop_padding": detector_cfg.crop_padding,
         "pyramid_factor": detector_cfg.factor,
@@ -265,15 +267,21 @@ def scan_settings(estimator: AgeEstimator, detector_cfg: DetectorConfig, cfg: Sc
     }
 
 
+def _digest(data: dict) -> str:
+    """A short fingerprint of the model card's calibration (it lives in the card, beside the weights' hash)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_cfg: DetectorConfig = DetectorConfig(),
          cfg: ScanConfig = ScanConfig(), progress: bool = True) -> ScanSummary:
     """Scan the sources into the case (resuming it); returns what this run did."""
     started = time.time()
     roots = real_sources(sources)
+    reading = Reading.of(estimator, cfg.minor_above)
     db = open_case(prepare_folder(case_dir, roots))
-    run_id = begin_run(db, scan_settings(estimator, detector_cfg, cfg), roots, __version__)
+    run_id = begin_run(db, scan_settings(estimator, reading, detector_cfg, cfg), roots, __version__)
     total = sum(1 for _ in walk(roots, cfg.follow_links))  # a first, cheap pass: the progress bar's length
-    summary, record, reading = ScanSummary(files=total), Walk(), Reading.of(estimator)
+    summary, record = ScanSummary(files=total), Walk()
     bar = tqdm(total=total, desc="scan", unit="entry", disable=not progress, smoothing=0.1)
 
     def todo() -> Iterator[str]:
@@ -283,8 +291,8 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 bar.update()
             elif entry.status is not None:  # the walk's own verdict: nothing to read
                 result = FileResult.of_entry(entry)
-                if _store(db, result, np.zeros(0), reading, run_id):
-                    summary.add(result, np.zeros(0), estimator.minor_below)
+                if _store(db, result, np.zeros(0), reading, run_id) is not None:
+                    summary.add(result, [])
                 bar.update()
             else:
                 yield entry.path
@@ -348,22 +356,23 @@ def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, re
     for result, mine in zip(batch, ages):
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
-        stored = _store(db, result, mine, reading, run_id)
+        flags = _store(db, result, mine, reading, run_id)
         result.seconds["store"] = time.perf_counter() - t0
-        if stored:
-            summary.add(result, mine, estimator.minor_below)
+        if flags is not None:
+            summary.add(result, flags)
 
 
-def _store(db, result: FileResult, ages: np.ndarray, reading: Reading, run_id: int) -> bool:
-    """One file and all its faces, in one transaction; False if the file was already there."""
-    faces = []
+def _store(db, result: FileResult, ages: np.ndarray, reading: Reading, run_id: int) -> list[bool] | None:
+    """One file and all its faces, in one transaction; the faces' flags, or None if the file was
+    already there."""
+    faces, flags = [], []
     for found, age in zip(result.faces, ages):
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
+        age = round(float(age), 2)  # as stored: the verdict is the stored age's, read again the same
+        said = reading.verdict(age, found.eyes_occluded)
+        flags.append(said["minor"])
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
-                      round(float(age), 2), *_verdict_columns(reading.verdict(age)), int(found.eyes_occluded), found.thumbnail))
+                      age, said["group"], int(said["minor"]), said.get("p_minor"), said.get("age_low"), said.get("age_high"),
+                      int(found.eyes_occluded), found.thumbnail))
     row = {k: getattr(result, k) for k in ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames")}
-    return insert_file(db, row, faces, run_id)
-
-
-def _verdict_columns(said: dict) -> tuple[str, int]:
-    return said["group"], int(said["minor"])
+    return flags if insert_file(db, row, faces, run_id) else None
