@@ -12,10 +12,10 @@ from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.model.calibration import Calibration
 from minorage.model.card import packaged_model_path
-from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability
+from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability, wilson
 
 # three true ages 0, 1, 2 ("2 or older"): each holds the estimates in its range
-TABLE = Calibration(intercept=0.0, slope=-1.0, estimate_low=(0.0, 0.5, 1.8), estimate_high=(1.0, 2.0, 3.0), band=0.9)
+TABLE = Calibration(intercept=0.0, slope=-1.0, estimate_low=(0.0, 0.5, 1.8), estimate_high=(1.0, 2.0, 3.0), band=(0.9, 0.9, 0.9))
 
 
 def test_interval_is_every_true_age_whose_range_holds_the_estimate():
@@ -33,7 +33,10 @@ def test_reliability_and_coverage_by_hand():
     table = reliability(p, minor, bins=2)
     assert table == [{"faces": 2, "predicted": pytest.approx(0.1), "observed": 0.5}, {"faces": 2, "predicted": pytest.approx(0.9), "observed": 1.0}]
     cover = coverage_by_group(np.array([3, 4, 17, 40]), np.array([True, False, True, True]))
-    assert cover == {"0-5": {"faces": 2, "covered": 0.5}, "16-17": {"faces": 1, "covered": 1.0}, "26+": {"faces": 1, "covered": 1.0}}
+    assert {g: (c["faces"], c["covered"]) for g, c in cover.items()} == {"0-5": (2, 0.5), "16-17": (1, 1.0), "26+": (1, 1.0)}
+    # Wilson's interval by hand: 1 of 2, z^2/n = 1.9208 -> centre 0.5, half-width 1.96 * sqrt(0.125 + 0.2401) / 2.9208 = 0.4055
+    assert (cover["0-5"]["low"], cover["0-5"]["high"]) == pytest.approx((0.0945, 0.9055), abs=1e-3)
+    assert wilson(90, 100) == pytest.approx((0.8256, 0.9448), abs=1e-3)
 
 
 def test_halves_are_fixed_by_the_photo_id():

@@ -177,7 +177,7 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
     capsys.readouterr()
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--model", "imdb"]) == 2
-    assert "other settings: --model minorage-default" in (err := capsys.readouterr().err) and "(this run: imdb)" in err
+    assert "--model minorage-default" in (err := capsys.readouterr().err) and "(this run: imdb)" in err and "--model (its calibration)" in err
     # nor with another minor flag threshold: the case's flags would mean two things
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "18.5"]) == 2
     assert "--minor-below 17.5 (this run: 18.5)" in capsys.readouterr().err

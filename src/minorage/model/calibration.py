@@ -25,8 +25,10 @@ class Calibration:
     intercept: float  # p_minor = 1 / (1 + exp(-(intercept + slope * estimate)))
     slope: float
     estimate_low: tuple[float, ...]  # per true age 0..ceiling (the last: that age or older), the
-    estimate_high: tuple[float, ...]  # range that holds the central `band` of its estimates
-    band: float = 0.9  # chosen so that the intervals, a union of such ranges, cover 90 % of faces
+    estimate_high: tuple[float, ...]  # range that holds the central share `band` of its estimates
+    band: tuple[float, ...] = ()  # per true age, the share of its estimates its range holds, chosen
+    # so that the intervals, a union of such ranges, cover 90 % of the faces of every age group
+    width: float = 0.0  # years over which an age's range borrowed its neighbours' errors (0: its own faces only)
 
     def probability(self, ages: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(self.intercept + self.slope * np.asarray(ages, float))))
