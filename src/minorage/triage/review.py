@@ -148,13 +148,10 @@ class NotShown(Exception):
     """A photo that cannot be shown; the message says why, naming the file."""
 
 
-def case_file(db: sqlite3.Connection, file_id: int) -> sqlite3.Row:
-    """The case's record of an image or video it read; KeyError for any other number."""
-    row = db.execute("SELECT id, path, path_bytes, size, sha256, media, status FROM files WHERE id = ? AND media IN ('image', 'video') "
-                     "AND status IN ('ok', 'no_face')", (file_id,)).fetchone()
-    if row is None:
-        raise KeyError(file_id)
-    return row
+def case_file(db: sqlite3.Connection, file_id: int) -> sqlite3.Row | None:
+    """The case's record of an image or video it read; None for any other number."""
+    return db.execute("SELECT id, path, path_bytes, size, sha256, media, status FROM files WHERE id = ? AND media IN ('image', 'video') "
+                      "AND status IN ('ok', 'no_face')", (file_id,)).fetchone()
 
 
 def photo_with_boxes(file: sqlite3.Row, faces: list[dict], settings: dict, frame_time: float | None, chosen: int | None) -> bytes:
@@ -264,13 +261,16 @@ def create_app(case_dir: Path, reviewer: str, token: str, port: int) -> Flask:
                                total=total, info=case_info(db), groups=ALL_GROUPS, decisions=DECISIONS, sorts=SORTS,
                                review_states=REVIEW_STATES, reviewer=app.config["reviewer"])
 
+    def recorded(file_id: int) -> sqlite3.Row:
+        """A file the case read, by its number; anything else is not found."""
+        file = case_file(database(), file_id)
+        if file is None:
+            abort(404)
+        return file
+
     @pages.get("/file/<int:file_id>")
     def photo_page(file_id: int):
-        db = database()
-        try:
-            file = case_file(db, file_id)
-        except KeyError:
-            abort(404)
+        db, file = database(), recorded(file_id)
         faces = file_faces(db, file_id)
         chosen = _int(request.args.get("face"), faces[0]["id"] if faces else 0)
         shown = next((f for f in faces if f["id"] == chosen), faces[0] if faces else None)
@@ -282,11 +282,7 @@ def create_app(case_dir: Path, reviewer: str, token: str, port: int) -> Flask:
 
     @pages.get("/image/<int:file_id>")
     def photo(file_id: int):
-        db = database()
-        try:
-            file = case_file(db, file_id)
-        except KeyError:
-            abort(404)
+        db, file = database(), recorded(file_id)
         frame = request.args.get("t")
         try:
             data = photo_with_boxes(file, file_faces(db, file_id), _settings(db), float(frame) if frame else None, _int(request.args.get("face"), None))
