@@ -43,13 +43,15 @@ def scanned(tmp_path_factory, utkface_files) -> tuple[Path, Path, dict]:
         writer.write(image if i < 5 else np.full((200, 200, 3), 90, np.uint8) if i < 10 else cv2.imread(str(adults[0])))
     writer.release()
     (root / "notes.txt").write_text("case notes\n")
+    hostile = os.fsencode(root) + b"/<img src=x onerror=alert(1)>\xff.jpg"  # markup and a byte that is not UTF-8
+    shutil.copy(adults[1], os.fsdecode(hostile))
     case = tmp_path_factory.mktemp("case") / "case"
     assert main(["scan", str(root), "--out", str(case), "--workers", "1"]) == 0
     return root, case, _fingerprints(root)
 
 
-def _fingerprints(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
+def _fingerprints(root: Path) -> dict[bytes, str]:
+    return {os.fsencode(p.name): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
 
 
 def _db(case: Path) -> sqlite3.Connection:
@@ -221,6 +223,12 @@ def test_a_photo_is_shown_only_for_files_the_case_records(app, scanned):
     for path in [*(f"/tok3n/image/{i}" for i in other), "/tok3n/image/999999", "/tok3n/image/..%2F..%2Fetc%2Fpasswd",
                  "/tok3n/image/%2Fetc%2Fpasswd", "/tok3n/file/999999", "/tok3n/image/-1"]:
         assert _get(client, path).status_code == 404, path
+    # a hostile name is shown as text, and its photo is found by its exact bytes
+    odd = db.execute("SELECT files.id, faces.id FROM files JOIN faces ON files.id = file_id WHERE path LIKE '%onerror%'").fetchone()
+    page = _get(client, f"/tok3n/file/{odd[0]}?face={odd[1]}").get_data(as_text=True)
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;\\xff.jpg" in page
+    assert _get(client, f"/tok3n/image/{odd[0]}").status_code == 200
+    assert "&lt;img src=x" in _get(client, "/tok3n/?q=onerror").get_data(as_text=True)
     assert _fingerprints(root) == before  # the evidence untouched by the scan and by showing it
 
 
