@@ -320,6 +320,12 @@ def _settings(db: sqlite3.Connection) -> dict:
     return json.loads(case_info(db)["settings"])
 
 
+def _starting(environ, start_response):
+    """What the server answers in the instant before the app is in place."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting"]
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(18)
 
@@ -327,7 +333,7 @@ def new_token() -> str:
 def serve(case_dir: Path, port: int = 0, reviewer: str = "", announce=print) -> None:
     """Serve the review until interrupted; `announce` gets the address (with its token) once."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request (each would print the token)
-    server = make_server(HOST, port, Flask(__name__), threaded=True)  # bound first, so that port 0 picks a free one
+    server = make_server(HOST, port, _starting, threaded=True)  # bound first: port 0 picks a free one, which the app checks
     token, bound = new_token(), server.server_port
     server.app = create_app(case_dir, reviewer, token, bound)
     announce(f"http://{HOST}:{bound}/{token}/")
