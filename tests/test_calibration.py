@@ -13,6 +13,7 @@ from minorage.cli import main
 from minorage.model.calibration import Calibration
 from minorage.model.card import packaged_model_path
 from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability, wilson
+from minorage.paper.store import load_faces
 
 # three true ages 0, 1, 2 ("2 or older"): each holds the estimates in its range
 TABLE = Calibration(intercept=0.0, slope=-1.0, estimate_low=(0.0, 0.5, 1.8), estimate_high=(1.0, 2.0, 3.0), band=(0.9, 0.9, 0.9))
@@ -88,3 +89,13 @@ def test_calibrate_then_evaluate_checks_on_the_other_half(small_dataset, tmp_pat
     main(["evaluate", "--model", str(out), "--data", str(data), "--bootstrap", "0"])
     table = capsys.readouterr().out
     assert "Reliability of p_minor, Org (normal faces)" in table and "90 % age interval coverage, Ocl" in table
+    # the halves swapped: fit on the check half, judged on the calibration half, each face once
+    swapped = tmp_path / "swapped.safetensors"
+    assert main(["calibrate", "--model", "default", "--data", str(data), "--out", str(swapped), "--half", "check"]) == 0
+    capsys.readouterr()
+    assert json.loads(swapped.with_suffix(".json").read_text())["calibration"]["fitted_on"]["half"] == CHECK
+    main(["evaluate", "--model", str(swapped), "--data", str(data), "--format", "json", "--bootstrap", "0"])
+    other = json.loads(capsys.readouterr().out)["calibration_check"]
+    fitted_on = card["calibration"]["fitted_on"]["faces"]
+    assert other["org"]["n"] == fitted_on["normal"]["faces"] and other["ocl"]["n"] == fitted_on["barred"]["faces"]
+    assert other["org"]["n"] + checked["org"]["n"] == len(load_faces(data, "test", "org"))

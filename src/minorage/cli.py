@@ -239,7 +239,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     estimator = _estimator(args)
     left_out = Path(args.exclude).read_text().split() if args.exclude else []
-    calibrations, tables = calibrate(estimator, Path(args.data), left_out)
+    calibrations, tables = calibrate(estimator, Path(args.data), left_out, args.half)
     estimator.card.calibration = calibrations.to_dict()
     path = save_checkpoint(estimator.net, estimator.card, Path(args.out))
     print(as_markdown(tables, "of the calibration half, each judged by a fit on the other folds"))
@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build` whose test split the model never saw")
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out, one per line, by file name or photo id: those the model saw elsewhere")
     p.add_argument("--out", required=True, help="the calibrated checkpoint's path (.safetensors; the weights unchanged, the card with the calibration)")
+    p.add_argument("--half", choices=("calibration", "check"), default="calibration",
+                   help="the half of the test split to fit on; `evaluate` judges on the other. `check` swaps the halves, to measure "
+                        "the same procedure the other way round (default: %(default)s)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("combine", help="average several trained models into one (e.g. the Org and Ocl models)")

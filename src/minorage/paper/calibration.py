@@ -102,18 +102,20 @@ def _faces(estimator: AgeEstimator, data_dir: Path, variant: str, half: str, exc
     return faces, estimator.predict(faces.faces)
 
 
-def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> tuple[Calibrations, dict[str, dict]]:
-    """The model's calibrations, fit on the calibration half of the data set's test split, and
+def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = (),
+              half: str = CALIBRATION) -> tuple[Calibrations, dict[str, dict]]:
+    """The model's calibrations, fit on one half of the data set's test split (the calibration
+    half; `half=CHECK` swaps the halves, to judge the same procedure the other way round), and
     the out-of-fold tables of the band chosen for each kind of face (`choose_band`)."""
     exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
     fitted, counts, tables = {}, {}, {}
     for variant, kind in VARIANT_KIND.items():
-        faces, estimates = _faces(estimator, data_dir, variant, CALIBRATION, exclude)
+        faces, estimates = _faces(estimator, data_dir, variant, half, exclude)
         (band, width), tables[variant] = choose_band(estimates, faces.ages, _sexes(people, faces.ids), ceiling)
         fitted[kind] = fit(estimates, faces.ages, ceiling, band, width)
         shares = {groups.ALL_GROUPS[g]: band[int(np.flatnonzero(band_groups(ceiling) == g)[0])] for g in np.unique(band_groups(ceiling))}
         counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)), "bands": shares, "width": width}
-    record = {"dataset": str(data_dir), "split": "test", "half": CALIBRATION, "rule": "sha256(photo id)[0] even",
+    record = {"dataset": str(data_dir), "split": "test", "half": half, "rule": f"sha256(photo id)[0] {'even' if half == CALIBRATION else 'odd'}",
               "excluded": len(exclude), "faces": counts, "method": "logistic p_minor on the estimate; Neyman band of the "
               "estimates per true age (split-conformal quantiles of the errors, neighbouring ages' errors weighted by a Gaussian of "
               f"`width` years), its share per age group and the width chosen out of fold for {COVERAGE:g} coverage"}
@@ -171,16 +173,17 @@ def band_groups(ceiling: float) -> np.ndarray:
 
 
 def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict]:
-    """The model's calibration judged on the check half: per variant, the reliability table
-    (predicted p_minor against the observed share of minors, per decile of faces) and the
-    interval's coverage per true age group, overall and per sex."""
+    """The model's calibration judged on the half it was not fit on (normally the check half):
+    per variant, the reliability table (predicted p_minor against the observed share of minors,
+    per decile of faces) and the interval's coverage per true age group, overall and per sex."""
     calibrations = estimator.calibration
     if calibrations is None:
         raise ValueError("this model has no calibration: run `minorage calibrate` first")
+    other = CALIBRATION if calibrations.fitted_on.get("half") == CHECK else CHECK
     exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
     results = {}
     for variant, kind in VARIANT_KIND.items():
-        faces, estimates = _faces(estimator, data_dir, variant, CHECK, exclude)
+        faces, estimates = _faces(estimator, data_dir, variant, other, exclude)
         calibration = calibrations.of(kind == "barred")
         results[variant] = judge(calibration.probability(estimates), *calibration.interval(estimates),
                                  faces.ages, _sexes(people, faces.ids), ceiling)
@@ -236,7 +239,7 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(centre - half), float(centre + half)
 
 
-def as_markdown(results: dict[str, dict], where: str = "of the check half") -> str:
+def as_markdown(results: dict[str, dict], where: str = "of the half it was not fit on") -> str:
     """The reliability tables and the coverage tables, one per variant."""
     lines = []
     for variant, result in results.items():
