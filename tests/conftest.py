@@ -10,6 +10,11 @@ import pytest
 from minorage import config
 
 
+#: Chromium as the browser tests start it: headless, as root, and quiet on a closed network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+
+
 def utkface_age(path: Path) -> int:
     return int(path.name.split("_", 1)[0])
 

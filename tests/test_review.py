@@ -20,7 +20,7 @@ import pytest
 from minorage.cli import main
 from minorage.triage.case import add_review
 
-from .conftest import utkface_age
+from .conftest import CHROMIUM_FLAGS, utkface_age
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +319,7 @@ def test_reviewing_by_key_in_chromium_survives_a_reload(scanned, tmp_path):
     _wait(lambda: address)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,900"):
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,900"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:

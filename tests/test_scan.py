@@ -18,7 +18,7 @@ from PIL import Image
 
 from minorage.cli import main
 
-from .conftest import scan_in_background, wait_for_files
+from .conftest import CHROMIUM_FLAGS, scan_in_background, wait_for_files
 
 EXPECTED = {  # relative path -> status
     "faces/a.jpg": "ok", "faces/deeper/b.jpg": "ok", "faces/c.png": "ok",
@@ -245,8 +245,7 @@ def test_html_report_shows_the_faces_in_headless_chromium(evidence, tmp_path):
     assert main(["scan", str(root / "faces"), "--out", str(case), "--workers", "2"]) == 0
     assert main(["report", str(case), "--format", "html"]) == 0
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(["chromium", *flags, "--dump-dom", (case / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<img") == 3 and "probable minors" in dom
     subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1200,900", (case / "report.html").as_uri()],

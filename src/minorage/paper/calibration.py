@@ -15,8 +15,9 @@ leave out the photos `exclude` names (those a model saw in another data set).
   as a Gaussian of `width` years, of the ages around it (a single age holds too few faces for
   its own tails), moved outwards by split conformal's finite-sample correction; the band's
   share (one per age group) and the width chosen out of fold so that the intervals cover 90 %
-  of faces in every age group. A true age above the model's ceiling counts as the ceiling ("25 or older"), its
-  faces (estimates capped) kept among themselves. Read back (`model.calibration`), an estimate's interval is every true age
+  of faces in every age group. A true age above the model's ceiling counts as the ceiling
+  ("25 or older"), its faces (estimates capped) kept among themselves. Read back
+  (`model.calibration`), an estimate's interval is every true age
   whose range holds it. Why not residual quantiles per estimate: adults outnumber every
   group of minors, so such intervals covered 16-17-year-olds in only 55-65 % of cases.
 The share of minors among the calibration faces sets the probability's base rate: on a
@@ -113,7 +114,7 @@ def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = 
         faces, estimates = _faces(estimator, data_dir, variant, half, exclude)
         (band, width), tables[variant] = choose_band(estimates, faces.ages, _sexes(people, faces.ids), ceiling)
         fitted[kind] = fit(estimates, faces.ages, ceiling, band, width)
-        shares = {groups.ALL_GROUPS[g]: band[int(np.flatnonzero(band_groups(ceiling) == g)[0])] for g in np.unique(band_groups(ceiling))}
+        shares = {groups.ALL_GROUPS[g]: share for g, share in zip(band_groups(ceiling), band)}  # each group's one share
         counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)), "bands": shares, "width": width}
     record = {"dataset": str(data_dir), "split": "test", "half": half, "rule": f"sha256(photo id)[0] {'even' if half == CALIBRATION else 'odd'}",
               "excluded": len(exclude), "faces": counts, "method": "logistic p_minor on the estimate; Neyman band of the "
