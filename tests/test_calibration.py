@@ -12,7 +12,7 @@ from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.model.calibration import Calibration
 from minorage.model.card import packaged_model_path
-from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability, wilson
+from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability, true_ages, wilson
 from minorage.paper.store import load_faces
 
 # three true ages 0, 1, 2 ("2 or older"): each holds the estimates in its range
@@ -48,16 +48,24 @@ def test_halves_are_fixed_by_the_photo_id():
 
 
 def test_fit_covers_about_ninety_percent_of_each_age():
+    """Ages 0-40 estimated with noise growing with age, capped at the ceiling 25: each age up
+    to 25 has its own range, and every age past it is one, "26 or older"."""
     rng = np.random.default_rng(0)
-    ages = np.repeat(np.arange(26), 200).astype(float)
-    estimates = np.clip(ages + rng.normal(0, 1 + ages / 10), 0, 25)
-    fitted = fit(estimates, ages, 25.0, band=0.9)
+    ages = np.repeat(np.arange(41), 200).astype(float)
+
+    def estimate() -> np.ndarray:
+        return np.clip(ages + rng.normal(0, 1 + ages / 10), 0, 25)
+
+    fitted = fit(estimate(), ages, 25.0, band=0.9)
+    assert len(fitted.estimate_low) == 27
     assert np.all(np.diff(fitted.probability(np.arange(26))) < 0)  # older estimate, less likely a minor
     assert fitted.probability(np.array([3.0]))[0] > 0.95 and fitted.probability(np.array([25.0]))[0] < 0.05
-    again = np.clip(ages + rng.normal(0, 1 + ages / 10), 0, 25)
-    low, high = fitted.interval(again)
-    covered = (ages >= low) & (ages <= high)
-    assert all(covered[ages == a].mean() >= 0.85 for a in range(26))
+    low, high = fitted.interval(estimate())
+    covered = (true_ages(ages, 25.0) >= low) & (true_ages(ages, 25.0) <= high)
+    assert all(covered[ages == a].mean() >= 0.85 for a in range(26)) and covered[ages > 25].mean() >= 0.85
+    assert high.max() == 26 and low[ages == 40].min() < 26  # "or older" reached, and read as a range from below
+    with pytest.raises(ValueError, match="no faces older than the model's ceiling"):
+        fit(estimate()[ages <= 25], ages[ages <= 25], 25.0)
 
 
 def test_the_shipped_model_is_calibrated():
@@ -68,7 +76,7 @@ def test_the_shipped_model_is_calibrated():
         p = kind.probability(np.array([5.0, 16.0, 25.0]))
         assert p[0] > 0.95 > p[1] > p[2] and p[2] < 0.05
         low, high = kind.interval(np.array([5.0, 25.0]))
-        assert low[0] <= 5 <= high[0] and high[1] == 25
+        assert low[0] <= 5 <= high[0] and high[1] == 26  # 26: "26 or older"
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_a_calibrated_verdict_carries_p_minor_and_the_interval_of_its_kind_of_fa
     assert said == {"group": "6-10", "minor": True, "p_minor": round(1 / (1 + math.exp(-7.5)), 4), "age_low": 8.0, "age_high": 12.0}
     assert reading.verdict(10.0, eyes_barred=True)["age_low"] == 6.0 and reading.verdict(10.0, eyes_barred=True)["age_high"] == 14.0
     assert reading.verdict(17.5)["p_minor"] == 0.5 and reading.verdict(25.0)["age_high"] == 25.0
-    assert shown_interval(23.0, 25.0) == "23+" and shown_interval(8.0, 12.0) == "8-12" and shown_interval(None, None) == ""
+    assert shown_interval(23.0, 26.0) == "23+" and shown_interval(19.0, 25.0) == "19-25" and shown_interval(None, None) == ""
     assert shown_probability(0.001) == "<0.01" and shown_probability(0.5) == "0.50" and shown_probability(None) == ""
     by_p = Reading(17.5, 25.0, Calibrations(normal, barred, {}), minor_above=0.9)
     assert by_p.verdict(15.0)["minor"] is True and by_p.verdict(17.0)["minor"] is False  # p 0.92 and 0.62

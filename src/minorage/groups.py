@@ -54,11 +54,11 @@ def shown_age(age: float, group: str) -> str:
 
 
 def shown_interval(low: float | None, high: float | None) -> str:
-    """A 90 % age interval as a person reads it: "14-19", or "19+" where its top is the
-    model's ceiling (25, "25 or older"); empty for a model without one."""
+    """A 90 % age interval as a person reads it: "14-19", "19-25", or "19+" where its top is
+    past the young adults (26, "26 or older"); empty for a model without one."""
     if low is None or high is None:
         return ""
-    return f"{low:.0f}+" if high >= YOUNG_ADULT_MAX else f"{low:.0f}-{high:.0f}"
+    return f"{low:.0f}+" if high > YOUNG_ADULT_MAX else f"{low:.0f}-{high:.0f}"
 
 
 def flag_rule(minor_below: float, minor_above: float | None) -> str:

@@ -7,8 +7,9 @@ errs differently on each. Reading them needs only numpy:
 - `p_minor` is a logistic curve of the estimate;
 - the interval holds every true age whose own central range of estimates contains this
   estimate (a Neyman band): a face of any true age is covered about nine times in ten, the
-  children as much as the adults who outnumber them. Its top at the model's ceiling (25, "25 or
-  older") means open above.
+  children as much as the adults who outnumber them. The last true age is one past the model's
+  ceiling and means "that age or older" (26, "26 or older"): a 25-year-old has a range of its
+  own, apart from the crowd of older adults whose estimates pile up at the ceiling.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class Calibration:
 
     intercept: float  # p_minor = 1 / (1 + exp(-(intercept + slope * estimate)))
     slope: float
-    estimate_low: tuple[float, ...]  # per true age 0..ceiling (the last: that age or older), the
-    estimate_high: tuple[float, ...]  # range that holds the central share `band` of its estimates
+    estimate_low: tuple[float, ...]  # per true age 0..ceiling + 1 (the last: that age or older),
+    estimate_high: tuple[float, ...]  # the range that holds the central share `band` of its estimates
     band: tuple[float, ...] = ()  # per true age, the share of its estimates its range holds, chosen
     # so that the intervals, a union of such ranges, cover 90 % of the faces of every age group
     width: float = 0.0  # years over which an age's range borrowed its neighbours' errors (0: its own faces only)

@@ -13,13 +13,17 @@ leave out the photos `exclude` names (those a model saw in another data set).
 - The interval: per true age, the central band of its faces' estimates, read as the age
   plus quantiles of the errors (estimate - age) of faces of that age and, with weights falling
   as a Gaussian of `width` years, of the ages around it (a single age holds too few faces for
-  its own tails), moved outwards by split conformal's finite-sample correction; the band's
-  share (one per age group) and the width chosen out of fold so that the intervals cover 90 %
-  of faces in every age group. A true age above the model's ceiling counts as the ceiling
-  ("25 or older"), its faces (estimates capped) kept among themselves. Read back
-  (`model.calibration`), an estimate's interval is every true age
-  whose range holds it. Why not residual quantiles per estimate: adults outnumber every
-  group of minors, so such intervals covered 16-17-year-olds in only 55-65 % of cases.
+  its own tails), moved outwards by split conformal's finite-sample correction. True ages
+  past the model's ceiling count as one age, "older" (26, "26 or older"), its faces (estimates
+  capped) kept among themselves; the ceiling's own age, 25, is an age like the others. Two
+  shares only, chosen out of fold with the width: one for every age up to the ceiling, one
+  for the older. Read back (`model.calibration`), an estimate's interval is every true age
+  whose range holds it. Why so few choices: a share chosen per age group on a few hundred
+  minors fit that half's noise (fit on one half, the barred 6-25-year-olds of the other were
+  covered 3-5 points short); and why 25 apart: counted with the older adults, whose estimates
+  pile up at the ceiling, 25-year-olds were covered 74-86 %. Why not residual quantiles per
+  estimate: adults outnumber every group of minors, so such intervals covered
+  16-17-year-olds in only 55-65 % of cases.
 The share of minors among the calibration faces sets the probability's base rate: on a
 collection with far fewer minors the same estimate is less likely a minor's.
 """
@@ -56,28 +60,37 @@ def fit(estimates: np.ndarray, ages: np.ndarray, ceiling: float, band: float | S
         width: float = WIDTHS[0]) -> Calibration:
     """One kind of face's calibration from the model's estimates and the true ages; `band`:
     the share of each true age's estimates its range holds (one share, or one per true age
-    0..ceiling); `width`: how far (in years, a Gaussian's spread) an age borrows its
-    neighbours' errors."""
+    0..ceiling + 1, the last "older"); `width`: how far (in years, a Gaussian's spread) an age
+    borrows its neighbours' errors."""
     from sklearn.linear_model import LogisticRegression
 
-    estimates, ages = np.asarray(estimates, float), np.minimum(np.asarray(ages, float), ceiling)
+    estimates, ages = np.asarray(estimates, float), np.asarray(ages, float)
     logistic = LogisticRegression(C=LOGISTIC_C).fit(estimates[:, None], ages < groups.MINOR_LIMIT)
     bands = _per_age(band, ceiling)
     low, high = _ranges(estimates, ages, ceiling, bands, width)
     return Calibration(float(logistic.intercept_[0]), float(logistic.coef_[0, 0]), low, high, bands, width)
 
 
+def true_ages(ages: np.ndarray, ceiling: float) -> np.ndarray:
+    """The true ages an interval speaks of: 0..ceiling, and every age past the ceiling as
+    ceiling + 1 ("that age or older")."""
+    return np.minimum(np.asarray(ages, float), ceiling + 1)
+
+
 def _per_age(band: float | Sequence[float], ceiling: float) -> tuple[float, ...]:
-    return tuple(float(b) for b in band) if isinstance(band, Sequence) else (float(band),) * (int(ceiling) + 1)
+    return tuple(float(b) for b in band) if isinstance(band, Sequence) else (float(band),) * (int(ceiling) + 2)
 
 
 def _ranges(estimates: np.ndarray, ages: np.ndarray, ceiling: float, bands: Sequence[float], width: float) -> tuple[tuple, tuple]:
-    """Per true age 0..ceiling, the range of estimates that holds its central share of them."""
-    errors, top = estimates - ages, ages >= ceiling
+    """Per true age 0..ceiling + 1, the range of estimates that holds its central share of them."""
+    ages = true_ages(ages, ceiling)
+    errors, older = estimates - ages, ages > ceiling
+    if not older.any():
+        raise ValueError(f"no faces older than the model's ceiling ({ceiling:g}) to calibrate the adults' range on")
     low, high = [], []
     for age, band in enumerate(bands):
-        # the ceiling's faces ("that age or older", their estimates capped) only among themselves
-        weights = top.astype(float) if age >= ceiling else np.where(top, 0.0, np.exp(-0.5 * ((ages - age) / width) ** 2))
+        # the older faces ("that age or older", their estimates capped) only among themselves
+        weights = older.astype(float) if age > ceiling else np.where(older, 0.0, np.exp(-0.5 * ((ages - age) / width) ** 2))
         low.append(age + _conformal(errors, weights, (1 - band) / 2))
         high.append(age + _conformal(errors, weights, (1 + band) / 2))
     return tuple(low), tuple(high)
@@ -107,70 +120,68 @@ def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = 
               half: str = CALIBRATION) -> tuple[Calibrations, dict[str, dict]]:
     """The model's calibrations, fit on one half of the data set's test split (the calibration
     half; `half=CHECK` swaps the halves, to judge the same procedure the other way round), and
-    the out-of-fold tables of the band chosen for each kind of face (`choose_band`)."""
+    the out-of-fold tables of the bands chosen for each kind of face (`choose_band`)."""
     exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
     fitted, counts, tables = {}, {}, {}
     for variant, kind in VARIANT_KIND.items():
         faces, estimates = _faces(estimator, data_dir, variant, half, exclude)
         (band, width), tables[variant] = choose_band(estimates, faces.ages, _sexes(people, faces.ids), ceiling)
         fitted[kind] = fit(estimates, faces.ages, ceiling, band, width)
-        shares = {groups.ALL_GROUPS[g]: share for g, share in zip(band_groups(ceiling), band)}  # each group's one share
-        counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)), "bands": shares, "width": width}
+        counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)),
+                        "bands": {f"0-{ceiling:g}": band[0], f"{ceiling + 1:g}+": band[-1]}, "width": width}
     record = {"dataset": str(data_dir), "split": "test", "half": half, "rule": f"sha256(photo id)[0] {'even' if half == CALIBRATION else 'odd'}",
               "excluded": len(exclude), "faces": counts, "method": "logistic p_minor on the estimate; Neyman band of the "
-              "estimates per true age (split-conformal quantiles of the errors, neighbouring ages' errors weighted by a Gaussian of "
-              f"`width` years), its share per age group and the width chosen out of fold for {COVERAGE:g} coverage"}
+              "estimates per true age 0..ceiling and older (split-conformal quantiles of the errors, neighbouring ages' errors "
+              "weighted by a Gaussian of `width` years), one share up to the ceiling and one for the older, and the width, "
+              f"chosen out of fold for {COVERAGE:g} coverage"}
     return Calibrations(fitted["normal"], fitted["barred"], record), tables
 
 
 def choose_band(estimates: np.ndarray, ages: np.ndarray, sexes: np.ndarray, ceiling: float,
                 folds: int = 5) -> tuple[tuple[tuple[float, ...], float], dict]:
-    """The bands (one share per age group, spread over its ages) and the width whose
-    intervals, each face judged by a calibration fit on the other folds, come nearest to
-    COVERAGE in every age group, and their out-of-fold tables.
+    """The bands (one share for the true ages up to the ceiling, one for the older) and the
+    width whose intervals, each face judged by a calibration fit on the other folds, come
+    nearest to COVERAGE, and their out-of-fold tables.
 
-    First one share for all groups and the width, for the worst group; then each group's
-    share in turn, twice round, for that group's own coverage. Why per group: the union of
-    neighbouring ages' ranges fills more gaps in some groups than in others, and the adults at
-    the ceiling are one crowd, so one share cannot cover every group alike."""
+    First one share for both and the width, for the worst age group; then each share in turn,
+    twice round, for the coverage of all the faces it serves: the older adults' range alone
+    decides whether they are covered, and the faces up to the ceiling are judged together, so
+    that the share follows no single small group's noise."""
     fold = np.random.default_rng(0).permutation(len(ages)) % folds
-    capped = np.minimum(np.asarray(ages, float), ceiling)
+    ages = np.asarray(ages, float)
     p = np.zeros(len(ages))
     for k in range(folds):  # p_minor does not depend on the bands: fit once per fold
         p[fold == k] = fit(estimates[fold != k], ages[fold != k], ceiling).probability(estimates[fold == k])
 
-    def out_of_fold(bands: tuple[float, ...], width: float) -> dict:
+    def out_of_fold(bands: tuple[float, ...], width: float) -> tuple[np.ndarray, np.ndarray]:
         low, high = np.zeros(len(ages)), np.zeros(len(ages))
         for k in range(folds):
             part = fold == k
-            ranges = _ranges(estimates[~part], capped[~part], ceiling, bands, width)
+            ranges = _ranges(estimates[~part], ages[~part], ceiling, bands, width)
             low[part], high[part] = Calibration(0.0, 0.0, *ranges).interval(estimates[part])
-        return judge(p, low, high, ages, sexes, ceiling)
+        return low, high
 
-    def worst(table: dict) -> float:
-        return max(abs(g["covered"] - COVERAGE) for g in table["coverage"].values())
+    group, older = groups.group_index(ages), ages > ceiling
 
-    _, bands, width = min(((worst(out_of_fold(_per_age(b, ceiling), w)), _per_age(b, ceiling), w) for w in WIDTHS for b in BANDS),
-                          key=lambda t: t[0])
-    group_of = band_groups(ceiling)
+    def off(bands: tuple[float, ...], width: float, faces: np.ndarray | None = None) -> float:
+        """How far from COVERAGE: the worst age group's share, or that of the faces given."""
+        hits = is_covered(*out_of_fold(bands, width), ages, ceiling)
+        if faces is not None:
+            return abs(np.mean(hits[faces]) - COVERAGE)
+        return max(abs(np.mean(hits[group == g]) - COVERAGE) for g in np.unique(group))
+
+    def bands_of(below: float, above: float) -> tuple[float, ...]:
+        return (below,) * (int(ceiling) + 1) + (above,)
+
+    _, share, width = min((off(bands_of(b, b), w), b, w) for w in WIDTHS for b in BANDS)
+    shares = {False: share, True: share}  # keyed by "older than the ceiling"
     for _ in range(2):
-        for g, name in enumerate(groups.ALL_GROUPS):
-            tried = []
-            for b in BANDS:
-                candidate = tuple(b if group_of[age] == g else share for age, share in enumerate(bands))
-                covered = out_of_fold(candidate, width)["coverage"].get(name, {"covered": COVERAGE})["covered"]
-                tried.append((abs(covered - COVERAGE), b, candidate))
-            bands = min(tried, key=lambda t: t[:2])[2]
-    return (bands, width), out_of_fold(bands, width)
-
-
-def band_groups(ceiling: float) -> np.ndarray:
-    """The age group (index into ALL_GROUPS) whose share each true age 0..ceiling takes; the
-    ceiling ("that age or older", mostly adults past it) is a group of its own, the adults'."""
-    of = groups.group_index(np.arange(int(ceiling) + 1))
-    if ceiling <= groups.YOUNG_ADULT_MAX:
-        of[-1] = len(groups.ALL_GROUPS) - 1
-    return of
+        for side in (False, True):
+            def trial(b: float) -> tuple[float, ...]:
+                return bands_of(shares[False], b) if side else bands_of(b, shares[True])
+            shares[side] = min(BANDS, key=lambda b: (off(trial(b), width, older == side), b))
+    bands = bands_of(shares[False], shares[True])
+    return (bands, width), judge(p, *out_of_fold(bands, width), ages, sexes, ceiling)
 
 
 def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict]:
@@ -205,14 +216,19 @@ def _sexes(people: dict, ids: np.ndarray) -> np.ndarray:
 
 def judge(p: np.ndarray, low: np.ndarray, high: np.ndarray, ages: np.ndarray, sexes: np.ndarray, ceiling: float) -> dict:
     """The reliability table and the interval's coverage of one set of faces."""
-    capped = np.minimum(ages, ceiling)
-    covered = (capped >= low - 1e-6) & (capped <= high + 1e-6)
+    covered = is_covered(low, high, ages, ceiling)
     return {
         "n": len(ages),
         "reliability": reliability(p, ages < groups.MINOR_LIMIT),
         "coverage": coverage_by_group(ages, covered),
         "coverage_by_sex": {s: coverage_by_group(ages[sexes == s], covered[sexes == s]) for s in sorted(set(sexes))},
     }
+
+
+def is_covered(low: np.ndarray, high: np.ndarray, ages: np.ndarray, ceiling: float) -> np.ndarray:
+    """Whether each face's true age (past the ceiling: "older") lies in its interval."""
+    truth = true_ages(ages, ceiling)
+    return (truth >= low - 1e-6) & (truth <= high + 1e-6)
 
 
 def reliability(p: np.ndarray, minor: np.ndarray, bins: int = 10) -> list[dict]:
@@ -245,10 +261,11 @@ def as_markdown(results: dict[str, dict], where: str = "of the half it was not f
     lines = []
     for variant, result in results.items():
         label = VARIANT_LABELS.get(variant, variant)
-        lines += ["", f"Reliability of p_minor, {label}, {result['n']} faces {where} (deciles of faces by p_minor):", "",
-                  "| decile | faces | predicted | observed | difference |", "|---|---|---|---|---|"]
-        for i, row in enumerate(result["reliability"], 1):
-            lines.append(f"| {i} | {row['faces']} | {row['predicted']:.1%} | {row['observed']:.1%} | {row['observed'] - row['predicted']:+.1%} |")
+        if result["reliability"]:
+            lines += ["", f"Reliability of p_minor, {label}, {result['n']} faces {where} (deciles of faces by p_minor):", "",
+                      "| decile | faces | predicted | observed | difference |", "|---|---|---|---|---|"]
+            for i, row in enumerate(result["reliability"], 1):
+                lines.append(f"| {i} | {row['faces']} | {row['predicted']:.1%} | {row['observed']:.1%} | {row['observed'] - row['predicted']:+.1%} |")
         names = list(result["coverage"])
         lines += ["", f"90 % age interval coverage, {label}, by true age group (faces; 95 % interval of the share):", "",
                   "| faces | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

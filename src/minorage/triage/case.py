@@ -70,8 +70,8 @@ CREATE TABLE IF NOT EXISTS faces (
     age_group TEXT NOT NULL,
     minor INTEGER NOT NULL,
     p_minor REAL,                 -- calibrated probability of being under 18 (NULL: model not calibrated)
-    age_low REAL,                 -- the 90 % interval of the age; age_high at the model's ceiling
-    age_high REAL,                -- (25) means "or older"
+    age_low REAL,                 -- the 90 % interval of the age; age_high past the model's
+    age_high REAL,                -- ceiling (26) means "or older"
     eyes_occluded INTEGER NOT NULL,
     thumbnail BLOB,               -- JPEG of the face, for the review report
     UNIQUE (file_id, frame_time, face)

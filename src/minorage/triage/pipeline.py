@@ -61,7 +61,7 @@ class Reading:
     - The group: at `ceiling`, the top of a model that reports [0, 25] with 25 meaning "25 or
       older", the face is an adult ("26+"), never put in the 18-25 group it cannot tell from.
     - With the model's `calibration`: `p_minor` and a 90 % interval for the age (`age_low`,
-      `age_high`; a top at the ceiling means "or older"), each fit on normal or on eye-barred
+      `age_high`; a top past the ceiling means "or older"), each fit on normal or on eye-barred
       faces as the face is.
     """
 
