@@ -269,3 +269,19 @@ def test_overlapping_sources_store_each_file_once(tmp_path, utkface_files, capsy
     assert db.execute("SELECT COUNT(*) FROM files WHERE media = 'folder'").fetchone()[0] == 2
     assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 3
     assert "5 scanned" in capsys.readouterr().err  # the summary counts each file and folder once
+
+
+def test_a_case_of_an_older_schema_is_refused_by_name(tmp_path, capsys):
+    """A case whose intervals mean something else (schema 4: a top of 25 was "25 or older") is
+    neither read nor written, and the message says what to do."""
+    from minorage.triage.case import CASE_FILE, open_case
+
+    db = open_case(tmp_path)
+    with db:
+        db.execute("INSERT OR REPLACE INTO case_info VALUES ('schema', '4')")
+    db.close()
+    before = hashlib.sha256((tmp_path / CASE_FILE).read_bytes()).hexdigest()
+    for command in (["report", str(tmp_path)], ["review", str(tmp_path), "--port", "0"]):
+        assert main(command) != 0
+        assert "made by an older minorage (schema 4)" in capsys.readouterr().err
+    assert hashlib.sha256((tmp_path / CASE_FILE).read_bytes()).hexdigest() == before

@@ -27,7 +27,7 @@ from minorage.evidence.paths import display_path, inside
 from minorage.groups import flag_rule
 
 CASE_FILE = "case.sqlite"
-SCHEMA_VERSION = "4"  # 3: files.sha1; 4: faces.p_minor, age_low, age_high; reviews
+SCHEMA_VERSION = "5"  # 3: files.sha1; 4: faces.p_minor, age_low, age_high; reviews; 5: age_high 26 is "26 or older"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS case_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
