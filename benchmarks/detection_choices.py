@@ -8,6 +8,13 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   detector's training photos, the training face-free pictures): the rule is the lowest of 0.6,
   0.55, 0.5, 0.45 with no more false detections there than stock MTCNN and no lower normal-face
   recall than at 0.6.
+- `--stages`: where the default detector loses barred faces in scenes: the share of them still
+  covered (IoU 0.3) after P-Net's proposals, after either R-Net, after the O-Nets on that path,
+  after YuNet's proposals and the O-Nets on them, and by the whole `detect`; held-out photos.
+- `--rnet`: the R-Net threshold of the default detector, chosen away from the benchmark as the
+  P-Net threshold was (the detector's training photos, the training face-free pictures): the
+  rule is the lowest of 0.7, 0.6, 0.5, 0.4, 0.3, 0.2 with no more false detections there than
+  stock MTCNN and no lower normal-face recall than at 0.7.
 - `--factor F ...`: the default detector with a finer image pyramid (P-Net's step between
   scales): recall of normal and barred faces in scenes, per degradation, false detections on
   the face-free evaluation pictures and milliseconds per 640 px scene on one thread; held-out
@@ -15,6 +22,8 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
 
     .venv/bin/python benchmarks/detection_choices.py --proposals [--photos 100]
     .venv/bin/python benchmarks/detection_choices.py --pnet [--photos 120]
+    .venv/bin/python benchmarks/detection_choices.py --stages [--photos 200]
+    .venv/bin/python benchmarks/detection_choices.py --rnet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
 """
 
@@ -23,11 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import cv2
 import numpy as np
 import torch
 
 from minorage.config import DetectorConfig, DetectorTrainingConfig
-from minorage.faces.detection import FaceDetector, iou
+from minorage.faces.detection import FaceDetector, iou, squared
 from minorage.faces.detector_training import (
     FACE_FREE_EVAL,
     FACE_FREE_TRAIN,
@@ -37,7 +47,7 @@ from minorage.faces.detector_training import (
     held_out_pairs,
     split_photos,
 )
-from minorage.faces.wild import recall_by_degradation, wild_set
+from minorage.faces.wild import found, recall_by_degradation, wild_set
 from minorage.faces.yunet import YuNet
 
 
@@ -51,6 +61,49 @@ def proposals(photos: int) -> dict:
         yunet = YuNet(score_threshold=threshold)
         covered = sum(bool(len(rows)) and iou(rows[:, :4], np.array(s.box)).max() >= 0.3 for s in scenes for rows in [yunet.propose(s.image)])
         out[str(threshold)] = {"covered": round(covered / len(scenes), 3), "boxes_on_face_free": sum(len(yunet.propose(p)) for p in pictures)}
+    return out
+
+
+def _covers(boxes, scene, min_iou: float = 0.3) -> bool:
+    boxes = np.asarray(boxes, float).reshape(-1, np.asarray(boxes).shape[-1] if len(boxes) else 4)
+    return bool(len(boxes)) and iou(boxes[:, :4], np.array(scene.box)).max() >= min_iou
+
+
+@torch.inference_mode()
+def stages(photos: int) -> dict:
+    _, held = split_photos(DetectorTrainingConfig())
+    _, barred = held_out_pairs(held[:photos])
+    scenes = wild_set(barred, face_free_pictures(FACE_FREE_EVAL), seed=1)
+    detector = FaceDetector(DetectorConfig())
+    kept: dict[str, list[bool]] = {k: [] for k in ("pnet", "rnet", "onet_after_rnet", "yunet", "onet_after_yunet", "detect")}
+    for scene in scenes:
+        rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
+        proposals, refined, final = detector.propose(rgb), [], []
+        for rnet, onet in detector.pairs if len(proposals) else []:
+            boxes = detector.refine(rgb, proposals, rnet)
+            refined += list(boxes)
+            final += [f.box for f in detector.output(rgb, boxes, onet)] if len(boxes) else []
+        from_yunet = detector.yunet.propose(scene.image)
+        on_yunet = [f.box for _, onet in detector.pairs if len(from_yunet) for f in detector.output(rgb, squared(from_yunet[:, :4]), onet)]
+        for key, boxes in (("pnet", proposals), ("rnet", refined), ("onet_after_rnet", final), ("yunet", from_yunet), ("onet_after_yunet", on_yunet)):
+            kept[key].append(_covers(boxes, scene))
+        kept["detect"].append(found(detector, scene))
+    kinds = np.array([s.degradation for s in scenes])
+    return {"barred_scenes": len(scenes), **{key: {"all": round(float(np.mean(v)), 3), **{d: round(float(np.mean(np.array(v)[kinds == d])), 2)
+                                                 for d in dict.fromkeys(kinds.tolist())}} for key, v in kept.items()}}
+
+
+def rnet(photos: int) -> dict:
+    train, _ = split_photos(DetectorTrainingConfig())
+    originals, barred = held_out_pairs(train[::25][:photos])
+    pictures = face_free_pictures(FACE_FREE_TRAIN)
+    normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
+    out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
+    for r in (0.7, 0.6, 0.5, 0.4, 0.3, 0.2):
+        detector = FaceDetector(DetectorConfig(thresholds=(0.6, r, 0.7)))
+        out[str(r)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
+                       "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
+                       "false": false_detections(detector, pictures)}
     return out
 
 
@@ -85,11 +138,15 @@ def main() -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--proposals", action="store_true")
     which.add_argument("--pnet", action="store_true")
+    which.add_argument("--stages", action="store_true")
+    which.add_argument("--rnet", action="store_true")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare")
-    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet)")
+    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet and --rnet, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
+    elif args.stages or args.rnet:
+        report = stages(args.photos or 200) if args.stages else rnet(args.photos or 120)
     else:
         report = proposals(args.photos or 100) if args.proposals else pnet(args.photos or 120)
     print(json.dumps(report, indent=2))
