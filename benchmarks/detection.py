@@ -4,7 +4,10 @@ varied size, position and angle, grayscale, sepia, low resolution, JPEG, blur, n
 edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals vs YuNet's
 proposals placed by both O-Nets vs both sources together.
 
-    .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N]
+    .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER]
+
+`--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
+place of the shipped one (`minorage detector train --out FOLDER`), side by side.
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
 UTKFace faces pasted in at 1/4 and 1/8 of its width.
@@ -23,7 +26,7 @@ from scene import compose  # benchmarks/scene.py
 
 from minorage import config
 from minorage.config import DetectorConfig, DetectorTrainingConfig
-from minorage.faces.detection import FaceDetector
+from minorage.faces.detection import UNIONS, FaceDetector
 from minorage.faces.detector_training import FACE_FREE_EVAL, evaluate_detectors, face_free_pictures, split_photos
 
 DETECTORS = ("stock", "occlusion", "union", "yunet", "union+yunet")
@@ -50,19 +53,23 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=600, help="held-out photos for recall (0 = all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), help="weight choices to compare (default: all)")
+    parser.add_argument("--tuned", help="a trained R/O-Net folder to run in the unions beside the shipped one")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
+    settings = {w: DetectorConfig(weights=w) for w in args.detectors}
+    if args.tuned:
+        settings.update({f"{w} with {args.tuned}": DetectorConfig(weights=w, tuned=args.tuned) for w in args.detectors if w in UNIONS})
     report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
-    for weights in args.detectors:
-        detector = FaceDetector(DetectorConfig(weights=weights))
+    for name, cfg in settings.items():
+        detector = FaceDetector(cfg)
         for size in (250, 640, 1280):
             ms = 1000 * time_per_image(detector, scenes(size, 8), args.repeats)
-            report["ms_per_image"][f"{weights}@{size}px"] = round(ms, 1)
-            print(f"{weights:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
+            report["ms_per_image"][f"{name}@{size}px"] = round(ms, 1)
+            print(f"{name:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
-    report["recall"] = evaluate_detectors({w: DetectorConfig(weights=w) for w in args.detectors}, held, progress=False)
+    report["recall"] = evaluate_detectors(settings, held, progress=False)
     print(json.dumps(report, indent=2))
 
 

@@ -125,7 +125,7 @@ def cmd_detector_train(args: argparse.Namespace) -> int:
     from minorage.config import DetectorTrainingConfig
     from minorage.faces.detector_training import train_detector
 
-    cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr)
+    cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr, scenes=args.scenes)
     card = train_detector(Path(args.out), cfg, progress=True)
     print(json.dumps(card, indent=2))
     return 0
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=t.seed, help="(default: %(default)s)")
+    p.add_argument("--scenes", action="store_true", default=t.scenes,
+                   help="also train on each photo and its barred copy pasted into a face-free scene, turned and degraded "
+                        "(grayscale, sepia, low resolution, JPEG, blur, noise, cut by the edge)")
     p.set_defaults(func=cmd_detector_train)
     p = det_sub.add_parser("evaluate", help="recall on held-out faces, as they are and eye-barred, and false detections")
     p.add_argument("weights", nargs="+", help="stock, occlusion (shipped) or weight folders")

@@ -171,6 +171,8 @@ class DetectorConfig:
     # only: a fifth faster, fewer faces in whole scenes), "occlusion" (the tuned pair alone),
     # "stock", "yunet" (YuNet's proposals only), or a folder with pnet/rnet/onet.pt
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
+    tuned: str = "occlusion"  # the eye-bar-tuned R/O-Net pair the unions run beside the stock one:
+    # the shipped one, or a folder with rnet/onet.pt (`minorage detector train`)
 
 
 
@@ -191,6 +193,9 @@ class DetectorTrainingConfig:
     negative_scales: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
     pad: float = 0.25  # photos are tight crops: detected padded, as `FaceDetector.detect_padded`
     rotate: float = 25.0  # half the photos turned by up to this many degrees, so points follow a tilt
+    scenes: bool = False  # also each photo and its eye-barred copy pasted into a training face-free
+    # picture, turned and degraded (`faces.wild`: grayscale, sepia, low resolution, JPEG, blur,
+    # noise, cut by the edge), one scene each: R-Net rejected such faces that P-Net proposed
 
 
 

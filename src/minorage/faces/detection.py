@@ -176,15 +176,16 @@ def load_networks(weights: str = "stock") -> tuple[PNet, RNet, ONet]:
     return nets
 
 
-#: Weight choices that run several R/O-Net pairs behind one P-Net: the union of their faces.
-UNIONS = {"union": ("stock", "occlusion"), "yunet": ("stock", "occlusion"), "union+yunet": ("stock", "occlusion")}
+#: Weight choices that run several R/O-Net pairs behind one P-Net: the union of their faces
+#: (`tuned`: the eye-bar-tuned pair of the config, the shipped `occlusion` unless it names a folder).
+UNIONS = {"union": ("stock", "tuned"), "yunet": ("stock", "tuned"), "union+yunet": ("stock", "tuned")}
 #: Where each weight choice takes its proposals from: P-Net's pyramid, YuNet (`minorage.yunet`), or both.
 PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
 
 
-def load_cascade(weights: str) -> tuple[PNet, list[tuple[RNet, ONet]]]:
+def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[PNet, list[tuple[RNet, ONet]]]:
     """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union)."""
-    pairs = [load_networks(w) for w in UNIONS.get(weights, (weights,))]
+    pairs = [load_networks(tuned if w == "tuned" else w) for w in UNIONS.get(weights, (weights,))]
     return pairs[0][0], [(rnet, onet) for _, rnet, onet in pairs]
 
 
@@ -259,7 +260,7 @@ class FaceDetector:
 
     def __init__(self, cfg: DetectorConfig = DetectorConfig()):
         self.cfg = cfg
-        self.pnet, self.pairs = load_cascade(cfg.weights)
+        self.pnet, self.pairs = load_cascade(cfg.weights, cfg.tuned)
         self.proposers = PROPOSERS.get(cfg.weights, ("pnet",))
         self.yunet = YuNet() if "yunet" in self.proposers else None
 

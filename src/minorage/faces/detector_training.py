@@ -8,7 +8,9 @@ negatives with their box and point targets) cut from
 - real face photos, as they are and eye-barred (the paper's bar and bars of other sizes,
   angles and positions), whose true box and points come from stock MTCNN on the original;
 - face-free pictures shipped in scikit-image's wheel, for negatives (P-Net's own false
-  proposals there, the hard ones).
+  proposals there, the hard ones);
+- with `scenes`, the same photos pasted into those pictures as seized photos hold faces
+  (`minorage.faces.wild`): turned, small, grayscale or sepia, blurred, noisy, cut by the edge.
 
 The photos are split by content hash: the held-out fifth is never trained on and is where
 recall is measured; the face-free pictures are split by name the same way.
@@ -32,6 +34,7 @@ from minorage import config
 from minorage.config import DetectorConfig, DetectorTrainingConfig
 from minorage.faces.detection import Face, FaceDetector, cut_patches, iou, load_networks, main_face, normalise, squared
 from minorage.faces.occlusion import EyeBar, eye_bar, fill_bar, occlude_all
+from minorage.faces.wild import DEGRADATIONS, wild_photo
 
 #: scikit-image's face-free sample pictures, split for training negatives and evaluation
 FACE_FREE_TRAIN = ("brick.png", "coffee.png", "coins.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "moon.png", "page.png", "rocket.jpg", "text.png", "motorcycle_left.png")
@@ -154,6 +157,8 @@ def build_samples(photos: list[Path], cfg: DetectorTrainingConfig, progress: boo
             boxes, labels = face_candidates(proposals, truth, rng, cfg)
             for size, samples in sets.items():
                 samples.add(rgb, boxes, labels, truth, size)
+    if cfg.scenes:
+        scene_samples(photos, cfg, stock, sets, progress)
     for picture in tqdm(face_free_pictures(FACE_FREE_TRAIN), desc="negatives", disable=not progress):
         for scale, mirror in ((s, m) for s in cfg.negative_scales for m in (False, True)):
             resized = cv2.resize(picture, None, fx=scale, fy=scale)
@@ -164,6 +169,24 @@ def build_samples(photos: list[Path], cfg: DetectorTrainingConfig, progress: boo
             for size, samples in sets.items():
                 samples.add(rgb, boxes, np.zeros(len(boxes)), None, size)
     return {"rnet": sets[24].arrays(), "onet": sets[48].arrays()}
+
+
+def scene_samples(photos: list[Path], cfg: DetectorTrainingConfig, stock: FaceDetector, sets: dict[int, Samples],
+                  progress: bool) -> None:
+    """Samples from each photo and its eye-barred copy pasted into a training face-free picture,
+    the degradations taken in turn; drawn from a generator of their own, so the chips' samples
+    stay those of a run without scenes."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    backgrounds = face_free_pictures(FACE_FREE_TRAIN)
+    originals, barred = held_out_pairs(photos)
+    for k, (chip, truth) in enumerate(tqdm(originals + barred, desc="samples from scenes", disable=not progress)):
+        scene = wild_photo(chip, truth, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
+        rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
+        with torch.inference_mode():
+            proposals = stock.propose(rgb)
+        boxes, labels = face_candidates(proposals, scene.face, rng, cfg)
+        for size, samples in sets.items():
+            samples.add(rgb, boxes, labels, scene.face, size)
 
 
 def mtcnn_loss(outputs, batch, point_weight: float) -> torch.Tensor:
@@ -245,7 +268,7 @@ def train_detector(out_dir: Path, cfg: DetectorTrainingConfig = DetectorTraining
     torch.save(rnet.state_dict(), out_dir / "rnet.pt")
     torch.save(onet.state_dict(), out_dir / "onet.pt")
     card = {
-        "what": "MTCNN R-Net and O-Net fine-tuned on eye-barred faces; P-Net is stock",
+        "what": "MTCNN R-Net and O-Net fine-tuned on eye-barred faces" + (", in chips and in scenes" if cfg.scenes else "") + "; P-Net is stock",
         "init": "facenet-pytorch 2.6.0 MTCNN weights (MIT)",
         "config": asdict(cfg),
         "data": {
@@ -287,8 +310,8 @@ def false_detections(detector: FaceDetector, pictures: list[np.ndarray]) -> tupl
 
 
 def held_out_pairs(photos: list[Path]) -> tuple[list[tuple[np.ndarray, Face]], list[tuple[np.ndarray, Face]]]:
-    """(original, truth) and (eye-barred copy, truth) for held-out photos that stock MTCNN
-    finds unoccluded; the truth is that detection."""
+    """(original, truth) and (eye-barred copy, truth) for the photos that stock MTCNN finds
+    unoccluded (held-out ones, to measure); the truth is that detection."""
     stock = FaceDetector(DetectorConfig(weights="stock"))
     originals, barred = [], []
     for path in photos:

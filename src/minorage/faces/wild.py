@@ -30,6 +30,8 @@ class WildPhoto:
     box: tuple[float, float, float, float]
     degradation: str
     angle: float
+    face: Face | None = None  # the face as a detector's training truth: its box upright, of the
+    # pasted size, at the pasted centre, its points carried through the same geometry
 
 
 def _soft_mask(side: int) -> np.ndarray:
@@ -40,9 +42,10 @@ def _soft_mask(side: int) -> np.ndarray:
 
 
 def paste(scene: np.ndarray, chip: np.ndarray, truth: Face, face_px: float, angle: float, centre: tuple[float, float]
-          ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+          ) -> tuple[np.ndarray, tuple[float, float, float, float], Face]:
     """The chip scaled so its face box is `face_px` wide, turned by `angle` degrees, its face
-    centred at `centre`, blended into a copy of the scene; and the face's box there."""
+    centred at `centre`, blended into a copy of the scene; the face's box there (the bounds of
+    its turned corners, clipped to the scene) and the face as a detector would box it."""
     scale = face_px / truth.width
     fx, fy = (truth.box[0] + truth.box[2]) / 2, (truth.box[1] + truth.box[3]) / 2
     matrix = cv2.getRotationMatrix2D((fx, fy), angle, scale)
@@ -54,7 +57,10 @@ def paste(scene: np.ndarray, chip: np.ndarray, truth: Face, face_px: float, angl
     x1, y1, x2, y2 = truth.box
     corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
     (bx1, by1), (bx2, by2) = corners.min(axis=0), corners.max(axis=0)
-    return out, (max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2))
+    half = np.array([truth.width, truth.height]) * scale / 2
+    upright = Face((centre[0] - half[0], centre[1] - half[1], centre[0] + half[0], centre[1] + half[1]), truth.score,
+                   np.c_[truth.points, np.ones(len(truth.points))] @ matrix.T)
+    return out, (max(0.0, bx1), max(0.0, by1), min(float(w), bx2), min(float(h), by2)), upright
 
 
 def degrade(image: np.ndarray, degradation: str, rng: np.random.Generator) -> np.ndarray:
@@ -90,11 +96,12 @@ def wild_photo(chip: np.ndarray, truth: Face, background: np.ndarray, degradatio
     else:
         centre = (float(rng.uniform(margin, sw - margin)), float(rng.uniform(margin, sh - margin)))
     scene = cv2.resize(background, (sw, sh), interpolation=cv2.INTER_AREA)
-    image, box = paste(scene, chip, truth, face_px, angle, centre)
+    image, box, face = paste(scene, chip, truth, face_px, angle, centre)
     if low_res:
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         box = tuple(float(v) * shrink for v in box)
-    return WildPhoto(degrade(image, degradation, rng), box, degradation, angle)
+        face = Face(tuple(float(v) * shrink for v in face.box), face.score, face.points * shrink)
+    return WildPhoto(degrade(image, degradation, rng), box, degradation, angle, face)
 
 
 def wild_set(pairs: list[tuple[np.ndarray, Face]], backgrounds: list[np.ndarray], seed: int = 0) -> list[WildPhoto]:
