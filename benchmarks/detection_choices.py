@@ -65,8 +65,9 @@ def proposals(photos: int) -> dict:
 
 
 def _covers(boxes, scene, min_iou: float = 0.3) -> bool:
-    boxes = np.asarray(boxes, float).reshape(-1, np.asarray(boxes).shape[-1] if len(boxes) else 4)
-    return bool(len(boxes)) and iou(boxes[:, :4], np.array(scene.box)).max() >= min_iou
+    """Whether any of the boxes (rows of x1, y1, x2, y2[, ...]) overlaps the pasted face."""
+    corners = np.array([np.asarray(b, float)[:4] for b in boxes]).reshape(-1, 4)
+    return bool(len(corners)) and float(iou(corners, np.array(scene.box)).max()) >= min_iou
 
 
 @torch.inference_mode()

@@ -209,3 +209,7 @@ def test_a_pasted_face_is_where_the_scene_says(some_faces):
     assert found(stock, scene)
     elsewhere = dataclasses.replace(scene, box=(0.0, 0.0, 20.0, 20.0))
     assert not found(stock, elsewhere)
+    # the face as training truth: upright, where and as large as stock MTCNN boxes it, its points on the face's
+    there = main_face(stock.detect(scene.image), scene.image.shape)
+    assert iou(np.array([there.box]), np.array(scene.face.box))[0] > 0.7
+    assert np.abs(there.points - scene.face.points).max() < 0.1 * scene.face.width

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -59,3 +60,24 @@ def test_mirrored_point_targets_swap_sides():
     points = torch.tensor([[0.3, 0.7, 0.5, 0.35, 0.65, 0.4, 0.42, 0.6, 0.8, 0.82]])
     flipped = _flip_points(points, torch.tensor([True]))
     assert torch.allclose(flipped, torch.tensor([[0.3, 0.7, 0.5, 0.35, 0.65, 0.42, 0.4, 0.6, 0.82, 0.8]]))
+
+
+def test_scene_samples_are_added_and_the_chips_samples_stay_as_they_were():
+    """`scenes` adds samples cut from real faces pasted into face-free pictures, faces among
+    them, and leaves the samples a run without scenes makes unchanged (their own generator)."""
+    from minorage.faces.detector_training import build_samples, split_photos
+
+    photos = split_photos(DetectorTrainingConfig())[0][:4]
+    cfg = DetectorTrainingConfig(negative_scales=(1.0,), negatives_per_picture=10)
+    chips = build_samples(photos, cfg, progress=False)["rnet"]
+    both = build_samples(photos, dataclasses.replace(cfg, scenes=True), progress=False)["rnet"]
+    extra = len(both["labels"]) - len(chips["labels"])
+    assert extra > 0
+    differ = np.flatnonzero(np.any(chips["patches"] != both["patches"][: len(chips["patches"])], axis=(1, 2, 3)))
+    first = int(differ[0]) if len(differ) else len(chips["labels"])  # where the scenes' samples begin
+    for key in ("patches", "labels", "boxes"):
+        assert np.array_equal(both[key][:first], chips[key][:first])
+        assert np.array_equal(both[key][first + extra :], chips[key][first:])
+    added = both["labels"][first : first + extra]
+    assert np.sum(added == 1) >= 4 and np.sum(added == 0) > 0  # faces and background from the scenes
+    assert np.all(np.abs(both["boxes"][first : first + extra][added == 1]) < 0.5)  # positives lie on the face
