@@ -94,31 +94,21 @@ def stages(photos: int) -> dict:
                                                  for d in dict.fromkeys(kinds.tolist())}} for key, v in kept.items()}}
 
 
-def rnet(photos: int) -> dict:
+def thresholds(stage: int, tried: tuple[float, ...], photos: int) -> dict:
+    """The default detector with one stage's threshold (0 P-Net, 1 R-Net) set to each value
+    tried, on scenes of the detector's training photos and the training face-free pictures."""
     train, _ = split_photos(DetectorTrainingConfig())
     originals, barred = held_out_pairs(train[::25][:photos])
     pictures = face_free_pictures(FACE_FREE_TRAIN)
     normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
     out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
-    for r in (0.7, 0.6, 0.5, 0.4, 0.3, 0.2):
-        detector = FaceDetector(DetectorConfig(thresholds=(0.6, r, 0.7)))
-        out[str(r)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
-                       "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
-                       "false": false_detections(detector, pictures)}
-    return out
-
-
-def pnet(photos: int) -> dict:
-    train, _ = split_photos(DetectorTrainingConfig())
-    originals, barred = held_out_pairs(train[::25][:photos])
-    pictures = face_free_pictures(FACE_FREE_TRAIN)
-    normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
-    out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
-    for p in (0.6, 0.55, 0.5, 0.45):
-        detector = FaceDetector(DetectorConfig(thresholds=(p, 0.7, 0.7)))
-        out[str(p)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
-                       "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
-                       "false": false_detections(detector, pictures)}
+    for value in tried:
+        chosen = list(DetectorConfig().thresholds)
+        chosen[stage] = value
+        detector = FaceDetector(DetectorConfig(thresholds=tuple(chosen)))
+        out[str(value)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
+                           "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
+                           "false": false_detections(detector, pictures)}
     return out
 
 
@@ -146,10 +136,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
-    elif args.stages or args.rnet:
-        report = stages(args.photos or 200) if args.stages else rnet(args.photos or 120)
+    elif args.pnet or args.rnet:
+        report = thresholds(0, (0.6, 0.55, 0.5, 0.45), args.photos or 120) if args.pnet else \
+            thresholds(1, (0.7, 0.6, 0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
-        report = proposals(args.photos or 100) if args.proposals else pnet(args.photos or 120)
+        report = stages(args.photos or 200) if args.stages else proposals(args.photos or 100)
     print(json.dumps(report, indent=2))
 
 
