@@ -38,7 +38,7 @@ def some_faces(utkface_files) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
-    """A data set built from 500 real photos, with a planted exact copy under another age:
+    """A data set built from 500 real photos and 105 adults aged 26-60, with a planted exact copy under another age:
     (config, folder, summary, the photo that was copied); built once per test run."""
     return _small_dataset(tmp_path_factory)
 
@@ -57,13 +57,18 @@ def _small_dataset(tmp_path_factory):
     utkface_files = list(_utkface_files())
     folder = tmp_path_factory.mktemp("utk")
     chosen = utkface_files[::19][:500]
+    adults: dict[int, list[Path]] = {}  # those file names, sorted, reach few ages past 25: three of each age 26-60
+    for f in utkface_files[::5]:
+        if 26 <= utkface_age(f) <= 60 and f not in chosen and len(adults.setdefault(utkface_age(f), [])) < 3:
+            adults[utkface_age(f)].append(f)
+    chosen += [f for photos in adults.values() for f in photos]
     for f in chosen:
         (folder / f.name).symlink_to(f)
     victim = chosen[7]
     age = utkface_age(victim)
     shutil.copy(victim, folder / victim.name.replace(f"{age}_", f"{age + 3}_", 1))
     out = tmp_path_factory.mktemp("ds")
-    cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=2)
+    cfg = DatasetConfig(sources=(("utkface", str(folder)),), per_age=12, adults_per_age=3)  # three: a fifth of each age is tested
     summary = build_dataset(cfg, out, progress=False)
     _built["small"] = cfg, out, summary, victim
     return _built["small"]
