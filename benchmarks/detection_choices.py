@@ -15,6 +15,9 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   P-Net threshold was (the detector's training photos, the training face-free pictures): the
   rule is the lowest of 0.7, 0.6, 0.5, 0.4, 0.3, 0.2 with no more false detections there than
   stock MTCNN and no lower normal-face recall than at 0.7.
+- `--groups`: the default detector's recall of normal and barred faces in scenes, per sex and per
+  ethnicity of the held-out photos (as UTKFace's file names label them): a detector that
+  misses one group of people more often fails them before any age is read.
 - `--factor F ...`: the default detector with a finer image pyramid (P-Net's step between
   scales): recall of normal and barred faces in scenes, per degradation, false detections on
   the face-free evaluation pictures and milliseconds per 640 px scene on one thread; held-out
@@ -24,6 +27,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --pnet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --stages [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --rnet [--photos 120]
+    .venv/bin/python benchmarks/detection_choices.py --groups [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
 """
 
@@ -49,6 +53,7 @@ from minorage.faces.detector_training import (
 )
 from minorage.faces.wild import found, recall_by_degradation, wild_set
 from minorage.faces.yunet import YuNet
+from minorage.paper.readers import demographics
 
 
 def proposals(photos: int) -> dict:
@@ -94,6 +99,24 @@ def stages(photos: int) -> dict:
                                                  for d in dict.fromkeys(kinds.tolist())}} for key, v in kept.items()}}
 
 
+def by_group(photos: int) -> dict:
+    _, held = split_photos(DetectorTrainingConfig())
+    pictures, detector = face_free_pictures(FACE_FREE_EVAL), FaceDetector(DetectorConfig())
+    pairs, people = [], []
+    for path in held[:photos]:
+        originals, barred = held_out_pairs([path])
+        if originals:
+            pairs.append((originals[0], barred[0]))
+            people.append(demographics("utkface", path.name))
+    hits = {kind: np.array([found(detector, scene) for scene in wild_set([pair[k] for pair in pairs], pictures, seed=1)])
+            for k, kind in enumerate(("normal", "barred"))}
+    out = {"faces": len(pairs)}
+    for axis, labels in (("sex", np.array([p[0] for p in people])), ("ethnicity", np.array([p[1] for p in people]))):
+        out[axis] = {group: {"faces": int(np.sum(labels == group)), **{kind: round(float(np.mean(h[labels == group])), 3) for kind, h in hits.items()}}
+                     for group in sorted(set(labels.tolist()))}
+    return out
+
+
 def thresholds(stage: int, tried: tuple[float, ...], photos: int) -> dict:
     """The default detector with one stage's threshold (0 P-Net, 1 R-Net) set to each value
     tried, on scenes of the detector's training photos and the training face-free pictures."""
@@ -131,8 +154,9 @@ def main() -> None:
     which.add_argument("--pnet", action="store_true")
     which.add_argument("--stages", action="store_true")
     which.add_argument("--rnet", action="store_true")
+    which.add_argument("--groups", action="store_true")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare")
-    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet and --rnet, 200 otherwise)")
+    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet and --rnet, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
@@ -140,7 +164,7 @@ def main() -> None:
         report = thresholds(0, (0.6, 0.55, 0.5, 0.45), args.photos or 120) if args.pnet else \
             thresholds(1, (0.7, 0.6, 0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
-        report = stages(args.photos or 200) if args.stages else proposals(args.photos or 100)
+        report = stages(args.photos or 200) if args.stages else by_group(args.photos or 400) if args.groups else proposals(args.photos or 100)
     print(json.dumps(report, indent=2))
 
 
