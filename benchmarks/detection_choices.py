@@ -48,7 +48,7 @@ from minorage.faces.detector_training import (
     evaluate_detectors,
     face_free_pictures,
     false_detections,
-    held_out_pairs,
+    face_pairs,
     split_photos,
 )
 from minorage.faces.wild import found, recall_by_degradation, wild_set
@@ -58,7 +58,7 @@ from minorage.paper.readers import demographics
 
 def proposals(photos: int) -> dict:
     _, held = split_photos(DetectorTrainingConfig())
-    _, barred = held_out_pairs(held[:photos])
+    _, barred = face_pairs(held[:photos])
     pictures = face_free_pictures(FACE_FREE_EVAL)
     scenes = wild_set(barred, pictures, seed=1)
     out = {"barred_scenes": len(scenes)}
@@ -78,7 +78,7 @@ def _covers(boxes, scene, min_iou: float = 0.3) -> bool:
 @torch.inference_mode()
 def stages(photos: int) -> dict:
     _, held = split_photos(DetectorTrainingConfig())
-    _, barred = held_out_pairs(held[:photos])
+    _, barred = face_pairs(held[:photos])
     scenes = wild_set(barred, face_free_pictures(FACE_FREE_EVAL), seed=1)
     detector = FaceDetector(DetectorConfig())
     kept: dict[str, list[bool]] = {k: [] for k in ("pnet", "rnet", "onet_after_rnet", "yunet", "onet_after_yunet", "detect")}
@@ -104,7 +104,7 @@ def by_group(photos: int) -> dict:
     pictures, detector = face_free_pictures(FACE_FREE_EVAL), FaceDetector(DetectorConfig())
     pairs, people = [], []
     for path in held[:photos]:
-        originals, barred = held_out_pairs([path])
+        originals, barred = face_pairs([path])
         if originals:
             pairs.append((originals[0], barred[0]))
             people.append(demographics("utkface", path.name))
@@ -121,7 +121,7 @@ def thresholds(stage: int, tried: tuple[float, ...], photos: int) -> dict:
     """The default detector with one stage's threshold (0 P-Net, 1 R-Net) set to each value
     tried, on scenes of the detector's training photos and the training face-free pictures."""
     train, _ = split_photos(DetectorTrainingConfig())
-    originals, barred = held_out_pairs(train[::25][:photos])
+    originals, barred = face_pairs(train[::25][:photos])
     pictures = face_free_pictures(FACE_FREE_TRAIN)
     normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
     out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}

@@ -158,11 +158,11 @@ def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     eye-bar-tuned stages finds it too, with YuNet's proposals added as well (the default), and
     both find barred faces stock misses."""
     from minorage.config import DetectorTrainingConfig
-    from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures, held_out_pairs, split_photos
+    from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures, face_pairs, split_photos
     from minorage.faces.wild import found, wild_photo
 
     _, held = split_photos(DetectorTrainingConfig())
-    originals, barred = held_out_pairs(held[:60:2])
+    originals, barred = face_pairs(held[:60:2])
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(5)
     scenes = [wild_photo(chip, truth, backgrounds[k % len(backgrounds)], ("none", "grayscale", "sepia", "edge")[k % 4], rng)

@@ -178,7 +178,7 @@ def scene_samples(photos: list[Path], cfg: DetectorTrainingConfig, stock: FaceDe
     stay those of a run without scenes."""
     rng = np.random.default_rng(cfg.seed + 1)
     backgrounds = face_free_pictures(FACE_FREE_TRAIN)
-    originals, barred = held_out_pairs(photos)
+    originals, barred = face_pairs(photos)
     for k, (chip, truth) in enumerate(tqdm(originals + barred, desc="samples from scenes", disable=not progress)):
         scene = wild_photo(chip, truth, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
         rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
@@ -309,9 +309,10 @@ def false_detections(detector: FaceDetector, pictures: list[np.ndarray]) -> tupl
     return found, count
 
 
-def held_out_pairs(photos: list[Path]) -> tuple[list[tuple[np.ndarray, Face]], list[tuple[np.ndarray, Face]]]:
+def face_pairs(photos: list[Path]) -> tuple[list[tuple[np.ndarray, Face]], list[tuple[np.ndarray, Face]]]:
     """(original, truth) and (eye-barred copy, truth) for the photos that stock MTCNN finds
-    unoccluded (held-out ones, to measure); the truth is that detection."""
+    unoccluded (held-out ones to measure on, training ones for scenes); the truth is that
+    detection."""
     stock = FaceDetector(DetectorConfig(weights="stock"))
     originals, barred = [], []
     for path in photos:
@@ -328,7 +329,7 @@ def evaluate_detectors(settings: dict[str, DetectorConfig], photos: list[Path], 
     degradation apart), and false detections, per detector setting."""
     from minorage.faces.wild import recall_by_degradation, wild_set
 
-    originals, barred = held_out_pairs(photos)
+    originals, barred = face_pairs(photos)
     pictures = face_free_pictures(FACE_FREE_EVAL)
     scenes = {"original": wild_set(originals, pictures, seed=1), "occluded": wild_set(barred, pictures, seed=1)}
     results = {}

@@ -4,7 +4,7 @@ face-free scene at a random size, position and angle, then degraded the way such
 
 Why: `../shared` holds only UTKFace's aligned, centred, colour chips, on which every detector
 looks perfect; a detector or an age model must be judged on faces that are not. The truth of
-each face is stock MTCNN's box on its chip (as in `detector_training.held_out_pairs`), carried
+each face is stock MTCNN's box on its chip (as in `detector_training.face_pairs`), carried
 through the same geometry as the pixels.
 """
 
