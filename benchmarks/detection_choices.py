@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from minorage.config import DetectorConfig, DetectorTrainingConfig
-from minorage.faces.detection import FaceDetector, iou, squared
+from minorage.faces.detection import FaceDetector, cut_patches, iou, squared
 from minorage.faces.detector_training import (
     FACE_FREE_EVAL,
     FACE_FREE_TRAIN,
@@ -86,11 +86,12 @@ def stages(photos: int) -> dict:
         rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
         proposals, refined, final = detector.propose(rgb), [], []
         for rnet, onet in detector.pairs if len(proposals) else []:
-            boxes = detector.refine(rgb, proposals, rnet)
+            boxes = detector.refine(cut_patches(rgb, proposals, 24), proposals, rnet)
             refined += list(boxes)
-            final += [f.box for f in detector.output(rgb, boxes, onet)] if len(boxes) else []
+            final += [f.box for f in detector.output(cut_patches(rgb, boxes, 48), boxes, onet)] if len(boxes) else []
         from_yunet = detector.yunet.propose(scene.image)
-        on_yunet = [f.box for _, onet in detector.pairs if len(from_yunet) for f in detector.output(rgb, squared(from_yunet[:, :4]), onet)]
+        squares = squared(from_yunet[:, :4])
+        on_yunet = [f.box for _, onet in detector.pairs if len(from_yunet) for f in detector.output(cut_patches(rgb, squares, 48), squares, onet)]
         for key, boxes in (("pnet", proposals), ("rnet", refined), ("onet_after_rnet", final), ("yunet", from_yunet), ("onet_after_yunet", on_yunet)):
             kept[key].append(_covers(boxes, scene))
         kept["detect"].append(found(detector, scene))

@@ -64,15 +64,18 @@ def test_mirrored_point_targets_swap_sides():
 
 def test_scene_samples_are_added_and_the_chips_samples_stay_as_they_were():
     """`scenes` adds samples cut from real faces pasted into face-free pictures, faces among
-    them, and leaves the samples a run without scenes makes unchanged (their own generator)."""
+    them, about as many again for each further scene a photo, and leaves the samples a run
+    without scenes makes unchanged (their own generator)."""
     from minorage.faces.detector_training import build_samples, split_photos
 
     photos = split_photos(DetectorTrainingConfig())[0][:4]
     cfg = DetectorTrainingConfig(negative_scales=(1.0,), negatives_per_picture=10)
     chips = build_samples(photos, cfg, progress=False)["rnet"]
-    both = build_samples(photos, dataclasses.replace(cfg, scenes=True), progress=False)["rnet"]
+    both = build_samples(photos, dataclasses.replace(cfg, scenes=1), progress=False)["rnet"]
     extra = len(both["labels"]) - len(chips["labels"])
     assert extra > 0
+    twice = build_samples(photos, dataclasses.replace(cfg, scenes=2), progress=False)["rnet"]
+    assert 1.5 * extra <= len(twice["labels"]) - len(chips["labels"]) <= 2.5 * extra  # two scenes a photo
     differ = np.flatnonzero(np.any(chips["patches"] != both["patches"][: len(chips["patches"])], axis=(1, 2, 3)))
     first = int(differ[0]) if len(differ) else len(chips["labels"])  # where the scenes' samples begin
     for key in ("patches", "labels", "boxes"):

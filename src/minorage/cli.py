@@ -419,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=t.seed, help="(default: %(default)s)")
-    p.add_argument("--scenes", action="store_true", default=t.scenes,
-                   help="also train on each photo and its barred copy pasted into a face-free scene, turned and degraded "
-                        "(grayscale, sepia, low resolution, JPEG, blur, noise, cut by the edge)")
+    p.add_argument("--scenes", type=int, nargs="?", const=1, default=t.scenes, metavar="N",
+                   help="also train on each photo and its barred copy pasted into N face-free scenes (1 if N is not given), "
+                        "turned and degraded (grayscale, sepia, low resolution, JPEG, blur, noise, cut by the edge)")
     p.set_defaults(func=cmd_detector_train)
     p = det_sub.add_parser("evaluate", help="recall on held-out faces, as they are and eye-barred, and false detections")
     p.add_argument("weights", nargs="+", help="stock, occlusion (shipped) or weight folders")

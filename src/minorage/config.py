@@ -193,9 +193,9 @@ class DetectorTrainingConfig:
     negative_scales: tuple[float, ...] = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
     pad: float = 0.25  # photos are tight crops: detected padded, as `FaceDetector.detect_padded`
     rotate: float = 25.0  # half the photos turned by up to this many degrees, so points follow a tilt
-    scenes: bool = False  # also each photo and its eye-barred copy pasted into a training face-free
-    # picture, turned and degraded (`faces.wild`: grayscale, sepia, low resolution, JPEG, blur,
-    # noise, cut by the edge), one scene each: R-Net rejected such faces that P-Net proposed
+    scenes: int = 0  # scenes per photo: each photo and its eye-barred copy also pasted into that
+    # many training face-free pictures, turned and degraded (`faces.wild`: grayscale, sepia, low
+    # resolution, JPEG, blur, noise, cut by the edge): R-Net rejected such faces that P-Net proposed
 
 
 

@@ -194,7 +194,14 @@ def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[PNet, list[tup
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression; overlap is IoU, or over the smaller box."""
+    """Indices kept by greedy non-maximum suppression; overlap is IoU, or over the smaller box.
+    IoU goes to OpenCV's (the same greedy rule, in C++: P-Net's hundreds of windows per scale
+    made the loop here a tenth of a scan's detection time); the smaller-box overlap stays here."""
+    if not by_min:
+        if not len(boxes):
+            return np.zeros(0, np.int64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]], axis=1)
+        return np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), np.asarray(scores, np.float64).tolist(), 0.0, threshold), np.int64).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
@@ -203,9 +210,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = 
         keep.append(i)
         w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
         h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        denom = np.minimum(areas[i], areas[rest]) if by_min else areas[i] + areas[rest] - inter
-        order = rest[inter / np.maximum(denom, 1e-9) <= threshold]
+        order = rest[w * h / np.maximum(np.minimum(areas[i], areas[rest]), 1e-9) <= threshold]
     return np.array(keep, dtype=np.int64)
 
 
@@ -238,8 +243,11 @@ def cut_patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     for k, (x1, y1, x2, y2) in enumerate(np.round(boxes[:, :4]).astype(int)):
         if x2 <= x1 or y2 <= y1:
             continue
-        canvas = np.zeros((y2 - y1, x2 - x1, 3), np.uint8)
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+        if (sx1, sy1, sx2, sy2) == (x1, y1, x2, y2):  # inside the image: no canvas to fill
+            out[k] = cv2.resize(rgb[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+            continue
+        canvas = np.zeros((y2 - y1, x2 - x1, 3), np.uint8)
         if sx2 > sx1 and sy2 > sy1:
             canvas[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = rgb[sy1:sy2, sx1:sx2]
         out[k] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
@@ -274,7 +282,9 @@ class FaceDetector:
         return scales
 
     def propose(self, rgb: np.ndarray) -> np.ndarray:
-        """Stage 1: P-Net windows above threshold over the pyramid, merged; (N, 5) boxes."""
+        """Stage 1: P-Net windows above threshold over the pyramid, merged; (N, 5) boxes. Each
+        level is area-averaged from the whole image: scaled from the level before instead, it
+        is a tenth faster, but P-Net then proposed 5 % fewer of the eye-barred faces in scenes."""
         h, w = rgb.shape[:2]
         found = []
         for scale in self.pyramid(h, w):
@@ -295,18 +305,18 @@ class FaceDetector:
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def refine(self, rgb: np.ndarray, boxes: np.ndarray, rnet: RNet) -> np.ndarray:
-        """Stage 2: R-Net on 24x24 patches keeps, regresses and re-squares the candidates."""
-        logits, reg = rnet(normalise(cut_patches(rgb, boxes, 24)))
+    def refine(self, patches: np.ndarray, boxes: np.ndarray, rnet: RNet) -> np.ndarray:
+        """Stage 2: R-Net on the boxes' 24x24 patches keeps, regresses and re-squares them."""
+        logits, reg = rnet(normalise(patches))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[1]
         boxes = np.concatenate([regress(boxes[keep], reg.numpy()[keep]), score[keep, None]], axis=1)
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def output(self, rgb: np.ndarray, boxes: np.ndarray, onet: ONet) -> list[Face]:
-        """Stage 3: O-Net scores 48x48 patches, places the points, regresses the final boxes."""
-        logits, reg, points = onet(normalise(cut_patches(rgb, boxes, 48)))
+    def output(self, patches: np.ndarray, boxes: np.ndarray, onet: ONet) -> list[Face]:
+        """Stage 3: O-Net scores the boxes' 48x48 patches, places the points, regresses the final boxes."""
+        logits, reg, points = onet(normalise(patches))
         score = torch.softmax(logits, dim=1)[:, 1].numpy()
         keep = score > self.cfg.thresholds[2]
         boxes, reg, points, score = boxes[keep], reg.numpy()[keep], points.numpy()[keep], score[keep]
@@ -319,17 +329,20 @@ class FaceDetector:
     @torch.inference_mode()
     def cascade(self, image: np.ndarray) -> list[Face]:
         """One pass of the three stages over a BGR uint8 image, best score first; with several
-        R/O-Net pairs, each on the same proposals, and a face found by more than one kept once."""
+        R/O-Net pairs, each on the same proposals (their patches cut once), and a face found by
+        more than one kept once."""
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         faces = []
         proposals = self.propose(rgb) if "pnet" in self.proposers else np.zeros((0, 5))
+        patches = cut_patches(rgb, proposals, 24)
         for rnet, onet in self.pairs if len(proposals) else []:
-            boxes = self.refine(rgb, proposals, rnet)
-            faces += self.output(rgb, boxes, onet) if len(boxes) else []
+            boxes = self.refine(patches, proposals, rnet)
+            faces += self.output(cut_patches(rgb, boxes, 48), boxes, onet) if len(boxes) else []
         found = self.yunet.propose(image) if self.yunet else np.zeros((0, 15))
-        found = found[np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) >= self.cfg.min_face_size]
+        found = squared(found[np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) >= self.cfg.min_face_size, :4])
+        patches = cut_patches(rgb, found, 48)
         for _, onet in self.pairs if len(found) else []:
-            faces += self.output(rgb, squared(found[:, :4]), onet)
+            faces += self.output(patches, found, onet)
         return merged(faces) if len(self.pairs) > 1 else faces
 
     def detect_padded(self, image: np.ndarray) -> list[Face]:

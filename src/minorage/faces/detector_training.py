@@ -173,13 +173,14 @@ def build_samples(photos: list[Path], cfg: DetectorTrainingConfig, progress: boo
 
 def scene_samples(photos: list[Path], cfg: DetectorTrainingConfig, stock: FaceDetector, sets: dict[int, Samples],
                   progress: bool) -> None:
-    """Samples from each photo and its eye-barred copy pasted into a training face-free picture,
-    the degradations taken in turn; drawn from a generator of their own, so the chips' samples
-    stay those of a run without scenes."""
+    """Samples from each photo and its eye-barred copy pasted into `cfg.scenes` training
+    face-free pictures, the degradations and pictures taken in turn; drawn from a generator of
+    their own, so the chips' samples stay those of a run without scenes."""
     rng = np.random.default_rng(cfg.seed + 1)
     backgrounds = face_free_pictures(FACE_FREE_TRAIN)
     originals, barred = face_pairs(photos)
-    for k, (chip, truth) in enumerate(tqdm(originals + barred, desc="samples from scenes", disable=not progress)):
+    chips = [pair for pair in originals + barred for _ in range(int(cfg.scenes))]
+    for k, (chip, truth) in enumerate(tqdm(chips, desc="samples from scenes", disable=not progress)):
         scene = wild_photo(chip, truth, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
         rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
         with torch.inference_mode():

@@ -102,10 +102,16 @@ def eyes_occluded(image: np.ndarray, face: Face, dark: int = 40, share: float = 
     a bar is. Used by `scan` to tell the analyst which faces came barred."""
     band = EyeBar(center=tuple(face.eyes.mean(axis=0)), width=float(np.linalg.norm(face.eyes[1] - face.eyes[0])) + 1,
                   height=max(2.0, face.height * 0.08), angle=eye_bar(face).angle)
-    mask = np.zeros(image.shape[:2], np.uint8)
-    corners = np.round(band.corners() * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-    cv2.fillPoly(mask, [corners], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    inside = image[mask.astype(bool)]
+    corners = band.corners()
+    h, w = image.shape[:2]  # the band's pixels are filled in its own bounding rectangle only
+    x0, y0 = (max(0, int(np.floor(v)) - 1) for v in corners.min(axis=0))
+    x1, y1 = min(w, int(np.ceil(corners[:, 0].max())) + 2), min(h, int(np.ceil(corners[:, 1].max())) + 2)
+    if x1 <= x0 or y1 <= y0:
+        return False
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    fixed = np.round(corners * (1 << _SUBPIXEL_BITS)).astype(np.int32) - (np.array([x0, y0], np.int32) << _SUBPIXEL_BITS)
+    cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+    inside = image[y0:y1, x0:x1][mask.astype(bool)]
     return bool(len(inside)) and float(np.mean(inside.max(axis=1) < dark)) >= share
 
 
