@@ -133,6 +133,21 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert keep.tolist() == [1, 2]
 
 
+def test_nms_is_greedy_suppression_by_iou():
+    """OpenCV's suppression, which `nms` uses for IoU, keeps exactly what the greedy rule keeps:
+    the best box, then the best of those overlapping every kept one by at most the threshold."""
+    rng = np.random.default_rng(3)
+    for trial in range(50):
+        corner = rng.uniform(0, 200, (80, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(5, 60, (80, 2))], axis=1)
+        scores, threshold = rng.random(80), (0.5, 0.7)[trial % 2]
+        kept: list[int] = []
+        for i in np.argsort(-scores):
+            if all(iou(boxes[[k]], boxes[i])[0] <= threshold for k in kept):
+                kept.append(int(i))
+        assert nms(boxes, scores, threshold).tolist() == kept
+
+
 @pytest.mark.slow
 def test_tells_barred_eyes_from_open_ones(detector, detected):
     """`eyes_occluded` on faces as they are (no) and, found again, once barred (yes)."""
@@ -149,6 +164,19 @@ def test_tells_barred_eyes_from_open_ones(detector, detected):
             barred += eyes_occluded(covered, again)
     assert plain <= 0.02 * len(faces)
     assert refound >= 0.95 * len(faces) and barred >= 0.95 * refound
+
+
+def test_barred_eyes_are_told_on_a_face_cut_by_the_image_edge(detected):
+    """The band from eye to eye is read where it lies inside the image: a barred face whose
+    eye line starts beyond the left edge is still barred, the same face unbarred is not."""
+    from minorage.faces.occlusion import eyes_occluded
+
+    for image, face in [(image, face) for image, face in detected if face is not None][:20]:
+        covered, _ = occlude(image, face)
+        cut = int(face.eyes[:, 0].min()) + 2  # the left eye and the band's start outside
+        moved = face.shifted(-cut, 0)
+        assert eyes_occluded(covered[:, cut:], moved)
+        assert not eyes_occluded(image[:, cut:], moved)
 
 
 @pytest.mark.slow
