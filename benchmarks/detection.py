@@ -4,10 +4,11 @@ varied size, position and angle, grayscale, sepia, low resolution, JPEG, blur, n
 edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals vs YuNet's
 proposals placed by both O-Nets vs both sources together.
 
-    .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER]
+    .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER] [--yunet-threshold T]
 
 `--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
-place of the shipped one (`minorage detector train --out FOLDER`), side by side.
+place of the shipped one (`minorage detector train --out FOLDER`), side by side;
+`--yunet-threshold T` adds each detector that uses YuNet run with that score threshold.
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
 UTKFace faces pasted in at 1/4 and 1/8 of its width.
@@ -54,12 +55,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), help="weight choices to compare (default: all)")
     parser.add_argument("--tuned", help="a trained R/O-Net folder to run in the unions beside the shipped one")
+    parser.add_argument("--yunet-threshold", type=float, help="adds each detector of `--detectors` that uses YuNet run with this score threshold")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
     settings = {w: DetectorConfig(weights=w) for w in args.detectors}
     if args.tuned:
         settings.update({f"{w} with {args.tuned}": DetectorConfig(weights=w, tuned=args.tuned) for w in args.detectors if w in UNIONS})
+    if args.yunet_threshold is not None:
+        settings.update({f"{w} at YuNet {args.yunet_threshold}": DetectorConfig(weights=w, yunet_threshold=args.yunet_threshold)
+                         for w in args.detectors if "yunet" in w})
     report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
     for name, cfg in settings.items():
         detector = FaceDetector(cfg)

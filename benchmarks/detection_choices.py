@@ -1,4 +1,4 @@
-"""Three questions about finding eye-barred faces in whole scenes, measured on the same pasted
+"""Questions about finding eye-barred faces in whole scenes, measured on the same pasted
 scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
 
 - `--proposals`: how many barred faces YuNet's own boxes cover at score thresholds 0.5, 0.3,
@@ -15,6 +15,9 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   P-Net threshold was (the detector's training photos, the training face-free pictures): the
   rule is the lowest of 0.7, 0.6, 0.5, 0.4, 0.3, 0.2 with no more false detections there than
   stock MTCNN and no lower normal-face recall than at 0.7.
+- `--yunet`: YuNet's score threshold in the default detector (its proposals go to the O-Nets),
+  chosen the same way: the lowest of 0.5, 0.4, 0.3, 0.2 with no more false detections there
+  than stock MTCNN and no lower normal-face recall than at 0.5.
 - `--groups`: the default detector's recall of normal and barred faces in scenes, per sex and per
   ethnicity of the held-out photos (as UTKFace's file names label them): a detector that
   misses one group of people more often fails them before any age is read.
@@ -27,6 +30,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --pnet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --stages [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --rnet [--photos 120]
+    .venv/bin/python benchmarks/detection_choices.py --yunet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --groups [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
 """
@@ -118,22 +122,29 @@ def by_group(photos: int) -> dict:
     return out
 
 
-def thresholds(stage: int, tried: tuple[float, ...], photos: int) -> dict:
-    """The default detector with one stage's threshold (0 P-Net, 1 R-Net) set to each value
-    tried, on scenes of the detector's training photos and the training face-free pictures."""
+def thresholds(stage: int | str, tried: tuple[float, ...], photos: int) -> dict:
+    """The default detector with one threshold (stage 0 P-Net, 1 R-Net, or "yunet") set to each
+    value tried, on scenes of the detector's training photos and the training face-free pictures."""
     train, _ = split_photos(DetectorTrainingConfig())
     originals, barred = face_pairs(train[::25][:photos])
     pictures = face_free_pictures(FACE_FREE_TRAIN)
     normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
     out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
     for value in tried:
-        chosen = list(DetectorConfig().thresholds)
-        chosen[stage] = value
-        detector = FaceDetector(DetectorConfig(thresholds=tuple(chosen)))
+        detector = FaceDetector(with_threshold(stage, value))
         out[str(value)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
                            "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
                            "false": false_detections(detector, pictures)}
     return out
+
+
+def with_threshold(stage: int | str, value: float) -> DetectorConfig:
+    """The default settings with one stage's threshold replaced."""
+    if stage == "yunet":
+        return DetectorConfig(yunet_threshold=value)
+    chosen = list(DetectorConfig().thresholds)
+    chosen[stage] = value
+    return DetectorConfig(thresholds=tuple(chosen))
 
 
 def factors(steps: list[float], photos: int) -> dict:
@@ -155,15 +166,19 @@ def main() -> None:
     which.add_argument("--pnet", action="store_true")
     which.add_argument("--stages", action="store_true")
     which.add_argument("--rnet", action="store_true")
+    which.add_argument("--yunet", action="store_true")
     which.add_argument("--groups", action="store_true")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare")
-    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet and --rnet, 400 for --groups, 200 otherwise)")
+    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet and --yunet, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
-    elif args.pnet or args.rnet:
-        report = thresholds(0, (0.6, 0.55, 0.5, 0.45), args.photos or 120) if args.pnet else \
-            thresholds(1, (0.7, 0.6, 0.5, 0.4, 0.3, 0.2), args.photos or 120)
+    elif args.pnet:
+        report = thresholds(0, (0.6, 0.55, 0.5, 0.45), args.photos or 120)
+    elif args.rnet:
+        report = thresholds(1, (0.7, 0.6, 0.5, 0.4, 0.3, 0.2), args.photos or 120)
+    elif args.yunet:
+        report = thresholds("yunet", (0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
         report = stages(args.photos or 200) if args.stages else by_group(args.photos or 400) if args.groups else proposals(args.photos or 100)
     print(json.dumps(report, indent=2))

@@ -125,6 +125,8 @@ def test_thresholds_and_min_size_are_options(some_faces):
     huge = FaceDetector(DetectorConfig(min_face_size=400, crop_padding=0))
     assert len(strict.detect(image)) <= 1 and huge.detect(image) == []
     assert FaceDetector(DetectorConfig(weights="yunet", min_face_size=400, crop_padding=0)).detect(image) == []
+    assert len(FaceDetector(DetectorConfig(weights="yunet", crop_padding=0)).detect(image)) == 1
+    assert FaceDetector(DetectorConfig(weights="yunet", yunet_threshold=1.0, crop_padding=0)).detect(image) == []
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():

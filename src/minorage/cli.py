@@ -34,6 +34,7 @@ def _detector_config(args: argparse.Namespace):
     return DetectorConfig(
         min_face_size=args.min_face_size,
         thresholds=tuple(args.thresholds),
+        yunet_threshold=args.yunet_threshold,
         weights=args.detector,
         crop_padding=args.crop_padding,
     )
@@ -375,6 +376,7 @@ def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = No
                         "stock (facenet-pytorch's), yunet (YuNet's proposals only) or a folder with pnet/rnet/onet.pt (default: %(default)s)")
     g.add_argument("--min-face-size", type=int, default=d.min_face_size, help="smallest face in pixels; larger is faster (default: %(default)s)")
     g.add_argument("--thresholds", type=float, nargs=3, default=list(d.thresholds), metavar=("P", "R", "O"), help="P-Net, R-Net, O-Net score thresholds (default: %(default)s)")
+    g.add_argument("--yunet-threshold", type=float, default=d.yunet_threshold, help="YuNet's score for proposing a face to the O-Nets (default: %(default)s)")
     g.add_argument("--crop-padding", type=float, default=d.crop_padding, help="black border, as a share of the image side, for a second look when a face touches the edge (face crops); 0 = off (default: %(default)s)")
 
 

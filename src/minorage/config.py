@@ -165,6 +165,7 @@ class DetectorConfig:
 
     min_face_size: int = 20  # pixels; larger is faster (a smaller pyramid)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
+    yunet_threshold: float = 0.5  # YuNet's score for a proposal (the O-Nets still decide)
     factor: float = 0.709  # pyramid step
     weights: str = "union+yunet"  # "union+yunet" (P-Net's and YuNet's proposals, each through the stock
     # and the eye-bar-tuned R/O-Nets: every face any of them finds), "union" (P-Net's proposals
