@@ -254,6 +254,8 @@ def test_a_folder_that_cannot_be_listed_has_its_row(tmp_path, face):
 
 @pytest.mark.slow
 def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, capsys):
+    """Each setting that changes results refuses a resume and is named; a case from before a
+    setting was recorded resumes with the value every earlier scan used."""
     ev = tmp_path / "ev"
     ev.mkdir()
     shutil.copy(face, ev / "a.jpg")
@@ -264,9 +266,15 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
                                 ("--min-face-size", "150", "--min-face-size 32 (this run: 150)"),
                                 ("--max-pixels", "1000000", "--max-pixels 100000000 (this run: 1000000)"),
                                 ("--max-bytes", "1000000", "(this run: 1000000)"),
-                                ("--video-every", "2", "--video-every 1.0 (this run: 2.0)")):
+                                ("--video-every", "2", "--video-every 1.0 (this run: 2.0)"),
+                                ("--yunet-threshold", "0.3", "--yunet-threshold 0.5 (this run: 0.3)")):
         assert main(["scan", str(ev), "--out", str(case), "--workers", "1", option, value]) == 2
         assert said in capsys.readouterr().err
+    with sqlite3.connect(case / "case.sqlite") as db:  # as a case scanned before YuNet's threshold was recorded
+        settings = json.loads(dict(db.execute("SELECT key, value FROM case_info"))["settings"])
+        del settings["yunet_threshold"]
+        db.execute("UPDATE case_info SET value = ? WHERE key = 'settings'", (json.dumps(settings),))
+    db.close()
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(face, other / "b.jpg")

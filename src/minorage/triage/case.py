@@ -225,7 +225,12 @@ def begin_run(db: sqlite3.Connection, settings: dict, roots: list[str], version:
     return cursor.lastrowid
 
 
+#: Settings added after a case's schema was fixed, with the value every earlier scan used.
+SETTINGS_BEFORE_RECORDED = {"yunet_threshold": 0.5}
+
+
 def _differences(case: dict, run: dict) -> list[str]:
+    case = {**SETTINGS_BEFORE_RECORDED, **case}
     out = []
     for key in sorted(set(case) | set(run)):
         if case.get(key) != run.get(key):
