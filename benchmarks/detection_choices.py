@@ -33,12 +33,14 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --yunet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --groups [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
+    .venv/bin/python benchmarks/detection_choices.py --timing 32 20
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import cv2
 import numpy as np
@@ -159,6 +161,50 @@ def factors(steps: list[float], photos: int) -> dict:
     return out
 
 
+@torch.inference_mode()
+def timing(min_face_size: int, count: int = 40, repeats: int = 3) -> dict:
+    """Milliseconds per 640 px scene (benchmarks/detection.py's) in each stage of the default
+    detector, one thread, the fastest of `repeats` passes: where a scan's detection time goes."""
+    from detection import scenes  # benchmarks/detection.py
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    detector, images = FaceDetector(DetectorConfig(min_face_size=min_face_size)), scenes(640, count)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        spent = dict.fromkeys(("pyramid_resizing", "pnet_and_suppression", "rnets_and_onets", "yunet", "onets_on_yunet", "detect"), 0.0)
+        for image in images:
+            clock = time.perf_counter()
+            rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            h, w = rgb.shape[:2]
+            for scale in detector.pyramid(h, w):
+                cv2.resize(rgb, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA)
+            spent["pyramid_resizing"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            proposals = detector.propose(rgb)
+            spent["pnet_and_suppression"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            patches = cut_patches(rgb, proposals, 24)
+            for rnet, onet in detector.pairs:
+                boxes = detector.refine(patches, proposals, rnet)
+                detector.output(cut_patches(rgb, boxes, 48), boxes, onet) if len(boxes) else []
+            spent["rnets_and_onets"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            found = squared(detector.yunet.propose(image)[:, :4])
+            spent["yunet"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            for _, onet in detector.pairs if len(found) else []:
+                detector.output(cut_patches(rgb, found, 48), found, onet)
+            spent["onets_on_yunet"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            detector.detect(image)
+            spent["detect"] += time.perf_counter() - clock
+        for key, seconds in spent.items():
+            best[key] = min(best.get(key, np.inf), 1000 * seconds / len(images))
+    best["pnet_and_suppression"] -= best["pyramid_resizing"]  # propose() resizes the pyramid itself
+    return {"min_face_size": min_face_size, "scenes": count, "ms_per_scene": {k: round(v, 1) for k, v in best.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
@@ -167,12 +213,15 @@ def main() -> None:
     which.add_argument("--stages", action="store_true")
     which.add_argument("--rnet", action="store_true")
     which.add_argument("--yunet", action="store_true")
+    which.add_argument("--timing", type=int, nargs="+", metavar="PX", help="milliseconds per stage at these smallest face sizes")
     which.add_argument("--groups", action="store_true")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare")
     parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet and --yunet, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
+    elif args.timing:
+        report = {"timing": [timing(px) for px in args.timing]}
     elif args.pnet:
         report = thresholds(0, (0.6, 0.55, 0.5, 0.45), args.photos or 120)
     elif args.rnet:
