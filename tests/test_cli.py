@@ -264,3 +264,24 @@ def test_help_report_and_info_run_without_torch(tmp_path, capsys, some_faces):
     info = light_run("info")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["parameters"] == 3 * 40531 and json.loads(info.stdout)["age_range"] == [0, 25]
+
+
+def test_predict_whose_reader_leaves_ends_quietly(photos_folder):
+    """`minorage predict ... | head`: the reader closing the pipe ends the run without a
+    traceback, with a shell's status for it."""
+    process = subprocess.Popen([sys.executable, "-m", "minorage", "predict", str(photos_folder)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader leaves before the first row
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 141 and "Traceback" not in err and "error" not in err
+
+
+def test_the_cli_leaves_sigpipe_as_python_sets_it(capsys):
+    """Run in a process that has other pipes (a scan's workers, a test runner), a command must
+    not make a broken pipe end that process: SIGPIPE stays ignored."""
+    import signal
+
+    before = signal.getsignal(signal.SIGPIPE)
+    assert main(["info"]) == 0
+    capsys.readouterr()
+    assert signal.getsignal(signal.SIGPIPE) == before == signal.SIG_IGN

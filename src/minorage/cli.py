@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +14,7 @@ from minorage import __version__
 from minorage.config import MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig, TrainConfig
 from minorage.evidence.paths import printable
 from minorage.triage.case import CaseError
-from minorage.triage.output import FORMATS, output_stream, write_rows
+from minorage.triage.output import FORMATS, ReaderLeft, output_stream, to_reader, write_rows
 from minorage.triage.report import FORMATS as REPORT_FORMATS
 
 if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
@@ -295,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from minorage.triage.report import write_report
 
     target = args.output or str(Path(args.case) / f"report.{'vics.json' if args.format == 'vics' else args.format}")
-    with output_stream(target) as stream:
+    with output_stream(target) as stream, to_reader():  # the report reads only the case: a broken pipe is the reader
         n = write_report(Path(args.case), args.format, stream, args.max_faces)
     print(f"minorage report: {n} faces -> {printable(target) if target != '-' else 'stdout'}", file=sys.stderr)
     return 0
@@ -542,15 +542,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status of a command whose reader left early, as a shell reports one ended by SIGPIPE.
+READER_LEFT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `minorage predict ... | head` ends quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ReaderLeft:  # `minorage predict ... | head`: ends quietly
+        _drop_standard_output()
+        return READER_LEFT
     except (CaseError, OSError, ValueError) as exc:
         print(f"minorage {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
+
+
+def _drop_standard_output() -> None:
+    """Point standard output at /dev/null, so what is still buffered for a reader that left does
+    not fail the interpreter's exit. Why not SIGPIPE's default action instead: it would end the
+    whole process the moment any pipe broke, a scan's worker pipes included, and stay set for
+    whatever else runs in the process."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind it (captured, replaced): nothing to drop
+        pass
 
 
 if __name__ == "__main__":

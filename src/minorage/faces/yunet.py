@@ -48,6 +48,7 @@ class YuNet:
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
         self.net.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self.net.detect(small)
+        rows = rows[np.isfinite(rows).all(axis=1)] if rows is not None else None  # it has given NaN rows on tiny images
         if rows is None or not len(rows):
             return np.zeros((0, 15), np.float32)
         rows = rows[np.argsort(-rows[:, 14])].astype(np.float64)

@@ -42,6 +42,20 @@ def spreadsheet_safe(value):
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
+class ReaderLeft(Exception):
+    """The rows' reader closed its end of the pipe (`minorage predict ... | head`)."""
+
+
+@contextmanager
+def to_reader() -> Iterator[None]:
+    """Writes to the output stream: a broken pipe there is the reader leaving, told apart from
+    one raised while the rows are made (a worker's pipe, which is an error)."""
+    try:
+        yield
+    except BrokenPipeError as exc:
+        raise ReaderLeft(str(exc)) from exc
+
+
 def write_rows(rows: Iterable[dict], fmt: str, stream: TextIO, columns: Sequence[str]) -> int:
     """Write rows as they come (jsonl, csv) or at the end (json); returns how many."""
     if fmt not in FORMATS:
@@ -50,20 +64,23 @@ def write_rows(rows: Iterable[dict], fmt: str, stream: TextIO, columns: Sequence
     collected = []
     writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore") if fmt == "csv" else None
     if writer:
-        writer.writeheader()
+        with to_reader():
+            writer.writeheader()
     for row in rows:
         row = {k: _clean(v) for k, v in row.items()}
         count += 1
-        if fmt == "jsonl":
-            stream.write(json.dumps(row) + "\n")
-        elif writer:
-            writer.writerow({k: ("" if row.get(k) is None else spreadsheet_safe(row[k])) for k in columns})
-        else:
-            collected.append(row)
-        stream.flush()
+        with to_reader():
+            if fmt == "jsonl":
+                stream.write(json.dumps(row) + "\n")
+            elif writer:
+                writer.writerow({k: ("" if row.get(k) is None else spreadsheet_safe(row[k])) for k in columns})
+            else:
+                collected.append(row)
+            stream.flush()
     if fmt == "json":
-        json.dump(collected, stream, indent=2)
-        stream.write("\n")
+        with to_reader():
+            json.dump(collected, stream, indent=2)
+            stream.write("\n")
     return count
 
 
