@@ -41,6 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from itertools import chain
 
 import cv2
 import numpy as np
@@ -81,6 +83,24 @@ def _covers(boxes, scene, min_iou: float = 0.3) -> bool:
     return bool(len(corners)) and float(iou(corners, np.array(scene.box)).max()) >= min_iou
 
 
+def stage_by_stage(detector: FaceDetector, image: np.ndarray) -> Iterator[tuple[str, list]]:
+    """The default detector's stages one at a time, as `FaceDetector.cascade` runs them: each
+    stage's name and the boxes it leaves (both pairs' together), yielded as each ends."""
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    proposals = detector.propose(rgb)
+    yield "pnet", list(proposals)
+    patches = cut_patches(rgb, proposals, 24)
+    refined = [detector.refine(patches, proposals, rnet) for rnet, _ in detector.pairs] if len(proposals) else []
+    yield "rnet", [box for boxes in refined for box in boxes]
+    yield "onet_after_rnet", [f.box for (_, onet), boxes in zip(detector.pairs, refined) if len(boxes)
+                              for f in detector.output(cut_patches(rgb, boxes, 48), boxes, onet)]
+    from_yunet = detector.yunet.propose(image)
+    yield "yunet", list(from_yunet)
+    squares = squared(from_yunet[:, :4])
+    patches = cut_patches(rgb, squares, 48)
+    yield "onet_after_yunet", [f.box for _, onet in detector.pairs if len(squares) for f in detector.output(patches, squares, onet)]
+
+
 @torch.inference_mode()
 def stages(photos: int) -> dict:
     _, held = split_photos(DetectorTrainingConfig())
@@ -89,16 +109,7 @@ def stages(photos: int) -> dict:
     detector = FaceDetector(DetectorConfig())
     kept: dict[str, list[bool]] = {k: [] for k in ("pnet", "rnet", "onet_after_rnet", "yunet", "onet_after_yunet", "detect")}
     for scene in scenes:
-        rgb = cv2.cvtColor(scene.image, cv2.COLOR_BGR2RGB)
-        proposals, refined, final = detector.propose(rgb), [], []
-        for rnet, onet in detector.pairs if len(proposals) else []:
-            boxes = detector.refine(cut_patches(rgb, proposals, 24), proposals, rnet)
-            refined += list(boxes)
-            final += [f.box for f in detector.output(cut_patches(rgb, boxes, 48), boxes, onet)] if len(boxes) else []
-        from_yunet = detector.yunet.propose(scene.image)
-        squares = squared(from_yunet[:, :4])
-        on_yunet = [f.box for _, onet in detector.pairs if len(from_yunet) for f in detector.output(cut_patches(rgb, squares, 48), squares, onet)]
-        for key, boxes in (("pnet", proposals), ("rnet", refined), ("onet_after_rnet", final), ("yunet", from_yunet), ("onet_after_yunet", on_yunet)):
+        for key, boxes in stage_by_stage(detector, scene.image):
             kept[key].append(_covers(boxes, scene))
         kept["detect"].append(found(detector, scene))
     kinds = np.array([s.degradation for s in scenes])
@@ -164,7 +175,8 @@ def factors(steps: list[float], photos: int) -> dict:
 @torch.inference_mode()
 def timing(min_face_size: int, count: int = 40, repeats: int = 3) -> dict:
     """Milliseconds per 640 px scene (benchmarks/detection.py's) in each stage of the default
-    detector, one thread, the fastest of `repeats` passes: where a scan's detection time goes."""
+    detector, one thread, the fastest of `repeats` passes: where a scan's detection time goes.
+    P-Net's time is given without the pyramid's resizing, which is timed on its own."""
     from detection import scenes  # benchmarks/detection.py
 
     torch.set_num_threads(1)
@@ -172,36 +184,21 @@ def timing(min_face_size: int, count: int = 40, repeats: int = 3) -> dict:
     detector, images = FaceDetector(DetectorConfig(min_face_size=min_face_size)), scenes(640, count)
     best: dict[str, float] = {}
     for _ in range(repeats):
-        spent = dict.fromkeys(("pyramid_resizing", "pnet_and_suppression", "rnets_and_onets", "yunet", "onets_on_yunet", "detect"), 0.0)
+        spent: dict[str, float] = {}
         for image in images:
             clock = time.perf_counter()
-            rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-            h, w = rgb.shape[:2]
+            h, w = image.shape[:2]
             for scale in detector.pyramid(h, w):
-                cv2.resize(rgb, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA)
-            spent["pyramid_resizing"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            proposals = detector.propose(rgb)
-            spent["pnet_and_suppression"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            patches = cut_patches(rgb, proposals, 24)
-            for rnet, onet in detector.pairs:
-                boxes = detector.refine(patches, proposals, rnet)
-                detector.output(cut_patches(rgb, boxes, 48), boxes, onet) if len(boxes) else []
-            spent["rnets_and_onets"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            found = squared(detector.yunet.propose(image)[:, :4])
-            spent["yunet"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            for _, onet in detector.pairs if len(found) else []:
-                detector.output(cut_patches(rgb, found, 48), found, onet)
-            spent["onets_on_yunet"] += time.perf_counter() - clock
-            clock = time.perf_counter()
+                cv2.resize(image, (int(np.ceil(w * scale)), int(np.ceil(h * scale))), interpolation=cv2.INTER_AREA)
+            for key, _ in chain([("pyramid_resizing", None)], stage_by_stage(detector, image)):  # timed as each ends
+                now = time.perf_counter()
+                spent[key] = spent.get(key, 0.0) + now - clock
+                clock = now
             detector.detect(image)
-            spent["detect"] += time.perf_counter() - clock
+            spent["detect"] = spent.get("detect", 0.0) + time.perf_counter() - clock
         for key, seconds in spent.items():
             best[key] = min(best.get(key, np.inf), 1000 * seconds / len(images))
-    best["pnet_and_suppression"] -= best["pyramid_resizing"]  # propose() resizes the pyramid itself
+    best["pnet"] -= best["pyramid_resizing"]
     return {"min_face_size": min_face_size, "scenes": count, "ms_per_scene": {k: round(v, 1) for k, v in best.items()}}
 
 

@@ -180,7 +180,7 @@ def test_bombs_and_endless_files_are_refused_unread(tmp_path, face, capsys):
     process = subprocess.Popen([sys.executable, "-m", "minorage", "predict", str(d), "--follow-links"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = process.stdout.read()
-    _, wait_status, usage = os.wait4(process.pid, 0)  # this run's own peak, not the test session's other children's
+    _, wait_status, usage = os.wait4(process.pid, 0)  # this run's own peak, not that of every earlier child of the test runner
     process.returncode = os.waitstatus_to_exitcode(wait_status)
     status = {Path(r["path"]).name: r["status"] for r in _rows(out)}
     assert status == {"good.jpg": "ok", "x.jpg": "not_image", "z.jpg": "too_large", "b.jpg": "not_regular",
