@@ -564,9 +564,12 @@ def _drop_standard_output() -> None:
     whole process the moment any pipe broke, a scan's worker pipes included, and stay set for
     whatever else runs in the process."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        target = sys.stdout.fileno()
     except (OSError, ValueError):  # no file descriptor behind it (captured, replaced): nothing to drop
-        pass
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, target)
+    os.close(devnull)
 
 
 if __name__ == "__main__":
