@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from minorage import AgeEstimator, config
-from minorage.model.network import AveragedSSRNet
+from minorage.model.network import AveragedNetwork
 from minorage.model.runtime import RUNTIME_SLICE, predict_ages
 from minorage.paper.metrics import mae
 from minorage.paper.store import load_faces
@@ -77,7 +77,7 @@ def int8_copy(net: torch.nn.Module, calibration: np.ndarray) -> torch.nn.Module:
     batches = torch.from_numpy(calibration).permute(0, 3, 1, 2).float().split(128)
     with warnings.catch_warnings(), torch.no_grad():  # PyTorch says this API moves to torchao; it still works
         warnings.simplefilter("ignore")
-        for member in net.members if isinstance(net, AveragedSSRNet) else [net]:
+        for member in net.members if isinstance(net, AveragedNetwork) else [net]:
             for name in ("x_stream", "s_stream"):
                 prepared = prepare_fx(getattr(member, name), get_default_qconfig_mapping("x86"), (batches[0],))
                 for batch in batches:

@@ -117,3 +117,40 @@ def test_ensemble_averages_its_members(tmp_path, reference):
     assert held == [str(p) for p in paths] and card.metrics == {} and len(made.members) == 2
     with pytest.raises(ValueError, match="--choose needs --data"):
         make_ensemble(paths, True, "pair", choose=2)
+
+
+def test_residual_blocks_pad_the_smaller_side_at_its_end():
+    """dlib adds a stride-2 block's shortcut (more rows, fewer channels) to its branch by
+    zero-padding each at its trailing channels, rows and columns; the top-left values add up."""
+    from minorage.model.resnet import add_padded
+
+    shortcut = torch.arange(2 * 3 * 3, dtype=torch.float32).view(1, 2, 3, 3)
+    branch = torch.ones(1, 4, 2, 2)
+    total = add_padded(shortcut, branch)
+    assert total.shape == (1, 4, 3, 3)
+    assert total[0, 0, 0, 0] == 1 and total[0, 1, 1, 1] == shortcut[0, 1, 1, 1] + 1
+    assert total[0, 0, 2, 2] == shortcut[0, 0, 2, 2]  # only the shortcut reaches the last row
+    assert torch.equal(total[0, 2:, :2, :2], torch.ones(2, 2, 2)) and total[0, 2:, 2].abs().sum() == 0
+
+
+def test_residual_network_checkpoint_round_trip(tmp_path, reference):
+    """The residual network's card names its architecture; reloaded (alone and as a mirrored
+    ensemble) it gives the same ages, within its 81 ages' range, capped at the card's max_age."""
+    from minorage.config import ResNetConfig
+    from minorage.model.ensemble import combine_checkpoints
+    from minorage.model.resnet import AgeResNet
+
+    torch.manual_seed(0)
+    net = AgeResNet(ResNetConfig()).eval()
+    path = save_checkpoint(net, ModelCard(name="resnet", max_age=25), tmp_path / "r")
+    assert json.loads(path.with_suffix(".json").read_text())["architecture"]["name"] == "resnet"
+    estimator = AgeEstimator.from_pretrained(path)
+    assert isinstance(estimator.net, AgeResNet) and estimator.age_range == (0, 25)
+    ages = estimator.predict(reference["images"])
+    expected = predict_ages(net, reference["images"], 256, 25)
+    np.testing.assert_allclose(ages, expected, atol=1e-4)
+    assert np.all((ages >= 0.25) & (ages <= 25))
+    mirrored, card = combine_checkpoints([path], mirror=True, name="resnet-m")
+    both = predict_ages(mirrored, reference["images"], 256)
+    flipped = predict_ages(net, np.ascontiguousarray(reference["images"][:, :, ::-1]), 256)
+    np.testing.assert_allclose(both, (predict_ages(net, reference["images"], 256) + flipped) / 2, atol=1e-4)

@@ -12,7 +12,8 @@ import torch
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.config import TrainConfig
-from minorage.model.checkpoint import load_checkpoint
+from minorage.model.card import ModelCard
+from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 from minorage.model.keras import load_pretrained_network
 from minorage.paper.augment import augment
 from minorage.paper.store import load_faces
@@ -200,7 +201,8 @@ def test_training_can_start_from_one_network_of_an_ensemble():
 
     default = packaged_model_path()
     ensemble, _ = load_checkpoint(default)
-    start = initial_network(TrainConfig(init=str(default), init_member=1, V=ensemble.cfg.V))
+    start, licence = initial_network(TrainConfig(init=str(default), init_member=1, V=ensemble.cfg.V))
+    assert "SSR-Net" in licence
     for key, value in start.state_dict().items():
         assert torch.equal(value, ensemble.members[1].state_dict()[key]), key
     assert not torch.equal(start.x_stream.blocks[0][0].weight, ensemble.members[0].x_stream.blocks[0][0].weight)
@@ -339,3 +341,22 @@ def test_mirror_consistency_adds_the_gap_between_a_face_and_its_mirror_image(sma
         symmetric = torch.cat([faces[..., :32], faces[..., :32].flip(3)], dim=3)
         own = (net(symmetric) - target).abs().mean()
         assert batch_loss(net, symmetric, target, ages, replace(plain, mirror_consistency=0.5), torch.nn.L1Loss()).item() == pytest.approx(own.item(), abs=1e-4)
+
+
+def test_training_can_start_from_the_residual_network(tmp_path):
+    """A residual-network checkpoint starts a run of its own architecture and licence; its
+    range is fixed, so a configuration asking another V is refused; adults keep their own ages
+    as targets with `adult_own_age`."""
+    from minorage.config import ResNetConfig
+    from minorage.model.resnet import AgeResNet
+    from minorage.paper.training import initial_network, targets
+
+    torch.manual_seed(0)
+    path = save_checkpoint(AgeResNet(ResNetConfig()), ModelCard(name="r", licence="CC0-1.0 test weights"), tmp_path / "r")
+    start, licence = initial_network(TrainConfig(init=str(path), V=81))
+    assert isinstance(start, AgeResNet) and licence == "CC0-1.0 test weights"
+    with pytest.raises(ValueError, match="V must be 81"):
+        initial_network(TrainConfig(init=str(path), V=31))
+    ages = np.array([5.0, 25.0, 40.0, 95.0])
+    assert targets(ages, TrainConfig(V=81, adult_own_age=True)).tolist() == [5, 25, 40, 80]
+    assert targets(ages, TrainConfig(V=31, adult_target=30)).tolist() == [5, 25, 30, 30]

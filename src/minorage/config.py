@@ -102,6 +102,24 @@ class SSRNetConfig:
 
 
 @dataclass(frozen=True)
+class ResNetConfig:
+    """The residual age network (`model.resnet`): dlib's age predictor's layout and its 81 ages."""
+
+    widths: tuple[int, int, int] = (64, 128, 256)
+    ages: tuple[float, ...] = (0.25, *range(1, 81))  # what each softmax output stands for
+    image_size: int = 64
+
+    @property
+    def V(self) -> int:
+        """Ages span [0, V), as for SSR-Net: one past the oldest output."""
+        return int(max(self.ages)) + 1
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ResNetConfig":
+        return cls(widths=tuple(data["widths"]), ages=tuple(float(a) for a in data["ages"]), image_size=int(data["image_size"]))
+
+
+@dataclass(frozen=True)
 class Framing:
     """How a face box becomes the network's square input (the paper's §3.3 resize to 64x64).
 
@@ -236,9 +254,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine
     loss: str = "l1"  # l1 | smooth_l1
-    V: int = 26  # output range [0, V)
+    V: int = 26  # output range [0, V); the residual network's is fixed at 81
     max_age: int = 25  # ages above are adults: see `adult_target`
     adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
+    adult_own_age: bool = False  # adults are used with their own ages as targets, up to V - 1 (for a
+    # network whose range covers adults, such as the residual one: V 81)
     balance: bool = False  # sample every age equally often
     adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
     balance_people: bool = False  # with `balance`, within each age (and among the adults) every sex, and

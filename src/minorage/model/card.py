@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from minorage import config, groups
-from minorage.config import Framing, SSRNetConfig
+from minorage.config import Framing, ResNetConfig, SSRNetConfig
 
 CHECKPOINT_FORMAT = "minorage-ssrnet/1"
 DEFAULT_MODEL = "default"
@@ -24,7 +24,7 @@ _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 class ModelCard:
     """What a checkpoint is: architecture, input framing, and where it came from."""
 
-    architecture: SSRNetConfig = field(default_factory=SSRNetConfig)
+    architecture: SSRNetConfig | ResNetConfig = field(default_factory=SSRNetConfig)
     framing: Framing = field(default_factory=Framing)
     name: str = ""
     data: dict = field(default_factory=dict)
@@ -33,7 +33,7 @@ class ModelCard:
     licence: str = ""
     minor_below: float = groups.MINOR_BELOW  # the "probably a minor" flag: an estimate below this
     max_age: float | None = None  # estimates above are reported as this ("this age or older")
-    members: int = 1  # SSR-Nets averaged (an ensemble when above 1)
+    members: int = 1  # networks averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
     calibration: dict | None = None  # p_minor and the age interval (`model.calibration`), if fit
 
@@ -41,8 +41,7 @@ class ModelCard:
         return {
             "format": CHECKPOINT_FORMAT,
             "name": self.name,
-            "architecture": {"name": "ssrnet", **asdict(self.architecture), "stages": list(self.architecture.stages),
-                             "members": self.members, "mirror": self.mirror},
+            "architecture": {**_architecture_dict(self.architecture), "members": self.members, "mirror": self.mirror},
             "framing": self.framing.to_dict(),
             "decision": {"minor_below": self.minor_below, "max_age": self.max_age},
             "data": self.data,
@@ -57,7 +56,7 @@ class ModelCard:
         if data.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} model card (format={data.get('format')!r})")
         return cls(
-            architecture=SSRNetConfig.from_dict(data["architecture"]),
+            architecture=_architecture(data["architecture"]),
             members=int(data["architecture"].get("members", 1)),
             mirror=bool(data["architecture"].get("mirror", False)),
             framing=Framing.from_dict(data["framing"]),
@@ -70,6 +69,17 @@ class ModelCard:
             licence=data.get("licence", ""),
             calibration=data.get("calibration"),
         )
+
+
+def _architecture_dict(arch: SSRNetConfig | ResNetConfig) -> dict:
+    if isinstance(arch, ResNetConfig):
+        return {"name": "resnet", "widths": list(arch.widths), "ages": list(arch.ages), "image_size": arch.image_size}
+    return {"name": "ssrnet", **asdict(arch), "stages": list(arch.stages)}
+
+
+def _architecture(data: dict) -> SSRNetConfig | ResNetConfig:
+    """The architecture a card names (cards older than the residual network name SSR-Net)."""
+    return ResNetConfig.from_dict(data) if data.get("name") == "resnet" else SSRNetConfig.from_dict(data)
 
 
 def card_path(weights_path: Path) -> Path:

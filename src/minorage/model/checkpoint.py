@@ -6,18 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch import nn
+
 from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, read_card, weights_file
-from minorage.model.network import AveragedSSRNet, SSRNet
+from minorage.model.network import AveragedNetwork, build_network
 
 
-def save_checkpoint(net: SSRNet | AveragedSSRNet, card: ModelCard, path: Path) -> Path:
+def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
     """Write `path` (.safetensors) and its card (.json); returns the weights path."""
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     card.architecture = net.cfg
-    ensemble = isinstance(net, AveragedSSRNet)
+    ensemble = isinstance(net, AveragedNetwork)
     card.members, card.mirror = (len(net.members), net.mirror) if ensemble else (1, False)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
@@ -25,14 +27,14 @@ def save_checkpoint(net: SSRNet | AveragedSSRNet, card: ModelCard, path: Path) -
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[SSRNet | AveragedSSRNet, ModelCard]:
+def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
     """Read a checkpoint written by `save_checkpoint` (safetensors: no code is unpickled)."""
     from safetensors.torch import load_file
 
     path = weights_file(path)
     card = read_card(path)
-    members = [SSRNet(card.architecture) for _ in range(card.members)]
-    net = AveragedSSRNet(members, card.mirror) if card.members > 1 or card.mirror else members[0]
+    members = [build_network(card.architecture) for _ in range(card.members)]
+    net = AveragedNetwork(members, card.mirror) if card.members > 1 or card.mirror else members[0]
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
     real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if real_missing or unexpected:

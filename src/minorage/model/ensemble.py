@@ -9,15 +9,15 @@ from pathlib import Path
 from minorage import groups
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint
-from minorage.model.network import AveragedSSRNet
+from minorage.model.network import AveragedNetwork
 
 
-def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedSSRNet, ModelCard]:
+def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedNetwork, ModelCard]:
     """One ensemble of several trained checkpoints (same architecture and framing); the card
     keeps each member's card. A single model only mirrored keeps its own data, training
     and metrics, with the mirroring added."""
     loaded = [load_checkpoint(Path(p)) for p in paths]
-    members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedSSRNet) else [net])]
+    members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedNetwork) else [net])]
     framings = {card.framing for _, card in loaded}
     if len(framings) != 1:
         raise ValueError(f"members frame faces differently: {framings}")
@@ -37,7 +37,7 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         max_age=ranges.pop(),
         licence=first.licence,
     )
-    return AveragedSSRNet(members, mirror), card
+    return AveragedNetwork(members, mirror), card
 
 
 def _member_entries(path: Path, card: ModelCard) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from minorage import config
 from minorage.config import Framing
@@ -13,14 +14,13 @@ from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.network import AveragedSSRNet, SSRNet
 from minorage.model.runtime import InferenceRuntime, predict_ages
 
 
 class AgeEstimator:
-    """An SSR-Net with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
+    """An age network (SSR-Net, or the residual network) with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
 
-    def __init__(self, net: SSRNet | AveragedSSRNet, card: ModelCard, source: str = "", minor_below: float | None = None):
+    def __init__(self, net: nn.Module, card: ModelCard, source: str = "", minor_below: float | None = None):
         self.net = net.eval()
         self.card = card
         self.source = source

@@ -1,4 +1,4 @@
-"""SSR-Net (Yang et al., IJCAI 2018) in PyTorch, and the average of several.
+"""SSR-Net (Yang et al., IJCAI 2018) in PyTorch, and the average of several age networks.
 
 The network is the released 3-3-3 model: two convolution streams (ReLU + average pooling, tanh
 + max pooling), three stage heads that each output a soft distribution `p` over `s` bins, a
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minorage.config import SSRNetConfig
+from minorage.config import ResNetConfig, SSRNetConfig
 
 
 def _conv_block(c_in: int, c_out: int, act: nn.Module) -> nn.Sequential:
@@ -106,14 +106,15 @@ class SSRNet(nn.Module):
         return self.merge(self.stage_outputs(x))
 
 
-class AveragedSSRNet(nn.Module):
-    """Several SSR-Nets (e.g. the Org and the Ocl model, the paper's future work), optionally
-    each also on the mirrored face; the age is the mean of all their outputs."""
+class AveragedNetwork(nn.Module):
+    """Several age networks of one architecture (e.g. the Org and the Ocl model, the paper's
+    future work), optionally each also on the mirrored face; the age is the mean of all their
+    outputs."""
 
-    def __init__(self, members: list[SSRNet], mirror: bool = False):
+    def __init__(self, members: list[nn.Module], mirror: bool = False):
         super().__init__()
         if not members or len({m.cfg for m in members}) != 1:
-            raise ValueError("an ensemble needs one or more SSR-Nets of the same configuration")
+            raise ValueError("an ensemble needs one or more networks of the same configuration")
         self.members = nn.ModuleList(members)
         self.mirror = mirror
         self.cfg = members[0].cfg
@@ -121,3 +122,10 @@ class AveragedSSRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = [x, x.flip(3)] if self.mirror else [x]
         return torch.stack([m(v) for m in self.members for v in views]).mean(dim=0)
+
+
+def build_network(cfg: SSRNetConfig | ResNetConfig) -> nn.Module:
+    """An untrained network of the architecture a configuration describes."""
+    from minorage.model.resnet import AgeResNet
+
+    return AgeResNet(cfg) if isinstance(cfg, ResNetConfig) else SSRNet(cfg)

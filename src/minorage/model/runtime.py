@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from minorage.model.network import AveragedSSRNet, SSRNet
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
@@ -43,7 +42,7 @@ class InferenceRuntime(nn.Module):
     faster on two cores (benchmarks/age_model.py). Tracing costs about a second, so the copy is
     made for the first batch of `RUNTIME_SLICE` faces or more; one photo's faces never wait for it."""
 
-    def __init__(self, net: SSRNet | AveragedSSRNet):
+    def __init__(self, net: nn.Module):
         super().__init__()
         self.folded = fold_batch_norms(net)
         self.frozen: nn.Module | None = None
@@ -61,6 +60,7 @@ class InferenceRuntime(nn.Module):
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, still the fastest here
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes read in Python: fixed by the input size
                     example = torch.zeros(RUNTIME_SLICE, 3, size, size)
                     self.frozen = torch.jit.optimize_for_inference(torch.jit.trace(self.folded, example))
             except (AttributeError, RuntimeError) as error:

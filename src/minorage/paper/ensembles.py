@@ -15,7 +15,7 @@ from minorage.config import TrainConfig
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.ensemble import combine_checkpoints, member_cards
-from minorage.model.network import AveragedSSRNet
+from minorage.model.network import AveragedNetwork
 from minorage.model.runtime import predict_ages
 from minorage.paper.training import fit_and_validation, validation_score, validation_scores
 
@@ -54,7 +54,7 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
     # an ensemble averages every member on every view: keep each checkpoint's sum and its networks
     sums, networks = [], []
     for net, _ in loaded:
-        members = list(net.members) if isinstance(net, AveragedSSRNet) else [net]
+        members = list(net.members) if isinstance(net, AveragedNetwork) else [net]
         sums.append(sum(predict_ages(m, v, 512) for m in members for v in views))
         networks.append(len(members))
     subsets = [s for size in range(1, min(most, len(paths)) + 1) for s in itertools.combinations(range(len(paths)), size)
@@ -71,7 +71,7 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
 
 
 def make_ensemble(paths: list[Path], mirror: bool, name: str, data_dir: Path | None = None,
-                  choose: int | None = None) -> tuple[AveragedSSRNet, ModelCard, list[str]]:
+                  choose: int | None = None) -> tuple[AveragedNetwork, ModelCard, list[str]]:
     """`minorage combine`: the checkpoints averaged (with `choose`, the best ensemble of at most
     that many networks on the validation photos of `data_dir`), its card measured there when a
     data set is given; returns the ensemble, its card and the checkpoints it holds."""

@@ -22,11 +22,11 @@ from torch import nn
 from tqdm import tqdm
 
 from minorage import config, groups
-from minorage.config import SSRNetConfig, TrainConfig
+from minorage.config import ResNetConfig, SSRNetConfig, TrainConfig
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.network import AveragedSSRNet, SSRNet
+from minorage.model.network import AveragedNetwork, SSRNet, build_network
 from minorage.model.runtime import predict_ages
 from minorage.paper import metrics
 from minorage.paper.augment import augment
@@ -50,8 +50,10 @@ def validation_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def targets(ages: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """Training targets: ages in range as they are, adults at `adult_target`."""
-    return np.where(ages > cfg.max_age, cfg.adult_target, ages).astype(np.float32)
+    """Training targets: ages in range as they are, adults at `adult_target` (or their own
+    ages, capped at the network's range, with `adult_own_age`)."""
+    adults = np.minimum(ages, cfg.V - 1) if cfg.adult_own_age else cfg.adult_target
+    return np.where(ages > cfg.max_age, adults, ages).astype(np.float32)
 
 
 def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.ndarray:
@@ -87,7 +89,7 @@ def training_faces(data_dir: Path, cfg: TrainConfig) -> FaceSet:
     faces = load_faces(data_dir, "train", cfg.variant)
     if cfg.per_age:
         faces = faces.cap_per_age(cfg.per_age, cfg.seed)
-    if not cfg.adult_target:
+    if not (cfg.adult_target or cfg.adult_own_age):
         faces = faces.subset(faces.ages <= cfg.max_age)
     return faces
 
@@ -124,23 +126,30 @@ def sample_weights(ages: np.ndarray, cfg: TrainConfig, people: np.ndarray | None
 # The loop
 
 
-def initial_network(cfg: TrainConfig) -> SSRNet:
-    """SSR-Net with the chosen start: original weights, a checkpoint (one network of it, if it
-    is an ensemble: a shipped default's members have no checkpoints of their own), or random."""
-    arch = SSRNetConfig(V=cfg.V)
+def initial_network(cfg: TrainConfig) -> tuple[nn.Module, str]:
+    """The network training starts from, and the licence of its weights: original SSR-Net
+    weights, a checkpoint (of its architecture; one network of it, if it is an ensemble: a
+    shipped default's members have no checkpoints of their own), or a random SSR-Net."""
     if cfg.init == "scratch":
-        return SSRNet(arch)
+        return SSRNet(SSRNetConfig(V=cfg.V)), "trained from scratch"
     if cfg.init in INITS:
-        source = load_pretrained_network(cfg.init)
+        source, licence = load_pretrained_network(cfg.init), "trained from SSR-Net weights (Apache-2.0)"
     else:
-        source, _ = load_checkpoint(Path(cfg.init))
-        if isinstance(source, AveragedSSRNet):
+        source, card = load_checkpoint(Path(cfg.init))
+        licence = card.licence
+        if isinstance(source, AveragedNetwork):
             if not 0 <= cfg.init_member < len(source.members):
                 raise ValueError(f"{cfg.init} averages {len(source.members)} networks: init_member {cfg.init_member} is not one of them")
             source = source.members[cfg.init_member]
-    net = SSRNet(arch)
+    if isinstance(source.cfg, ResNetConfig):
+        if cfg.V != source.cfg.V:
+            raise ValueError(f"{cfg.init} is the residual network, whose range is fixed: V must be {source.cfg.V}, got {cfg.V}")
+        arch = source.cfg
+    else:
+        arch = SSRNetConfig(V=cfg.V)  # SSR-Net's weights do not depend on its range
+    net = build_network(arch)
     net.load_state_dict(source.state_dict())
-    return net
+    return net, licence
 
 
 def _loss(cfg: TrainConfig) -> nn.Module:
@@ -213,7 +222,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
         known = photo_demographics(Path(data_dir))
         people = np.array([known.get(i, (UNKNOWN, UNKNOWN)) for i in fit.ids.tolist()])
     weights = torch.from_numpy(sample_weights(fit.ages, cfg, people))
-    net = initial_network(cfg).to(memory_format=torch.channels_last)  # about 2x faster on CPU
+    net, licence = initial_network(cfg)
+    net = net.to(memory_format=torch.channels_last)  # about 2x faster on CPU
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "history": [], "best": None}
@@ -258,7 +268,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
         if cfg.patience and epoch + 1 - state["best"]["epoch"] >= cfg.patience:
             break
     net.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
-    card = _card(data_dir, cfg, state, len(fit), len(val), time.time() - started)
+    card = _card(data_dir, cfg, state, len(fit), len(val), time.time() - started, licence)
     if cfg.minor_recall:
         card.minor_below = metrics.calibrate_minor_threshold(val.ages, predict_ages(net, val.faces, 512, cfg.max_age), cfg.minor_recall)
     save_checkpoint(net, card, out_dir / "model")
@@ -267,7 +277,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     return card.to_dict()
 
 
-def _card(data_dir: Path, cfg: TrainConfig, state: dict, n_fit: int, n_val: int, seconds: float) -> ModelCard:
+def _card(data_dir: Path, cfg: TrainConfig, state: dict, n_fit: int, n_val: int, seconds: float, licence: str) -> ModelCard:
     summary_path = Path(data_dir) / "dataset.json"
     dataset = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     from minorage.config import Framing
@@ -280,7 +290,7 @@ def _card(data_dir: Path, cfg: TrainConfig, state: dict, n_fit: int, n_val: int,
         training={**asdict(cfg), "epochs_run": state["epoch"], "best_epoch": state["best"]["epoch"], "seconds": round(seconds, 1)},
         metrics={k: v for k, v in state["best"].items() if k.startswith("val_")},
         max_age=cfg.max_age,
-        licence="trained from SSR-Net weights (Apache-2.0) on UTKFace (non-commercial research only)",
+        licence=licence if "UTKFace" in licence else f"{licence} on UTKFace (non-commercial research only)",
     )
 
 
