@@ -282,6 +282,22 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
     wide = json.loads(capsys.readouterr().out)
     assert all(wide[v]["minor_below"] == 20 and wide[v]["minor_recall"] >= results[v]["minor_recall"] for v in wide)
     assert all(wide[v]["flagged_by_age"][a] >= results[v]["flagged_by_age"][a] for v in wide for a in wide[v]["flagged_by_age"])
+    main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json", "--bootstrap", "0", "--look", "grayscale"])
+    gray = json.loads(capsys.readouterr().out)
+    assert all(gray[v]["n"] == results[v]["n"] and gray[v]["MAE"] != results[v]["MAE"] for v in gray)
+
+
+def test_grayscale_look_is_the_photo_in_black_and_white():
+    """The grayscale look gives each face OpenCV's luma in all three channels."""
+    import cv2
+
+    from minorage.paper.evaluation import grayscale
+
+    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    gray = grayscale(faces)
+    expected = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in faces])
+    assert gray.shape == faces.shape and np.all(gray[..., 0] == gray[..., 2])
+    assert np.abs(gray[..., 1].astype(int) - expected).max() <= 1
 
 
 @pytest.mark.slow
@@ -360,3 +376,17 @@ def test_training_can_start_from_the_residual_network(tmp_path):
     ages = np.array([5.0, 25.0, 40.0, 95.0])
     assert targets(ages, TrainConfig(V=81, adult_own_age=True)).tolist() == [5, 25, 40, 80]
     assert targets(ages, TrainConfig(V=31, adult_target=30)).tolist() == [5, 25, 30, 30]
+
+
+def test_label_distribution_loss_is_least_where_the_softmax_matches_the_label():
+    """The dldl loss's cross-entropy is smallest for scores that are the label's own Gaussian,
+    and grows as the softmax moves away from the target; an SSR-Net, with no softmax over ages,
+    cannot be trained with it."""
+    from minorage.paper.training import initial_network, label_distribution_loss
+
+    ages = torch.arange(0, 81, dtype=torch.float32)
+    target = torch.tensor([10.0])
+    at = lambda centre: label_distribution_loss(-((ages - centre) ** 2)[None] / 8, target, ages, 2.0).item()  # noqa: E731
+    assert at(10.0) < at(12.0) < at(20.0)
+    with pytest.raises(ValueError, match="dldl loss needs a network with a softmax"):
+        initial_network(TrainConfig(init="imdb", loss="dldl"))

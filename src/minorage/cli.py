@@ -221,12 +221,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         found, absent = photo_ids(Path(args.data), left_out)
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
               f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
-    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out)
+    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=args.look)
     checked = check_if_calibrated_on(estimator, Path(args.data), left_out)
     if args.format == "json":
         print(json.dumps({**results, **({"calibration_check": checked} if checked else {})}, indent=2))
     else:
-        print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split)"))
+        look = "" if args.look == "as-is" else f", faces in {args.look}"
+        print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split{look})"))
         if checked:
             from minorage.paper.calibration import as_markdown as calibration_markdown
 
@@ -475,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test sets drawn again N times for the 95%% intervals of the headline measures; 0: none (default: %(default)s)")
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out of the test split, one per line, by file name or photo id "
                    "(the manifest's `id`): those a model was trained on elsewhere")
+    p.add_argument("--look", choices=("as-is", "grayscale"), default="as-is",
+                   help="the test faces as they are, or turned grayscale as old or black-and-white photos are (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split; `evaluate` checks them on the other half")

@@ -253,7 +253,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine
-    loss: str = "l1"  # l1 | smooth_l1
+    loss: str = "l1"  # l1 | smooth_l1 | dldl (the residual network: L1 plus a label distribution, `label_sigma`)
+    label_sigma: float = 2.0  # with dldl, the width in years of the Gaussian each target is spread over
     V: int = 26  # output range [0, V); the residual network's is fixed at 81
     max_age: int = 25  # ages above are adults: see `adult_target`
     adult_target: float = 0.0  # 0: adults are not used; else their (capped) target age
@@ -290,6 +291,8 @@ class TrainConfig:
         """Refuse options that contradict each other before any data is loaded."""
         if self.val_fraction == 0 and self.minor_recall:
             raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
+        if self.loss == "dldl" and self.mirror_consistency:
+            raise ValueError("the dldl loss and mirror_consistency cannot be combined")
 
     def resume_key(self) -> dict:
         """The options that decide the weights (the flag's calibration comes after them)."""

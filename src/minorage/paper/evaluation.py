@@ -15,14 +15,27 @@ from minorage.paper.readers import UNKNOWN
 from minorage.paper.store import load_faces, photo_demographics
 
 VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
+
+
+def grayscale(faces: np.ndarray) -> np.ndarray:
+    """BGR faces as a grayscale photo gives them (three equal channels): seized photos are
+    often black and white, and a model must not read colour it cannot have."""
+    gray = np.rint(faces.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+#: how the test faces may be shown to the model: as they are, or as a seized photo might hold them
+LOOKS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"as-is": None, "grayscale": grayscale}
 FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demographics`
 
 
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
-                   per_age: int = 0, resamples: int = 0, exclude: Iterable[str] = ()) -> dict[str, dict]:
+                   per_age: int = 0, resamples: int = 0, exclude: Iterable[str] = (), look: str = "as-is") -> dict[str, dict]:
     """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
-    given `resamples`, the bootstrap intervals of the headline measures)."""
-    return evaluate_predictor(estimator.predict, data_dir, variants, split, per_age, estimator.minor_below, resamples, exclude)
+    given `resamples`, the bootstrap intervals of the headline measures); `look` one of `LOOKS`."""
+    change = LOOKS[look]
+    predict = estimator.predict if change is None else (lambda faces: estimator.predict(change(faces)))
+    return evaluate_predictor(predict, data_dir, variants, split, per_age, estimator.minor_below, resamples, exclude)
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),

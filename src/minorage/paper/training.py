@@ -147,13 +147,27 @@ def initial_network(cfg: TrainConfig) -> tuple[nn.Module, str]:
         arch = source.cfg
     else:
         arch = SSRNetConfig(V=cfg.V)  # SSR-Net's weights do not depend on its range
+    if cfg.loss == "dldl" and not hasattr(source, "logits"):
+        raise ValueError("the dldl loss needs a network with a softmax over ages: start from the residual network")
     net = build_network(arch)
     net.load_state_dict(source.state_dict())
     return net, licence
 
 
 def _loss(cfg: TrainConfig) -> nn.Module:
-    return {"l1": nn.L1Loss(), "smooth_l1": nn.SmoothL1Loss(beta=2.0)}[cfg.loss]
+    """The loss on the estimate (with `dldl`, the L1 half of it; `batch_loss` adds the rest)."""
+    return {"l1": nn.L1Loss(), "smooth_l1": nn.SmoothL1Loss(beta=2.0), "dldl": nn.L1Loss()}[cfg.loss]
+
+
+def label_distribution_loss(logits: torch.Tensor, target: torch.Tensor, ages: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Cross-entropy of the network's softmax over `ages` against a Gaussian of `sigma` years
+    around each target (deep label distribution learning). Why: a confident softmax passes
+    almost no gradient to an L1 loss on its expectation (measured: fine-tuning the residual
+    network on L1 alone left its validation MAE where it started, 7.9 years, while this loss
+    beside it brought it to 3.5 in 150 batches); neighbouring ages share each label's weight,
+    as UTKFace's ages are themselves a year or two off."""
+    label = torch.softmax(-((ages[None] - target[:, None]) ** 2) / (2 * sigma**2), dim=1)
+    return -(label * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def boundary_loss(pred: torch.Tensor, ages: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -175,6 +189,10 @@ def batch_loss(net: nn.Module, batch: torch.Tensor, target: torch.Tensor, ages: 
     if cfg.mirror_consistency:
         pred, mirrored = net(torch.cat([batch, batch.flip(3)]).contiguous(memory_format=torch.channels_last)).chunk(2)
         loss = (loss_fn(pred, target) + loss_fn(mirrored, target)) / 2 + cfg.mirror_consistency * (pred - mirrored).abs().mean()
+    elif cfg.loss == "dldl":
+        logits = net.logits(batch.contiguous(memory_format=torch.channels_last))
+        pred = torch.softmax(logits, dim=1) @ net.ages
+        loss = label_distribution_loss(logits, target, net.ages, cfg.label_sigma) + loss_fn(pred, target)
     else:
         pred = net(batch.contiguous(memory_format=torch.channels_last))
         loss = loss_fn(pred, target)
