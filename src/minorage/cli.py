@@ -259,7 +259,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
         print(f"minorage combine: chose {' '.join(chosen)} (validation MAE averaged over ages "
               f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
     path = save_checkpoint(net, card, Path(args.out))
-    print(f"minorage combine: {len(net.members)} SSR-Nets{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
+    print(f"minorage combine: {len(net.members)} networks{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
     return 0
 
 
