@@ -85,8 +85,8 @@ def check_against_onnx(net: AgeResNet, onnx_bytes: bytes) -> float | None:
         return None
     faces = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)  # BGR
     rgb = (faces[..., ::-1].astype(np.float32) - np.array(MEAN_RGB, np.float32)) / 256
-    session = onnxruntime.InferenceSession(onnx_bytes)
-    theirs = session.run(None, {"images": np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))})[0]
+    graph = onnxruntime.InferenceSession(onnx_bytes)
+    theirs = graph.run(None, {"images": np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))})[0]
     with torch.no_grad():
         ours = torch.softmax(net.logits(torch.from_numpy(faces).permute(0, 3, 1, 2).float()), 1).numpy()
     return float(np.abs(theirs - ours).max())
