@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from minorage.config import ResNetConfig, SSRNetConfig
+from minorage.model.resnet import AgeResNet
 
 
 def _conv_block(c_in: int, c_out: int, act: nn.Module) -> nn.Sequential:
@@ -126,6 +127,4 @@ class AveragedNetwork(nn.Module):
 
 def build_network(cfg: SSRNetConfig | ResNetConfig) -> nn.Module:
     """An untrained network of the architecture a configuration describes."""
-    from minorage.model.resnet import AgeResNet
-
     return AgeResNet(cfg) if isinstance(cfg, ResNetConfig) else SSRNet(cfg)
