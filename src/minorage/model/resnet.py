@@ -3,8 +3,9 @@ PyTorch, with 66 times SSR-Net's parameters, as the start for models that need t
 
 Layout, as in the original: a 7x7 stride-2 convolution and 3x3 max pooling, then three stages
 of residual blocks (one of 64 channels, then two of 128 and two of 256, each of these stages
-opening with a stride-2 block whose shortcut is 2x2 average pooling), global average pooling and a linear layer to a softmax
-over 81 ages (0.25, then 1 to 80 years); the age is its expectation. dlib's per-channel affine
+opening with a stride-2 block whose shortcut is 2x2 average pooling), global average pooling
+and a linear layer to a softmax over 81 ages (0.25, then 1 to 80 years); the age is its
+expectation. dlib's per-channel affine
 layers (frozen batch norms) are folded into the convolutions before them when the weights are
 imported (`scripts/import_resnet_age.py`), so the network is convolutions, ReLUs and sums.
 
@@ -76,5 +77,9 @@ class AgeResNet(nn.Module):
         x = F.max_pool2d(torch.relu(self.stem(x)), 3, 2)
         return self.head(self.blocks(x).mean(dim=(2, 3)))
 
+    def expected_age(self, logits: torch.Tensor) -> torch.Tensor:
+        """The age the scores stand for: the softmax's expectation over `cfg.ages`."""
+        return torch.softmax(logits, dim=1) @ self.ages
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1) @ self.ages
+        return self.expected_age(self.logits(x))

@@ -191,7 +191,7 @@ def batch_loss(net: nn.Module, batch: torch.Tensor, target: torch.Tensor, ages: 
         loss = (loss_fn(pred, target) + loss_fn(mirrored, target)) / 2 + cfg.mirror_consistency * (pred - mirrored).abs().mean()
     elif cfg.loss == "dldl":
         logits = net.logits(batch.contiguous(memory_format=torch.channels_last))
-        pred = torch.softmax(logits, dim=1) @ net.ages
+        pred = net.expected_age(logits)
         loss = label_distribution_loss(logits, target, net.ages, cfg.label_sigma) + loss_fn(pred, target)
     else:
         pred = net(batch.contiguous(memory_format=torch.channels_last))
