@@ -300,6 +300,32 @@ def test_grayscale_look_is_the_photo_in_black_and_white():
     assert np.abs(gray[..., 1].astype(int) - expected).max() <= 1
 
 
+
+def test_seized_photo_looks_of_evaluate_on_real_faces(some_faces):
+    """Real faces: sepia puts red over green over blue in every pixel; a low-resolution face
+    holds a 24 px face's detail (it loses most of its fine detail, and the same round again
+    changes it far less than the first did); heavy JPEG changes the face but keeps it; the CLI
+    offers exactly these looks."""
+    import cv2
+
+    from minorage.config import EVALUATION_LOOKS
+    from minorage.paper.evaluation import LOOKS, heavy_jpeg, low_resolution, sepia
+
+    assert tuple(LOOKS) == EVALUATION_LOOKS
+    faces = np.stack([cv2.resize(cv2.imread(str(p)), (64, 64), interpolation=cv2.INTER_AREA) for p in some_faces[:8]])
+    toned = sepia(faces).astype(int)
+    assert toned.shape == faces.shape and np.all(toned[..., 2] >= toned[..., 1]) and np.all(toned[..., 1] >= toned[..., 0])
+
+    def detail(x: np.ndarray) -> float:
+        return float(np.mean([np.abs(cv2.Laplacian(f, cv2.CV_32F)).mean() for f in x]))
+
+    small = low_resolution(faces)
+    assert small.shape == faces.shape and detail(small) < 0.4 * detail(faces)
+    assert np.abs(low_resolution(small).astype(int) - small).mean() < 0.6 * np.abs(small.astype(int) - faces).mean()
+    squeezed = heavy_jpeg(faces)
+    change = np.abs(squeezed.astype(int) - faces).mean()
+    assert squeezed.shape == faces.shape and 1.0 < change < 15.0
+
 @pytest.mark.slow
 def test_adults_beyond_the_range_are_reported_at_its_end(small_dataset, tmp_path):
     """Adults trained at a target past 25 (V = 31) push them away from the minor flag; the model

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minorage import __version__
-from minorage.config import MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig, TrainConfig
+from minorage.config import EVALUATION_LOOKS, MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig, TrainConfig
 from minorage.evidence.paths import printable
 from minorage.triage.case import CaseError
 from minorage.triage.output import FORMATS, ReaderLeft, output_stream, to_reader, write_rows
@@ -477,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test sets drawn again N times for the 95%% intervals of the headline measures; 0: none (default: %(default)s)")
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out of the test split, one per line, by file name or photo id "
                    "(the manifest's `id`): those a model was trained on elsewhere")
-    p.add_argument("--look", choices=("as-is", "grayscale"), default="as-is",
-                   help="the test faces as they are, or turned grayscale as old or black-and-white photos are (default: %(default)s)")
+    p.add_argument("--look", choices=EVALUATION_LOOKS, default="as-is",
+                   help="the test faces as they are, or as seized photos may hold them: grayscale, sepia, low-resolution "
+                   "(a 24 px face enlarged), jpeg (quality 15) (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split; `evaluate` checks them on the other half")

@@ -15,6 +15,8 @@ SHARED_ENV = "MINORAGE_SHARED"
 
 #: The four SSR-Net weight files released with the original paper (Yang et al., IJCAI 2018).
 PRETRAINED_NAMES = ("imdb", "morph2", "wiki", "megaface_asian")
+#: how `evaluate` may show the test faces: as they are, or as seized photos may hold them
+EVALUATION_LOOKS = ("as-is", "grayscale", "sepia", "low-resolution", "jpeg")
 
 HOW_TO_OBTAIN = {
     "ssrnet": (

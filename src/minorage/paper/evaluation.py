@@ -6,6 +6,7 @@ import csv
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from minorage import groups
@@ -24,8 +25,36 @@ def grayscale(faces: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+SEPIA_BGR = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # rows: out B, G, R
+
+
+def sepia(faces: np.ndarray) -> np.ndarray:
+    """BGR faces toned brown as old prints are (the classic sepia matrix, clipped)."""
+    return np.clip(np.rint(faces.astype(np.float32) @ SEPIA_BGR.T), 0, 255).astype(np.uint8)
+
+
+def low_resolution(faces: np.ndarray, side: int = 24) -> np.ndarray:
+    """Each face as a `side`-pixel face enlarged again: a small face in a large photo, or a
+    thumbnail, holds no more than this."""
+    size = faces.shape[1]
+    return np.stack([cv2.resize(cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA), (size, size), interpolation=cv2.INTER_LINEAR)
+                     for f in faces])
+
+
+def heavy_jpeg(faces: np.ndarray, quality: int = 15) -> np.ndarray:
+    """Each face through a JPEG encoder at this quality and back: re-shared photos lose this much."""
+    def once(face: np.ndarray) -> np.ndarray:
+        ok, data = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("OpenCV could not encode a face as JPEG")
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return np.stack([once(f) for f in faces])
+
+
 #: how the test faces may be shown to the model: as they are, or as a seized photo might hold them
-LOOKS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {"as-is": None, "grayscale": grayscale}
+#: (the CLI offers `config.EVALUATION_LOOKS`, these names)
+LOOKS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
+    "as-is": None, "grayscale": grayscale, "sepia": sepia, "low-resolution": low_resolution, "jpeg": heavy_jpeg}
 FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demographics`
 
 
