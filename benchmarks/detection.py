@@ -5,10 +5,12 @@ edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same prop
 proposals placed by both O-Nets vs both sources together.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER] [--yunet-threshold T]
+        [--yunet-face-px PX] [--min-face-size PX]
 
 `--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
 place of the shipped one (`minorage detector train --out FOLDER`), side by side;
-`--yunet-threshold T` adds each detector that uses YuNet run with that score threshold.
+`--yunet-threshold T` adds each detector that uses YuNet run with that score threshold;
+`--yunet-face-px PX` each such detector with YuNet looking at a smaller image (`DetectorConfig.yunet_face_px`).
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
 UTKFace faces pasted in at 1/4 and 1/8 of its width.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -56,14 +59,22 @@ def main() -> None:
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), help="weight choices to compare (default: all)")
     parser.add_argument("--tuned", help="a trained R/O-Net folder to run in the unions beside the shipped one")
     parser.add_argument("--yunet-threshold", type=float, help="adds each detector of `--detectors` that uses YuNet run with this score threshold")
+    parser.add_argument("--yunet-face-px", type=int, help="adds each detector of `--detectors` that uses YuNet with YuNet looking at "
+                        "the image scaled so that the smallest face wanted is this many pixels")
+    parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size,
+                        help="every detector's smallest face (default: %(default)s, `predict`'s; `scan`'s is 32)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
-    settings = {w: DetectorConfig(weights=w) for w in args.detectors}
+    base = DetectorConfig(min_face_size=args.min_face_size)
+    settings = {w: replace(base, weights=w) for w in args.detectors}
     if args.tuned:
-        settings.update({f"{w} with {args.tuned}": DetectorConfig(weights=w, tuned=args.tuned) for w in args.detectors if w in UNIONS})
+        settings.update({f"{w} with {args.tuned}": replace(base, weights=w, tuned=args.tuned) for w in args.detectors if w in UNIONS})
     if args.yunet_threshold is not None:
-        settings.update({f"{w} at YuNet {args.yunet_threshold}": DetectorConfig(weights=w, yunet_threshold=args.yunet_threshold)
+        settings.update({f"{w} at YuNet {args.yunet_threshold}": replace(base, weights=w, yunet_threshold=args.yunet_threshold)
+                         for w in args.detectors if "yunet" in w})
+    if args.yunet_face_px is not None:
+        settings.update({f"{w}, YuNet's smallest face {args.yunet_face_px} px": replace(base, weights=w, yunet_face_px=args.yunet_face_px)
                          for w in args.detectors if "yunet" in w})
     report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
     for name, cfg in settings.items():

@@ -186,6 +186,8 @@ class DetectorConfig:
     min_face_size: int = 20  # pixels; larger is faster (a smaller pyramid)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net scores
     yunet_threshold: float = 0.5  # YuNet's score for a proposal (the O-Nets still decide)
+    yunet_face_px: int = 0  # 0: YuNet looks at the whole image; else at the image scaled so that a face
+    # of min_face_size is this many pixels (fewer pixels, less time, where only larger faces are wanted)
     factor: float = 0.709  # pyramid step
     weights: str = "union+yunet"  # "union+yunet" (P-Net's and YuNet's proposals, each through the stock
     # and the eye-bar-tuned R/O-Nets: every face any of them finds), "union" (P-Net's proposals
@@ -194,6 +196,11 @@ class DetectorConfig:
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
     tuned: str = "occlusion"  # the eye-bar-tuned R/O-Net pair the unions run beside the stock one:
     # the shipped one, or a folder with rnet/onet.pt (`minorage detector train`)
+
+    @property
+    def yunet_scale(self) -> float:
+        """The scale YuNet looks at an image by (never enlarged)."""
+        return min(1.0, self.yunet_face_px / self.min_face_size) if self.yunet_face_px else 1.0
 
 
 

@@ -271,7 +271,7 @@ class FaceDetector:
         self.cfg = cfg
         self.pnet, self.pairs = load_cascade(cfg.weights, cfg.tuned)
         self.proposers = PROPOSERS.get(cfg.weights, ("pnet",))
-        self.yunet = YuNet(cfg.yunet_threshold) if "yunet" in self.proposers else None
+        self.yunet = YuNet(cfg.yunet_threshold, scale=cfg.yunet_scale) if "yunet" in self.proposers else None
 
     def pyramid(self, h: int, w: int) -> list[float]:
         """Scales at which a face of min_face_size pixels fills P-Net's 12x12 window."""

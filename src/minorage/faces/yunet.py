@@ -36,15 +36,17 @@ def model_path() -> Path:
 class YuNet:
     """`propose(bgr) -> (N, 15)` rows: x1, y1, x2, y2, five points (x, y), score; best first."""
 
-    def __init__(self, score_threshold: float = 0.5, nms_threshold: float = 0.3, max_side: int = 1280):
+    def __init__(self, score_threshold: float = 0.5, nms_threshold: float = 0.3, max_side: int = 1280, scale: float = 1.0):
         self.max_side = max_side
+        self.scale = scale
         self.net = cv2.FaceDetectorYN.create(str(model_path()), "", (320, 320), score_threshold, nms_threshold, 5000)
 
     def propose(self, image: np.ndarray) -> np.ndarray:
-        """Faces in a BGR image; large images are looked at scaled down to `max_side` (YuNet's
-        smallest face is about 10 px, so little is lost), the rows given in the image's pixels."""
+        """Faces in a BGR image, looked at scaled by `scale` (where only larger faces are wanted
+        a smaller image costs less) and at most `max_side` on its longer side (YuNet's smallest
+        face is about 10 px, so little is lost); the rows given in the image's pixels."""
         h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = min(self.scale, self.max_side / max(h, w))
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
         self.net.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self.net.detect(small)
