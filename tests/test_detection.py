@@ -130,6 +130,21 @@ def test_thresholds_and_min_size_are_options(some_faces):
     assert FaceDetector(DetectorConfig(weights="yunet", yunet_threshold=1.0, crop_padding=0)).detect(image) == []
 
 
+
+def test_yunet_on_a_smaller_image_reports_in_the_image_s_pixels(some_faces):
+    """With `yunet_face_px`, YuNet looks at a scaled copy (never an enlarged one) and its boxes
+    come back in the photo's own pixels: a real face at 0.5 is where it is at full size."""
+    from minorage.faces.yunet import YuNet
+
+    assert DetectorConfig(min_face_size=32, yunet_face_px=20).yunet_scale == pytest.approx(0.625)
+    assert DetectorConfig(min_face_size=20, yunet_face_px=20).yunet_scale == 1.0
+    assert DetectorConfig(min_face_size=10, yunet_face_px=20).yunet_scale == 1.0
+    assert DetectorConfig(min_face_size=32).yunet_scale == 1.0
+    image = cv2.resize(cv2.imread(str(some_faces[3])), (400, 400))
+    whole, half = YuNet().propose(image), YuNet(scale=0.5).propose(image)
+    assert len(whole) >= 1 and len(half) >= 1
+    assert iou(half[:1, :4], whole[0, :4])[0] > 0.8
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
     keep = nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5)
