@@ -21,6 +21,8 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
 - `--groups`: the default detector's recall of normal and barred faces in scenes, per sex and per
   ethnicity of the held-out photos (as UTKFace's file names label them): a detector that
   misses one group of people more often fails them before any age is read.
+- `--choose-factor F ...`: the image pyramid's step chosen away from the benchmark (the
+  detector's training photos, the training face-free pictures), the rule in `docs/research.md`.
 - `--factor F ...`: the default detector with a finer image pyramid (P-Net's step between
   scales): recall of normal and barred faces in scenes, per degradation, false detections on
   the face-free evaluation pictures and milliseconds per 640 px scene on one thread; held-out
@@ -33,6 +35,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --yunet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --groups [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
+    .venv/bin/python benchmarks/detection_choices.py --choose-factor 0.709 0.75 0.8 0.842 [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --timing 32 20
 """
 
@@ -135,20 +138,26 @@ def by_group(photos: int) -> dict:
     return out
 
 
-def thresholds(stage: int | str, tried: tuple[float, ...], photos: int) -> dict:
-    """The default detector with one threshold (stage 0 P-Net, 1 R-Net, or "yunet") set to each
-    value tried, on scenes of the detector's training photos and the training face-free pictures."""
+def on_training_scenes(settings: dict[str, DetectorConfig], photos: int) -> dict:
+    """Each detector setting on scenes of the detector's training photos and the training
+    face-free pictures: where a setting is chosen, away from the held-out benchmark."""
     train, _ = split_photos(DetectorTrainingConfig())
-    originals, barred = face_pairs(train[::25][:photos])
+    originals, barred = face_pairs(train[:: max(1, min(25, len(train) // photos))][:photos])  # every 25th up to 120 photos
     pictures = face_free_pictures(FACE_FREE_TRAIN)
     normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
     out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
-    for value in tried:
-        detector = FaceDetector(with_threshold(stage, value))
-        out[str(value)] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
-                           "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
-                           "false": false_detections(detector, pictures)}
+    for name, cfg in settings.items():
+        detector = FaceDetector(cfg)
+        out[name] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
+                     "barred": round(recall_by_degradation(detector, eye_barred)["all"], 4),
+                     "false": false_detections(detector, pictures)}
     return out
+
+
+def thresholds(stage: int | str, tried: tuple[float, ...], photos: int) -> dict:
+    """The default detector with one threshold (stage 0 P-Net, 1 R-Net, or "yunet") set to each
+    value tried, on the training scenes."""
+    return on_training_scenes({str(value): with_threshold(stage, value) for value in tried}, photos)
 
 
 def with_threshold(stage: int | str, value: float) -> DetectorConfig:
@@ -211,11 +220,14 @@ def main() -> None:
     which.add_argument("--yunet", action="store_true")
     which.add_argument("--timing", type=int, nargs="+", metavar="PX", help="milliseconds per stage at these smallest face sizes")
     which.add_argument("--groups", action="store_true")
-    which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare")
-    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet and --yunet, 400 for --groups, 200 otherwise)")
+    which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the held-out photos")
+    which.add_argument("--choose-factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the training scenes")
+    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet and --choose-factor, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
+    elif args.choose_factor:
+        report = on_training_scenes({f"factor {f}": DetectorConfig(factor=f) for f in args.choose_factor}, args.photos or 120)
     elif args.timing:
         report = {"timing": [timing(px) for px in args.timing]}
     elif args.pnet:
