@@ -5,12 +5,13 @@ edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same prop
 proposals placed by both O-Nets vs both sources together.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER] [--yunet-threshold T]
-        [--yunet-face-px PX] [--min-face-size PX]
+        [--yunet-face-px PX] [--factor F] [--min-face-size PX]
 
 `--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
 place of the shipped one (`minorage detector train --out FOLDER`), side by side;
 `--yunet-threshold T` adds each detector that uses YuNet run with that score threshold;
-`--yunet-face-px PX` each such detector with YuNet looking at a smaller image (`DetectorConfig.yunet_face_px`).
+`--yunet-face-px PX` each such detector with YuNet looking at a smaller image (`DetectorConfig.yunet_face_px`);
+`--factor F` each detector with that image pyramid step.
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
 UTKFace faces pasted in at 1/4 and 1/8 of its width.
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--yunet-threshold", type=float, help="adds each detector of `--detectors` that uses YuNet run with this score threshold")
     parser.add_argument("--yunet-face-px", type=int, help="adds each detector of `--detectors` that uses YuNet with YuNet looking at "
                         "the image scaled so that the smallest face wanted is this many pixels")
+    parser.add_argument("--factor", type=float, help="adds each detector of `--detectors` with this image pyramid step")
     parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size,
                         help="every detector's smallest face (default: %(default)s, `predict`'s; `scan`'s is 32)")
     args = parser.parse_args()
@@ -73,6 +75,8 @@ def main() -> None:
     if args.yunet_threshold is not None:
         settings.update({f"{w} at YuNet {args.yunet_threshold}": replace(base, weights=w, yunet_threshold=args.yunet_threshold)
                          for w in args.detectors if "yunet" in w})
+    if args.factor is not None:
+        settings.update({f"{w}, pyramid factor {args.factor}": replace(base, weights=w, factor=args.factor) for w in args.detectors})
     if args.yunet_face_px is not None:
         settings.update({f"{w}, YuNet's smallest face {args.yunet_face_px} px": replace(base, weights=w, yunet_face_px=args.yunet_face_px)
                          for w in args.detectors if "yunet" in w})

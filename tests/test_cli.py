@@ -117,6 +117,19 @@ def test_unknown_model_is_a_clear_cli_error(capsys, some_faces):
     assert code == 2 and "no model named 'nonsense'" in err
 
 
+
+def test_pyramid_factor_defaults_and_an_endless_pyramid_refused(capsys, some_faces):
+    """`predict` looks at the finer pyramid and `scan` at MTCNN's, each from its config; a step
+    of 1 or more would never end the pyramid, so it is a clear error, not a hang."""
+    from minorage.cli import build_parser
+    from minorage.config import InferenceConfig, ScanConfig
+
+    assert build_parser().parse_args(["predict", "x.jpg"]).pyramid_factor == InferenceConfig.pyramid_factor
+    assert build_parser().parse_args(["scan", "ev", "--out", "case"]).pyramid_factor == ScanConfig.pyramid_factor
+    for factor in ("1", "1.5", "0"):
+        code, _, err = run_cli(capsys, "predict", "--pyramid-factor", factor, str(some_faces[0]))
+        assert code == 2 and "pyramid factor must lie strictly between 0 and 1" in err
+
 def sha256(path):
     import hashlib
 

@@ -274,7 +274,8 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
                                 ("--max-pixels", "1000000", "--max-pixels 100000000 (this run: 1000000)"),
                                 ("--max-bytes", "1000000", "(this run: 1000000)"),
                                 ("--video-every", "2", "--video-every 1.0 (this run: 2.0)"),
-                                ("--yunet-threshold", "0.3", "--yunet-threshold 0.5 (this run: 0.3)")):
+                                ("--yunet-threshold", "0.3", "--yunet-threshold 0.5 (this run: 0.3)"),
+                                ("--pyramid-factor", "0.842", "--pyramid-factor 0.709 (this run: 0.842)")):
         assert main(["scan", str(ev), "--out", str(case), "--workers", "1", option, value]) == 2
         assert said in capsys.readouterr().err
     with sqlite3.connect(case / "case.sqlite") as db:  # as a case scanned before YuNet's threshold was recorded

@@ -37,6 +37,7 @@ def _detector_config(args: argparse.Namespace):
         yunet_threshold=args.yunet_threshold,
         weights=args.detector,
         crop_padding=args.crop_padding,
+        factor=args.pyramid_factor,
     )
 
 
@@ -367,16 +368,19 @@ def _estimator(args: argparse.Namespace) -> AgeEstimator:
     return AgeEstimator.from_pretrained(args.model, minor_below=args.minor_below)
 
 
-def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = None) -> None:
+def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = None, factor: float = InferenceConfig.pyramid_factor) -> None:
     from minorage.config import DetectorConfig
 
-    d = DetectorConfig(**({"min_face_size": min_face_size} if min_face_size else {}))
+    d = DetectorConfig(**({"min_face_size": min_face_size} if min_face_size else {}), factor=factor)
     g = p.add_argument_group("face detection (MTCNN)")
     g.add_argument("--detector", default=d.weights,
                    help="union+yunet (MTCNN's P-Net and YuNet propose, the stock and eye-bar-tuned R/O-Nets decide: every face any finds), "
                         "union (P-Net's proposals only: a fifth faster, fewer faces in whole scenes), occlusion (the tuned pair alone), "
                         "stock (facenet-pytorch's), yunet (YuNet's proposals only) or a folder with pnet/rnet/onet.pt (default: %(default)s)")
     g.add_argument("--min-face-size", type=int, default=d.min_face_size, help="smallest face in pixels; larger is faster (default: %(default)s)")
+    g.add_argument("--pyramid-factor", type=float, default=d.factor,
+                   help="step between the image pyramid's scales; nearer 1 looks at more scales, finds more eye-barred faces and takes longer "
+                        "(MTCNN's is 0.709) (default: %(default)s)")
     g.add_argument("--thresholds", type=float, nargs=3, default=list(d.thresholds), metavar=("P", "R", "O"), help="P-Net, R-Net, O-Net score thresholds (default: %(default)s)")
     g.add_argument("--yunet-threshold", type=float, default=d.yunet_threshold, help="YuNet's score for proposing a face to the O-Nets (default: %(default)s)")
     g.add_argument("--crop-padding", type=float, default=d.crop_padding, help="black border, as a share of the image side, for a second look when a face touches the edge (face crops); 0 = off (default: %(default)s)")
@@ -523,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file-timeout", type=float, default=scan_defaults.file_timeout,
                    help="seconds one file may take; past it the file is recorded as `timeout` and its worker replaced (default: %(default)s)")
     _reading_options(p)
-    _detector_options(p, scan_defaults.min_face_size)
+    _detector_options(p, scan_defaults.min_face_size, scan_defaults.pyramid_factor)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("report", help="a scanned case as an HTML page to share, CSV, JSON or Project VIC's VICS JSON, with the reviews")

@@ -100,7 +100,7 @@ SETTING_OPTIONS = {
     "model": "--model", "model_sha256": "--model (SHA-256)", "minor_below": "--minor-below", "minor_above": "--minor-above",
     "calibration": "--model (its calibration)",
     "detector": "--detector", "min_face_size": "--min-face-size", "thresholds": "--thresholds",
-    "yunet_threshold": "--yunet-threshold", "crop_padding": "--crop-padding", "pyramid_factor": "pyramid factor",
+    "yunet_threshold": "--yunet-threshold", "crop_padding": "--crop-padding", "pyramid_factor": "--pyramid-factor",
     "max_pixels": "--max-pixels", "max_bytes": "--max-bytes", "video_every": "--video-every",
     "max_video_frames": "--max-video-frames", "follow_links": "--follow-links",
 }
