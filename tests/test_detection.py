@@ -201,9 +201,9 @@ def test_barred_eyes_are_told_on_a_face_cut_by_the_image_edge(detected):
 def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     """Held-out faces pasted into face-free scenes, turned up to 30 degrees, some in grayscale or
     sepia or cut by the edge: wherever stock MTCNN finds the face, the union of stock and
-    eye-bar-tuned stages finds it too, with YuNet's proposals added as well (the default), and
-    both find barred faces stock misses."""
-    from minorage.config import DetectorTrainingConfig
+    eye-bar-tuned stages finds it too, with YuNet's proposals added as well (the default), on
+    MTCNN's pyramid and on `predict`'s finer one, and each finds barred faces stock misses."""
+    from minorage.config import DetectorTrainingConfig, InferenceConfig, ScanConfig
     from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures, face_pairs, split_photos
     from minorage.faces.wild import found, wild_photo
 
@@ -216,11 +216,12 @@ def test_the_union_finds_every_face_stock_mtcnn_finds_in_scenes(utkface_files):
     stock = FaceDetector(DetectorConfig(weights="stock"))
     by_stock = [found(stock, p) for p in scenes]
     assert sum(by_stock[: len(originals)]) >= 0.8 * len(originals)
-    for weights in ("union", DetectorConfig().weights):  # the union, and the default (union+yunet)
-        chosen = FaceDetector(DetectorConfig(weights=weights))
+    default = DetectorConfig().weights
+    for weights, factor in (("union", ScanConfig.pyramid_factor), (default, ScanConfig.pyramid_factor), (default, InferenceConfig.pyramid_factor)):
+        chosen = FaceDetector(DetectorConfig(weights=weights, factor=factor))  # the union; the default, as scan and predict run it
         by_chosen = [found(chosen, p) for p in scenes]
-        assert all(u for s, u in zip(by_stock, by_chosen) if s), weights
-        assert sum(by_chosen[len(originals):]) > sum(by_stock[len(originals):]), weights
+        assert all(u for s, u in zip(by_stock, by_chosen) if s), (weights, factor)
+        assert sum(by_chosen[len(originals):]) > sum(by_stock[len(originals):]), (weights, factor)
 
 
 @pytest.mark.slow
