@@ -19,7 +19,19 @@ from minorage.faces.detection import Face, FaceDetector, iou
 
 DEGRADATIONS = ("none", "grayscale", "sepia", "low_res", "jpeg", "blur", "noise", "edge")
 
-_SEPIA = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # BGR in, BGR out
+SEPIA_BGR = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # BGR in, BGR out
+
+
+def sepia(image: np.ndarray) -> np.ndarray:
+    """A BGR image (or a stack of them) toned brown as old prints are."""
+    return np.clip(image.astype(np.float32) @ SEPIA_BGR.T, 0, 255).astype(np.uint8)
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """A BGR uint8 image through a JPEG encoder at this quality and back (unchanged if OpenCV
+    cannot encode it): re-shared photos lose this much."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else image
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,9 @@ def degrade(image: np.ndarray, degradation: str, rng: np.random.Generator) -> np
     if degradation == "grayscale":
         return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     if degradation == "sepia":
-        return np.clip(image.astype(np.float32) @ _SEPIA.T, 0, 255).astype(np.uint8)
+        return sepia(image)
     if degradation == "jpeg":
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(10, 41))])
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return jpeg_round_trip(image, int(rng.integers(10, 41)))
     if degradation == "blur":
         return cv2.GaussianBlur(image, (0, 0), float(rng.uniform(1.0, 2.5)))
     if degradation == "noise":

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import torch
 from torch import nn
 
 from minorage.config import TrainConfig
+from minorage.faces.wild import SEPIA_BGR, jpeg_round_trip
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation on uint8 batches, in torch (no torchvision)
@@ -77,14 +77,13 @@ def seized_look(batch: torch.Tensor, share: float, generator: torch.Generator) -
     return nn.functional.grid_sample(out, grid, padding_mode="border", align_corners=False)
 
 
-_SEPIA = torch.tensor([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]])  # BGR -> BGR
+_SEPIA = torch.from_numpy(SEPIA_BGR)  # BGR -> BGR
 
 
 def _jpeg(face: torch.Tensor, quality: int) -> torch.Tensor:
     """One CHW float face through a JPEG encoder at this quality and back."""
     image = face.clamp(0, 255).byte().permute(1, 2, 0).contiguous().numpy()
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return torch.from_numpy(cv2.imdecode(data, cv2.IMREAD_COLOR)).permute(2, 0, 1).float() if ok else face
+    return torch.from_numpy(jpeg_round_trip(image, quality)).permute(2, 0, 1).float()
 
 
 def _random_occluders(batch: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from minorage import groups
+from minorage.faces.wild import jpeg_round_trip, sepia
 from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
 from minorage.paper.readers import UNKNOWN
@@ -25,14 +26,6 @@ def grayscale(faces: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-SEPIA_BGR = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # rows: out B, G, R
-
-
-def sepia(faces: np.ndarray) -> np.ndarray:
-    """BGR faces toned brown as old prints are (the classic sepia matrix, clipped)."""
-    return np.clip(np.rint(faces.astype(np.float32) @ SEPIA_BGR.T), 0, 255).astype(np.uint8)
-
-
 def low_resolution(faces: np.ndarray, side: int = 24) -> np.ndarray:
     """Each face as a `side`-pixel face enlarged again: a small face in a large photo, or a
     thumbnail, holds no more than this."""
@@ -42,13 +35,8 @@ def low_resolution(faces: np.ndarray, side: int = 24) -> np.ndarray:
 
 
 def heavy_jpeg(faces: np.ndarray, quality: int = 15) -> np.ndarray:
-    """Each face through a JPEG encoder at this quality and back: re-shared photos lose this much."""
-    def once(face: np.ndarray) -> np.ndarray:
-        ok, data = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError("OpenCV could not encode a face as JPEG")
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return np.stack([once(f) for f in faces])
+    """Each face through JPEG at this quality and back, as a photo shared again and again is."""
+    return np.stack([jpeg_round_trip(f, quality) for f in faces])
 
 
 #: how the test faces may be shown to the model: as they are, or as a seized photo might hold them
