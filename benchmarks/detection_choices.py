@@ -20,7 +20,8 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   than stock MTCNN and no lower normal-face recall than at 0.5.
 - `--groups`: the default detector's recall of normal and barred faces in scenes, per sex and per
   ethnicity of the held-out photos (as UTKFace's file names label them): a detector that
-  misses one group of people more often fails them before any age is read.
+  misses one group of people more often fails them before any age is read. `--groups F` runs it
+  on the pyramid step F (`predict`'s 0.842) instead of MTCNN's 0.709.
 - `--choose-factor F ...`: the image pyramid's step chosen away from the benchmark (the
   detector's training photos, the training face-free pictures), the rule in `docs/research.md`.
 - `--factor F ...`: the default detector with a finer image pyramid (P-Net's step between
@@ -33,7 +34,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --stages [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --rnet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --yunet [--photos 120]
-    .venv/bin/python benchmarks/detection_choices.py --groups [--photos 400]
+    .venv/bin/python benchmarks/detection_choices.py --groups [F] [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --choose-factor 0.709 0.75 0.8 0.842 [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --timing 32 20
@@ -120,9 +121,9 @@ def stages(photos: int) -> dict:
                                                  for d in dict.fromkeys(kinds.tolist())}} for key, v in kept.items()}}
 
 
-def by_group(photos: int) -> dict:
+def by_group(photos: int, factor: float) -> dict:
     _, held = split_photos(DetectorTrainingConfig())
-    pictures, detector = face_free_pictures(FACE_FREE_EVAL), FaceDetector(DetectorConfig())
+    pictures, detector = face_free_pictures(FACE_FREE_EVAL), FaceDetector(DetectorConfig(factor=factor))
     pairs, people = [], []
     for path in held[:photos]:
         originals, barred = face_pairs([path])
@@ -219,7 +220,8 @@ def main() -> None:
     which.add_argument("--rnet", action="store_true")
     which.add_argument("--yunet", action="store_true")
     which.add_argument("--timing", type=int, nargs="+", metavar="PX", help="milliseconds per stage at these smallest face sizes")
-    which.add_argument("--groups", action="store_true")
+    which.add_argument("--groups", type=float, nargs="?", const=DetectorConfig().factor, metavar="F",
+                       help="recall per sex and ethnicity, with this image pyramid step (default: MTCNN's)")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the held-out photos")
     which.add_argument("--choose-factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the training scenes")
     parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet and --choose-factor, 400 for --groups, 200 otherwise)")
@@ -237,7 +239,7 @@ def main() -> None:
     elif args.yunet:
         report = thresholds("yunet", (0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
-        report = stages(args.photos or 200) if args.stages else by_group(args.photos or 400) if args.groups else proposals(args.photos or 100)
+        report = stages(args.photos or 200) if args.stages else by_group(args.photos or 400, args.groups) if args.groups else proposals(args.photos or 100)
     print(json.dumps(report, indent=2))
 
 
