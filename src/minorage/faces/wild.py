@@ -19,6 +19,7 @@ from minorage.faces.detection import Face, FaceDetector, iou
 
 DEGRADATIONS = ("none", "grayscale", "sepia", "low_res", "jpeg", "blur", "noise", "edge")
 
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # a BGR pixel's brightness, as OpenCV's BGR2GRAY
 SEPIA_BGR = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 0.393]], np.float32)  # BGR in, BGR out
 
 

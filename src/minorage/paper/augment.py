@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from minorage.config import TrainConfig
-from minorage.faces.wild import SEPIA_BGR, jpeg_round_trip
+from minorage.faces.wild import LUMA_BGR, SEPIA_BGR, jpeg_round_trip
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation on uint8 batches, in torch (no torchvision)
@@ -38,6 +38,8 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
         batch = ((batch - mean) * contrast + mean + brightness) * colour
     if cfg.robust:
         batch = seized_look(batch, cfg.robust, generator)
+    if cfg.grayscale:
+        batch = luma(batch)
     if cfg.occluders:
         batch = (_varied_occluders if cfg.varied_occluders else _random_occluders)(batch, cfg.occluders, generator)
     return batch.clamp(0, 255)
@@ -78,6 +80,13 @@ def seized_look(batch: torch.Tensor, share: float, generator: torch.Generator) -
 
 
 _SEPIA = torch.from_numpy(SEPIA_BGR)  # BGR -> BGR
+
+
+def luma(batch: torch.Tensor) -> torch.Tensor:
+    """Float NCHW BGR faces in black and white (OpenCV's luma in all three channels), as a
+    grayscale photo reads."""
+    gray = torch.einsum("c,nchw->nhw", torch.from_numpy(LUMA_BGR), batch).unsqueeze(1)
+    return gray.expand_as(batch).contiguous()
 
 
 def _jpeg(face: torch.Tensor, quality: int) -> torch.Tensor:

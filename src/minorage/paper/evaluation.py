@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from minorage import groups
-from minorage.faces.wild import jpeg_round_trip, sepia
+from minorage.faces.wild import LUMA_BGR, jpeg_round_trip, sepia
 from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
 from minorage.paper.readers import UNKNOWN
@@ -22,7 +22,7 @@ VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
 def grayscale(faces: np.ndarray) -> np.ndarray:
     """BGR faces as a grayscale photo gives them (three equal channels): seized photos are
     often black and white, and a model must not read colour it cannot have."""
-    gray = np.rint(faces.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)).astype(np.uint8)
+    gray = np.rint(faces.astype(np.float32) @ LUMA_BGR).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
