@@ -154,3 +154,39 @@ def test_residual_network_checkpoint_round_trip(tmp_path, reference):
     both = predict_ages(mirrored, reference["images"], 256)
     flipped = predict_ages(net, np.ascontiguousarray(reference["images"][:, :, ::-1]), 256)
     np.testing.assert_allclose(both, (predict_ages(net, reference["images"], 256) + flipped) / 2, atol=1e-4)
+
+
+def test_black_and_white_faces_go_to_the_grayscale_specialist(tmp_path, reference, utkface_files, capsys):
+    """A model with a grayscale specialist (`combine --grayscale`): real colour faces get the
+    colour model's ages, the same faces in black and white (and saved again as colour JPEGs)
+    the specialist's, in one mixed batch, through the fast runtime and after a checkpoint round
+    trip; the colour model's card (its flag, calibration) is kept whole."""
+    import cv2
+
+    from minorage.cli import main
+    from minorage.model.network import ByLookNetwork, is_black_and_white
+    from minorage.paper.evaluation import grayscale
+
+    colour = save_checkpoint(AgeEstimator.from_pretrained("imdb").net, ModelCard(name="imdb", minor_below=16.0,
+                                                                                   calibration={"kept": True}), tmp_path / "imdb")
+    special = save_checkpoint(AgeEstimator.from_pretrained("morph2").net, ModelCard(name="morph2"), tmp_path / "morph2")
+    main(["combine", str(colour), "--grayscale", str(special), "--out", str(tmp_path / "routed.safetensors")])
+    routed = AgeEstimator.from_pretrained(tmp_path / "routed.safetensors")
+    assert isinstance(routed.net, ByLookNetwork)
+    assert routed.minor_below == 16.0 and routed.card.calibration == {"kept": True}
+    assert routed.card.grayscale["name"] == "morph2" and routed.card.grayscale["members"] == 1
+
+    faces = np.stack([cv2.resize(cv2.imread(str(f)), (64, 64)) for f in utkface_files[::700][:20]])
+    colour_faces = faces[(faces.max(axis=3) - faces.min(axis=3)).mean(axis=(1, 2)) > 10][:8]  # real colour photos
+    gray = grayscale(colour_faces)
+    resaved = np.stack([cv2.imdecode(cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], cv2.IMREAD_COLOR) for g in gray])
+    mixed = np.concatenate([colour_faces, gray, resaved] * 2)  # 48 faces: the runtime's bulk path
+    as_tensor = torch.from_numpy(mixed).permute(0, 3, 1, 2).float()
+    assert is_black_and_white(as_tensor).tolist() == ([False] * len(colour_faces) + [True] * 2 * len(gray)) * 2
+    imdb, morph2 = AgeEstimator.from_pretrained("imdb"), AgeEstimator.from_pretrained("morph2")
+    expected = np.concatenate([imdb.predict(colour_faces), morph2.predict(gray), morph2.predict(resaved)] * 2)
+    np.testing.assert_allclose(routed.predict(mixed), expected, atol=1e-3)  # bulk (48 faces)
+    np.testing.assert_allclose(routed.predict(mixed[:3]), expected[:3], atol=1e-3)  # a photo's few faces
+    assert main(["combine", str(tmp_path / "routed.safetensors"), "--grayscale", str(special), "--out", str(tmp_path / "twice")]) == 2
+    assert main(["combine", str(tmp_path / "routed.safetensors"), str(colour), "--out", str(tmp_path / "mixed")]) == 2
+    assert "already routes black-and-white faces" in capsys.readouterr().err

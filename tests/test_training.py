@@ -301,6 +301,24 @@ def test_grayscale_look_is_the_photo_in_black_and_white():
 
 
 
+def test_grayscale_training_shows_every_face_as_evaluate_grays_it(some_faces):
+    """`grayscale` training: every real face leaves augmentation in black and white (after the
+    colour changes, which would otherwise tint it), and without augmentation exactly as
+    `evaluate --look grayscale` shows it."""
+    import cv2
+
+    from minorage.paper.evaluation import grayscale
+
+    faces = np.stack([cv2.resize(cv2.imread(str(f)), (64, 64)) for f in some_faces[:8]])
+    batch = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+    shown = augment(batch, TrainConfig(augment=True, grayscale=True, occluders=0.5, varied_occluders=True), torch.Generator().manual_seed(1))
+    assert torch.equal(shown[:, 0], shown[:, 1]) and torch.equal(shown[:, 1], shown[:, 2])
+    assert not torch.equal(augment(batch, TrainConfig(augment=True), torch.Generator().manual_seed(1))[:, 0], shown[:, 0])
+    plain = augment(batch, TrainConfig(grayscale=True), torch.Generator().manual_seed(1))
+    expected = torch.from_numpy(grayscale(faces)).permute(0, 3, 1, 2).float()
+    assert (plain - expected).abs().max() <= 0.5  # evaluation rounds to whole levels
+
+
 def test_seized_photo_looks_of_evaluate_on_real_faces(some_faces):
     """Real faces: sepia puts red over green over blue in every pixel; a low-resolution face
     holds a 24 px face's detail (it loses most of its fine detail, and the same round again

@@ -252,16 +252,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from minorage.model.checkpoint import save_checkpoint
+    from minorage.model.checkpoint import load_checkpoint, save_checkpoint
+    from minorage.model.ensemble import attach_grayscale
     from minorage.paper.ensembles import make_ensemble
 
-    net, card, chosen = make_ensemble([Path(m) for m in args.models], args.mirror, args.name or Path(args.out).stem,
-                                      Path(args.data) if args.data else None, args.choose)
-    if args.choose is not None:
-        print(f"minorage combine: chose {' '.join(chosen)} (validation MAE averaged over ages "
-              f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
+    name = args.name or Path(args.out).stem
+    if args.grayscale and len(args.models) == 1 and not (args.mirror or args.data or args.choose is not None):
+        net, card = load_checkpoint(Path(args.models[0]))  # kept whole: its flag and calibration too
+        card.name = name
+    else:
+        net, card, chosen = make_ensemble([Path(m) for m in args.models], args.mirror, name,
+                                          Path(args.data) if args.data else None, args.choose)
+        if args.choose is not None:
+            print(f"minorage combine: chose {' '.join(chosen)} (validation MAE averaged over ages "
+                  f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
+    if args.grayscale:
+        net, card = attach_grayscale(net, card, *load_checkpoint(Path(args.grayscale)), args.grayscale)
     path = save_checkpoint(net, card, Path(args.out))
-    print(f"minorage combine: {len(net.members)} networks{' x 2 views' if args.mirror else ''} -> {path}", file=sys.stderr)
+    routed = f", black-and-white faces to {args.grayscale}" if args.grayscale else ""
+    print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
     return 0
 
 
@@ -504,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the members' data set: measure the ensemble on their shared validation photos (into its card)")
     p.add_argument("--choose", type=int, metavar="K", help="with --data: keep only the ensemble of at most K networks "
                    "(a model that is an ensemble counts its networks) with the lowest validation MAE averaged over ages")
+    p.add_argument("--grayscale", metavar="MODEL", help="a grayscale specialist: black-and-white faces are estimated by it "
+                   "instead (a single MODEL with no other option keeps its card whole: its flag and calibration)")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

@@ -288,7 +288,7 @@ class TrainConfig:
     # resolution, heavy JPEG, blur, noise (one of them), and apart the same share turned up to 30
     # degrees, off-centre and cut by the frame (`seized_look`)
     grayscale: bool = False  # every face shown as a black-and-white photo gives it (luma in all
-    # three channels, after the colour changes): the grayscale specialist a model routes such faces to
+    # three channels, last, after colour changes and occluders): the specialist a model routes such faces to
     occluders: float = 0.0  # share of faces given a random black occluder
     varied_occluders: bool = False  # the occluders are also skin- or hair-coloured patches, or the
     # eyes blurred, pixelated or behind dark glasses (`_varied_occluders`)

@@ -36,6 +36,8 @@ class ModelCard:
     members: int = 1  # networks averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
     calibration: dict | None = None  # p_minor and the age interval (`model.calibration`), if fit
+    grayscale: dict | None = None  # the specialist black-and-white faces go to (`ByLookNetwork`):
+    # its "members" and "mirror", and its own card's name, data, training and metrics
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class ModelCard:
             "metrics": self.metrics,
             "licence": self.licence,
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"grayscale": self.grayscale} if self.grayscale else {}),
         }
 
     @classmethod
@@ -68,6 +71,7 @@ class ModelCard:
             metrics=data.get("metrics", {}),
             licence=data.get("licence", ""),
             calibration=data.get("calibration"),
+            grayscale=data.get("grayscale"),
         )
 
 

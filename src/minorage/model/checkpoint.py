@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, read_card, weights_file
-from minorage.model.network import AveragedNetwork, build_network
+from minorage.model.network import AveragedNetwork, ByLookNetwork, build_network
 
 
 def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
@@ -19,12 +19,24 @@ def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     card.architecture = net.cfg
-    ensemble = isinstance(net, AveragedNetwork)
-    card.members, card.mirror = (len(net.members), net.mirror) if ensemble else (1, False)
+    card.members, card.mirror = _shape(net.colour if isinstance(net, ByLookNetwork) else net)
+    card.grayscale = {**(card.grayscale or {}), **dict(zip(("members", "mirror"), _shape(net.grayscale)))} \
+        if isinstance(net, ByLookNetwork) else None
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
     card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return path
+
+
+def _shape(net: nn.Module) -> tuple[int, bool]:
+    """How many networks a model averages, and whether over the mirrored face too."""
+    return (len(net.members), net.mirror) if isinstance(net, AveragedNetwork) else (1, False)
+
+
+def _assemble(card: ModelCard, members: int, mirror: bool) -> nn.Module:
+    """Untrained networks in the shape a card gives: one, or several averaged."""
+    nets = [build_network(card.architecture) for _ in range(members)]
+    return AveragedNetwork(nets, mirror) if members > 1 or mirror else nets[0]
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
@@ -33,8 +45,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
 
     path = weights_file(path)
     card = read_card(path)
-    members = [build_network(card.architecture) for _ in range(card.members)]
-    net = AveragedNetwork(members, card.mirror) if card.members > 1 or card.mirror else members[0]
+    net = _assemble(card, card.members, card.mirror)
+    if card.grayscale:
+        net = ByLookNetwork(net, _assemble(card, int(card.grayscale["members"]), bool(card.grayscale["mirror"])))
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
     real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if real_missing or unexpected:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch import nn
+
 from minorage import groups
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint
-from minorage.model.network import AveragedNetwork
+from minorage.model.network import AveragedNetwork, ByLookNetwork
 
 
 def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedNetwork, ModelCard]:
@@ -17,6 +19,9 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
     keeps each member's card. A single model only mirrored keeps its own data, training
     and metrics, with the mirroring added."""
     loaded = [load_checkpoint(Path(p)) for p in paths]
+    if any(isinstance(net, ByLookNetwork) for net, _ in loaded):
+        raise ValueError("a model that already routes black-and-white faces cannot be averaged with others: "
+                         "average the colour models, then add the specialist (--grayscale)")
     members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedNetwork) else [net])]
     framings = {card.framing for _, card in loaded}
     if len(framings) != 1:
@@ -38,6 +43,20 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         licence=first.licence,
     )
     return AveragedNetwork(members, mirror), card
+
+
+def attach_grayscale(colour: nn.Module, card: ModelCard, grayscale: nn.Module, grayscale_card: ModelCard,
+                     source: str) -> tuple[ByLookNetwork, ModelCard]:
+    """A model whose black-and-white faces go to a grayscale specialist: the colour model's card
+    kept whole (its flag, calibration and measures), the specialist's name, data, training and
+    metrics recorded in it, with `source`, where it was read from."""
+    if isinstance(colour, ByLookNetwork) or isinstance(grayscale, ByLookNetwork):
+        raise ValueError("a model that already routes black-and-white faces cannot take another specialist")
+    if grayscale_card.framing != card.framing or grayscale_card.max_age != card.max_age:
+        raise ValueError(f"{source} frames faces or reports ages differently from the colour model")
+    card.grayscale = {"source": source, "name": grayscale_card.name, "data": grayscale_card.data,
+                      "training": grayscale_card.training, "metrics": grayscale_card.metrics}
+    return ByLookNetwork(colour, grayscale), card
 
 
 def _member_entries(path: Path, card: ModelCard) -> list[dict]:

@@ -14,7 +14,7 @@ from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.runtime import InferenceRuntime, predict_ages
+from minorage.model.runtime import predict_ages, runtime_for
 
 
 class AgeEstimator:
@@ -24,7 +24,7 @@ class AgeEstimator:
         self.net = net.eval()
         self.card = card
         self.source = source
-        self.runtime = InferenceRuntime(self.net)  # what `predict` runs
+        self.runtime = runtime_for(self.net)  # what `predict` runs
         top = self.age_range[1]
         if minor_below is not None and not 0 < minor_below <= top:
             raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")

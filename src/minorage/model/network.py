@@ -125,6 +125,47 @@ class AveragedNetwork(nn.Module):
         return torch.stack([m(v) for m in self.members for v in views]).mean(dim=0)
 
 
+#: a face whose three channels lie this close on average (0..255) is read as black and white: a
+#: grayscale photo reads with equal channels, one saved again as a colour JPEG within about one level
+BLACK_AND_WHITE_SPREAD = 2.0
+
+
+def is_black_and_white(x: torch.Tensor) -> torch.Tensor:
+    """(N,) True for the float NCHW faces whose three channels are one gray image."""
+    return (x.amax(dim=1) - x.amin(dim=1)).mean(dim=(1, 2)) < BLACK_AND_WHITE_SPREAD
+
+
+def route(x: torch.Tensor, colour: nn.Module, grayscale: nn.Module) -> torch.Tensor:
+    """Each face's age from the network made for how it looks: black-and-white faces from
+    `grayscale`, the others from `colour` (each network runs only on its own faces)."""
+    gray = is_black_and_white(x)
+    if not bool(gray.any()):
+        return colour(x)
+    if bool(gray.all()):
+        return grayscale(x)
+    out = x.new_empty(len(x))
+    out[~gray] = colour(x[~gray])
+    out[gray] = grayscale(x[gray])
+    return out
+
+
+class ByLookNetwork(nn.Module):
+    """A colour model and a specialist for black-and-white faces behind one call. Why: networks
+    that learnt on colour photos read grayscale ones markedly worse, and a short fine-tune that
+    must keep colour faces as they were cannot close that gap (docs/model-history.md, steps 8
+    and 9); a seized collection holds many black-and-white photos."""
+
+    def __init__(self, colour: nn.Module, grayscale: nn.Module):
+        super().__init__()
+        if colour.cfg != grayscale.cfg:
+            raise ValueError("the grayscale specialist must have the colour model's architecture")
+        self.colour, self.grayscale = colour, grayscale
+        self.cfg = colour.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return route(x, self.colour, self.grayscale)
+
+
 def build_network(cfg: SSRNetConfig | ResNetConfig) -> nn.Module:
     """An untrained network of the architecture a configuration describes."""
     return AgeResNet(cfg) if isinstance(cfg, ResNetConfig) else SSRNet(cfg)

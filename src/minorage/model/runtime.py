@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from minorage.model.network import ByLookNetwork, route
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
@@ -67,6 +68,29 @@ class InferenceRuntime(nn.Module):
                 warnings.warn(f"the age model runs without TorchScript ({error}): the same ages, more slowly")
                 self.frozen = self.folded
         return self.frozen
+
+
+class RoutedRuntime(nn.Module):
+    """The runtime of a model with a grayscale specialist (`ByLookNetwork`): each part runs in
+    its own `InferenceRuntime`, and each face goes to the part made for how it looks."""
+
+    def __init__(self, net: ByLookNetwork):
+        super().__init__()
+        self.colour, self.grayscale = InferenceRuntime(net.colour), InferenceRuntime(net.grayscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return route(x, self.colour, self.grayscale)
+
+    def bulk(self) -> nn.Module:
+        """Both parts' frozen copies, traced now (for a caller that would rather wait before its
+        first batch than inside it)."""
+        self.colour.bulk(), self.grayscale.bulk()
+        return self
+
+
+def runtime_for(net: nn.Module) -> InferenceRuntime | RoutedRuntime:
+    """How a trained network runs at inference."""
+    return RoutedRuntime(net) if isinstance(net, ByLookNetwork) else InferenceRuntime(net)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ def augment(batch: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
         batch = ((batch - mean) * contrast + mean + brightness) * colour
     if cfg.robust:
         batch = seized_look(batch, cfg.robust, generator)
-    if cfg.grayscale:
-        batch = luma(batch)
     if cfg.occluders:
         batch = (_varied_occluders if cfg.varied_occluders else _random_occluders)(batch, cfg.occluders, generator)
+    if cfg.grayscale:
+        batch = luma(batch)
     return batch.clamp(0, 255)
 
 

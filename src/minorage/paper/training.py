@@ -26,7 +26,7 @@ from minorage.config import ResNetConfig, SSRNetConfig, TrainConfig
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.network import AveragedNetwork, SSRNet, build_network
+from minorage.model.network import AveragedNetwork, ByLookNetwork, SSRNet, build_network
 from minorage.model.runtime import predict_ages
 from minorage.paper import metrics
 from minorage.paper.augment import augment
@@ -137,6 +137,8 @@ def initial_network(cfg: TrainConfig) -> tuple[nn.Module, str]:
     else:
         source, card = load_checkpoint(Path(cfg.init))
         licence = card.licence
+        if isinstance(source, ByLookNetwork):
+            source = source.colour  # its colour networks: a specialist starts from them too
         if isinstance(source, AveragedNetwork):
             if not 0 <= cfg.init_member < len(source.members):
                 raise ValueError(f"{cfg.init} averages {len(source.members)} networks: init_member {cfg.init_member} is not one of them")
