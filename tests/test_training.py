@@ -235,6 +235,16 @@ def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_pa
         same = np.rint(fit.ages) == age
         assert np.mean(centred[same] - fit.ages[same]) == pytest.approx(0, abs=1e-3)
         np.testing.assert_allclose(centred[same] - np.mean(centred[same]), blended[same] - np.mean(blended[same]), atol=1e-3)
+    # young only: adults keep their own target, every face within the range is blended as before
+    with_adults = replace(cfg, adult_target=30.0, V=31, teacher_young_only=True)
+    fit = training_faces(data, with_adults)
+    young = fit.ages <= 25
+    assert young.any() and (~young).any()
+    anchored = teacher_targets(fit, np.where(young, fit.ages, 30.0).astype(np.float32), with_adults)
+    assert np.all(anchored[~young] == 30.0)
+    full = teacher_targets(fit, np.where(young, fit.ages, 30.0).astype(np.float32), replace(with_adults, teacher_young_only=False))
+    np.testing.assert_allclose(anchored[young], full[young])
+    assert np.abs(full[~young] - 30.0).max() > 0  # without it, the teacher moves adults' targets too
 
 
 def test_augmentation_keeps_shape_and_range():

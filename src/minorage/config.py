@@ -295,6 +295,8 @@ class TrainConfig:
     teacher: str = ""  # a trained checkpoint whose estimate on each photo's unbarred face is
     teacher_weight: float = 0.5  # blended by this weight into the target of both twins (below)
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
+    teacher_young_only: bool = False  # the blend only for faces within the range; adults keep their
+    # target: a model's own estimates anchor the young while its view of adults is retaught
     boundary_weight: float = 0.0  # weight of a hinge that pushes minors' estimates below the flag
     boundary_margin: float = 1.0  # threshold and adults' above it by this many years (`boundary_loss`)
     mirror_consistency: float = 0.0  # weight of |estimate - estimate of the mirrored face|; each

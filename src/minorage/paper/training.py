@@ -68,7 +68,10 @@ def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.nda
     estimates = predict_ages(teacher, fit.faces[twin], 512, cfg.V - 1)
     if cfg.teacher_centred:
         estimates = estimates - mean_error_per_target(estimates, plain)
-    return ((1 - cfg.teacher_weight) * plain + cfg.teacher_weight * estimates).astype(np.float32)
+    blended = (1 - cfg.teacher_weight) * plain + cfg.teacher_weight * estimates
+    if cfg.teacher_young_only:  # adults keep their own target: the teacher's view of them is what is retaught
+        blended = np.where(fit.ages > cfg.max_age, plain, blended)
+    return blended.astype(np.float32)
 
 
 def mean_error_per_target(estimates: np.ndarray, plain: np.ndarray) -> np.ndarray:
