@@ -295,6 +295,18 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
     main(["evaluate", "--model", "imdb", "--data", str(data), "--format", "json", "--bootstrap", "0", "--look", "grayscale"])
     gray = json.loads(capsys.readouterr().out)
     assert all(gray[v]["n"] == results[v]["n"] and gray[v]["MAE"] != results[v]["MAE"] for v in gray)
+    # --record: the measures, per sex and ethnicity, written into a checkpoint's card, its weights untouched
+    saved = save_checkpoint(load_pretrained_network("imdb"), ModelCard(name="imdb-copy", metrics={"kept": 1}), tmp_path / "copy")
+    weights = saved.read_bytes()
+    assert main(["evaluate", "--model", str(saved), "--data", str(data), "--format", "json", "--bootstrap", "0", "--look", "grayscale",
+                 "--record", "test_grayscale"]) == 0
+    assert json.loads(capsys.readouterr().out)["org"]["MAE"] == gray["org"]["MAE"]
+    card = AgeEstimator.from_pretrained(saved).card
+    recorded = card.metrics["test_grayscale"]
+    assert card.metrics["kept"] == 1 and saved.read_bytes() == weights
+    assert recorded["look"] == "grayscale" and "--record test_grayscale" in recorded["command"]
+    assert recorded["org"]["MAE"] == gray["org"]["MAE"] and set(recorded["ocl"]["by_sex"]) == set(gray["ocl"]["by_sex"])
+    assert main(["evaluate", "--model", "imdb", "--data", str(data), "--bootstrap", "0", "--record", "x"]) == 2
 
 
 def test_grayscale_look_is_the_photo_in_black_and_white():

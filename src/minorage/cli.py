@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,6 +226,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=args.look)
     # the calibration was fit on faces as they are: checked only on those
     checked = check_if_calibrated_on(estimator, Path(args.data), left_out) if args.look == "as-is" else None
+    if args.record:
+        from minorage.model.card import record_metrics, resolve_model
+
+        where = record_metrics(resolve_model(args.model), args.record, {
+            "command": "minorage " + " ".join(args.words), "data": args.data, "look": args.look, "left_out": len(left_out),
+            "measured": time.strftime("%Y-%m-%d"), **results})
+        print(f"minorage evaluate: measures recorded as {args.record!r} in {where}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps({**results, **({"calibration_check": checked} if checked else {})}, indent=2))
     else:
@@ -493,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--look", choices=EVALUATION_LOOKS, default="as-is",
                    help="the test faces as they are, or as seized photos may hold them: grayscale, sepia, low-resolution "
                    "(a 24 px face enlarged), jpeg (quality 15) (default: %(default)s)")
+    p.add_argument("--record", metavar="KEY", help="also write these measures (per sex and per ethnicity, with the command that "
+                   "made them) into the model card beside the checkpoint, under metrics[KEY]; the weights are not touched")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split; `evaluate` checks them on the other half")
@@ -568,6 +578,7 @@ READER_LEFT = 141
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.words = list(sys.argv[1:] if argv is None else argv)  # the command as given, for what records it
     try:
         return args.func(args)
     except ReaderLeft:  # `minorage predict ... | head`: ends quietly

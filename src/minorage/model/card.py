@@ -137,6 +137,18 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_dict(json.loads(card_path(weights_file(path)).read_text()))
 
 
+def record_metrics(path: Path | None, key: str, measures: dict) -> Path:
+    """Write `measures` into a checkpoint's card under metrics[key] (the card's other fields and
+    the weights as they were); returns the card's path."""
+    if path is None:
+        raise ValueError("the original SSR-Net weights have no model card to record measures in")
+    card = card_path(weights_file(path))
+    data = json.loads(card.read_text())
+    data.setdefault("metrics", {})[key] = measures
+    card.write_text(json.dumps(data, indent=2) + "\n")
+    return card
+
+
 def describe(card: ModelCard, source: str, parameters: int, age_range: tuple[int, int]) -> dict:
     """What `minorage info` shows: size, parameters, range, framing and the model card."""
     file = Path(source) if source else None
