@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -223,20 +224,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         found, absent = photo_ids(Path(args.data), left_out)
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
               f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
-    results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=args.look)
-    # the calibration was fit on faces as they are: checked only on those
-    checked = check_if_calibrated_on(estimator, Path(args.data), left_out) if args.look == "as-is" else None
+    if args.scenes is not None:
+        from minorage.paper.in_scenes import evaluate_in_scenes
+
+        results = evaluate_in_scenes(estimator, _detector(args), Path(args.data), variants, left_out, args.scenes, args.bootstrap)
+    else:
+        results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=args.look)
+    # the calibration was fit on faces as they are, as stored: checked only on those
+    checked = check_if_calibrated_on(estimator, Path(args.data), left_out) if args.look == "as-is" and args.scenes is None else None
     if args.record:
         from minorage.model.card import record_metrics, resolve_model
 
         where = record_metrics(resolve_model(args.model), args.record, {
-            "command": "minorage " + " ".join(args.words), "data": args.data, "look": args.look, "left_out": len(left_out),
+            "command": "minorage " + " ".join(args.words), "data": args.data, "look": "scenes" if args.scenes is not None else args.look,
+            "left_out": len(left_out),
             "measured": time.strftime("%Y-%m-%d"), **results})
         print(f"minorage evaluate: measures recorded as {args.record!r} in {where}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps({**results, **({"calibration_check": checked} if checked else {})}, indent=2))
     else:
-        look = "" if args.look == "as-is" else f", faces in {args.look}"
+        look = ", photos in scenes, detection on" if args.scenes is not None else "" if args.look == "as-is" else f", faces in {args.look}"
         print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split{look})"))
         if checked:
             from minorage.paper.calibration import as_markdown as calibration_markdown
@@ -265,7 +272,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     from minorage.paper.ensembles import make_ensemble
 
     name = args.name or Path(args.out).stem
-    if args.grayscale and len(args.models) == 1 and not (args.mirror or args.data or args.choose is not None):
+    if (args.grayscale or args.align_faces) and len(args.models) == 1 and not (args.mirror or args.data or args.choose is not None):
         net, card = load_checkpoint(Path(args.models[0]))  # kept whole: its flag and calibration too
         card.name = name
     else:
@@ -276,6 +283,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
                   f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
     if args.grayscale:
         net, card = attach_grayscale(net, card, *load_checkpoint(Path(args.grayscale)), args.grayscale)
+    if args.align_faces:
+        card.framing = dataclasses.replace(card.framing, align=True)
     path = save_checkpoint(net, card, Path(args.out))
     routed = f", black-and-white faces to {args.grayscale}" if args.grayscale else ""
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
@@ -501,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--look", choices=EVALUATION_LOOKS, default="as-is",
                    help="the test faces as they are, or as seized photos may hold them: grayscale, sepia, low-resolution "
                    "(a 24 px face enlarged), jpeg (quality 15) (default: %(default)s)")
+    p.add_argument("--scenes", type=int, nargs="?", const=0, metavar="N",
+                   help="instead of the stored faces, each test photo (the first N by id; all if N is not given) pasted into a "
+                        "face-free scene, turned and degraded, its face found by the detector `predict` uses and framed from its box: "
+                        "the model as users run it; reports the faces found and the minors flagged with misses counted as unflagged")
+    _detector_options(p)
     p.add_argument("--record", metavar="KEY", help="also write these measures (per sex and per ethnicity, with the command that "
                    "made them) into the model card beside the checkpoint, under metrics[KEY]; the weights are not touched")
     p.set_defaults(func=cmd_evaluate)
@@ -525,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a model that is an ensemble counts its networks) with the lowest validation MAE averaged over ages")
     p.add_argument("--grayscale", metavar="MODEL", help="a grayscale specialist: black-and-white faces are estimated by it "
                    "instead (a single MODEL with no other option keeps its card whole: its flag and calibration)")
+    p.add_argument("--align-faces", action="store_true", help="frame each face upright by its eye line before the model sees it "
+                   "(the card's framing; a single MODEL with no other option keeps its card whole otherwise)")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

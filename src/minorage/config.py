@@ -133,13 +133,14 @@ class Framing:
     margin: float = 0.4
     size: int = 64
     border: str = "replicate"  # or "constant" (black)
+    align: bool = False  # turn the face upright by its eye line first (UTKFace's chips are upright)
 
     def to_dict(self) -> dict:
-        return {"margin": self.margin, "size": self.size, "border": self.border}
+        return {"margin": self.margin, "size": self.size, "border": self.border, "align": self.align}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Framing":
-        return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]))
+        return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]), align=bool(data.get("align", False)))
 
 
 #: Whatever a video's container claims about its frame rate, at least one frame in this many

@@ -2,7 +2,9 @@
 
 The box is widened by `framing.margin` of its width and height on every side (the original
 SSR-Net models saw 40 %), squared around its centre, cut out with the image's edge pixels
-repeated where it leaves the image, and resized to `framing.size` (64) pixels.
+repeated where it leaves the image, and resized to `framing.size` (64) pixels. With
+`framing.align` and the eye points given, the image is first turned about the box's centre so
+that the eyes lie level: the models learnt on UTKFace's upright chips, and photos hold tilted heads.
 """
 
 from __future__ import annotations
@@ -25,15 +27,35 @@ def framed_square(box: tuple[float, float, float, float], margin: float) -> tupl
     return left, top, left + side_px, top + side_px
 
 
-def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing) -> np.ndarray:
-    """The model's input (size, size, 3) uint8 BGR for one face box in a BGR image."""
-    x1, y1, x2, y2 = framed_square(box, framing.margin)
+def upright(image: np.ndarray, box: tuple[float, float, float, float], eyes: np.ndarray, side: int, border: str) -> np.ndarray:
+    """The `side` x `side` square around the box's centre, turned so the line from the
+    image-left eye to the image-right eye is level."""
+    (lx, ly), (rx, ry) = np.asarray(eyes, float)[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    turn = cv2.getRotationMatrix2D((cx, cy), float(np.degrees(np.arctan2(ry - ly, rx - lx))), 1.0)
+    turn[:, 2] += side / 2 - np.array([cx, cy])  # the box's centre to the square's
+    return cv2.warpAffine(image, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=_BORDERS[border], borderValue=(0, 0, 0))
+
+
+def cut(image: np.ndarray, square: tuple[int, int, int, int], border: str) -> np.ndarray:
+    """The square (x1, y1, x2, y2) of the image, filled by `border` where it leaves the image."""
+    x1, y1, x2, y2 = square
     h, w = image.shape[:2]
     pad = max(0, -x1, -y1, x2 - w, y2 - h)
     if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, _BORDERS[framing.border], value=(0, 0, 0))
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, _BORDERS[border], value=(0, 0, 0))
         x1, y1, x2, y2 = x1 + pad, y1 + pad, x2 + pad, y2 + pad
-    crop = image[y1:y2, x1:x2]
+    return image[y1:y2, x1:x2]
+
+
+def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing, eyes: np.ndarray | None = None) -> np.ndarray:
+    """The model's input (size, size, 3) uint8 BGR for one face box in a BGR image; turned
+    upright by `eyes` (the image-left eye, then the image-right one) when the framing aligns."""
+    square = framed_square(box, framing.margin)
+    if framing.align and eyes is not None:
+        crop = upright(image, box, eyes, square[2] - square[0], framing.border)
+    else:
+        crop = cut(image, square, framing.border)
     interpolation = cv2.INTER_AREA if crop.shape[0] > framing.size else cv2.INTER_LINEAR
     return cv2.resize(crop, (framing.size, framing.size), interpolation=interpolation)
 

@@ -47,25 +47,32 @@ class WildPhoto:
     # pasted size, at the pasted centre, its points carried through the same geometry
 
 
-def _soft_mask(side: int) -> np.ndarray:
-    """An ellipse over the chip with a blurred rim, so no square edge betrays the paste."""
+def _soft_mask(side: int, whole: bool = False) -> np.ndarray:
+    """An ellipse over the chip with a blurred rim, so no square edge betrays the paste; with
+    `whole`, the whole chip with only its outer rim blended (hair, neck and the rest of the head
+    kept, as a photo has them around a face)."""
     mask = np.zeros((side, side), np.float32)
-    cv2.ellipse(mask, (side // 2, side // 2), (int(side * 0.46), int(side * 0.49)), 0, 0, 360, 1.0, -1)
+    if whole:
+        rim = max(1, int(side * 0.06))
+        mask[rim:-rim, rim:-rim] = 1.0
+    else:
+        cv2.ellipse(mask, (side // 2, side // 2), (int(side * 0.46), int(side * 0.49)), 0, 0, 360, 1.0, -1)
     return cv2.GaussianBlur(mask, (0, 0), side * 0.04)[..., None]
 
 
-def paste(scene: np.ndarray, chip: np.ndarray, truth: Face, face_px: float, angle: float, centre: tuple[float, float]
-          ) -> tuple[np.ndarray, tuple[float, float, float, float], Face]:
+def paste(scene: np.ndarray, chip: np.ndarray, truth: Face, face_px: float, angle: float, centre: tuple[float, float],
+          whole: bool = False) -> tuple[np.ndarray, tuple[float, float, float, float], Face]:
     """The chip scaled so its face box is `face_px` wide, turned by `angle` degrees, its face
-    centred at `centre`, blended into a copy of the scene; the face's box there (the bounds of
-    its turned corners, clipped to the scene) and the face as a detector would box it."""
+    centred at `centre`, blended into a copy of the scene (as an ellipse, or, with `whole`, the
+    whole chip); the face's box there (the bounds of its turned corners, clipped to the scene)
+    and the face as a detector would box it."""
     scale = face_px / truth.width
     fx, fy = (truth.box[0] + truth.box[2]) / 2, (truth.box[1] + truth.box[3]) / 2
     matrix = cv2.getRotationMatrix2D((fx, fy), angle, scale)
     matrix[:, 2] += np.array(centre) - np.array([fx, fy])
     h, w = scene.shape[:2]
     warped = cv2.warpAffine(chip, matrix, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    alpha = cv2.warpAffine(_soft_mask(chip.shape[0]), matrix, (w, h))[..., None]
+    alpha = cv2.warpAffine(_soft_mask(chip.shape[0], whole), matrix, (w, h))[..., None]
     out = (scene * (1 - alpha) + warped * alpha).astype(np.uint8)
     x1, y1, x2, y2 = truth.box
     corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]]) @ matrix.T
@@ -92,8 +99,9 @@ def degrade(image: np.ndarray, degradation: str, rng: np.random.Generator) -> np
 
 
 def wild_photo(chip: np.ndarray, truth: Face, background: np.ndarray, degradation: str, rng: np.random.Generator,
-               size: tuple[int, int] = (640, 480), max_angle: float = 30.0) -> WildPhoto:
-    """One scene of `size` (w, h) with the chip's face in it, degraded."""
+               size: tuple[int, int] = (640, 480), max_angle: float = 30.0, whole: bool = False) -> WildPhoto:
+    """One scene of `size` (w, h) with the chip's face in it, degraded; `whole` pastes the whole
+    chip rather than an ellipse around the face (see `paste`)."""
     w, h = size
     low_res = degradation == "low_res"
     shrink = int(rng.integers(2, 4)) if low_res else 1  # drawn small, then enlarged: faces of 24-64 px upscaled
@@ -108,7 +116,7 @@ def wild_photo(chip: np.ndarray, truth: Face, background: np.ndarray, degradatio
     else:
         centre = (float(rng.uniform(margin, sw - margin)), float(rng.uniform(margin, sh - margin)))
     scene = cv2.resize(background, (sw, sh), interpolation=cv2.INTER_AREA)
-    image, box, face = paste(scene, chip, truth, face_px, angle, centre)
+    image, box, face = paste(scene, chip, truth, face_px, angle, centre, whole)
     if low_res:
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         box = tuple(float(v) * shrink for v in box)

@@ -108,7 +108,7 @@ def prepare_face(image: np.ndarray, detector: FaceDetector, framing: Framing) ->
     if face is None:
         return None
     barred, _ = occlude(image, face)
-    return PreparedFace(face.box, face.eyes, frame_face(image, face.box, framing), frame_face(barred, face.box, framing))
+    return PreparedFace(face.box, face.eyes, frame_face(image, face.box, framing, face.eyes), frame_face(barred, face.box, framing, face.eyes))
 
 
 # ---------------------------------------------------------------------------------------------

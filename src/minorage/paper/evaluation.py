@@ -123,6 +123,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
     lines += _by_age_table(results, "flagged_by_age", "Minors flagged at the flag threshold, by true age:", "{:.0%}")
     lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
     lines += _fairness_tables(results)
+    lines += _scenes_tables(results)
     if any("intervals" in results[v] for v in variants):
         lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
     return "\n".join(lines).strip() + "\n"
@@ -159,6 +160,27 @@ def _fairness_tables(results: dict[str, dict]) -> list[str]:
             for name, measured in result[key].items():
                 counts = f"{measured['n']} ({measured['n_minors']} / {measured['n_18_25']} / {measured['n_26plus']})"
                 lines.append(f"| {name} | {counts} | " + " | ".join(_cell(measured, k, fmt) for _, k, fmt in _FAIRNESS_COLUMNS) + " |")
+    return lines
+
+
+def _scenes_tables(results: dict[str, dict]) -> list[str]:
+    """For results measured in scenes (`in_scenes`): per variant, the faces the detector found and
+    the minors flagged counting a missed child as unflagged, overall, per degradation and per
+    group of people."""
+    lines = []
+    for v, result in results.items():
+        scenes = result.get("scenes")
+        if not scenes:
+            continue
+        lines += ["", f"{VARIANT_LABELS.get(v, v)}, in scenes: faces found by the detector, and minors flagged with a missed face "
+                  "counted as unflagged (the age measures above are over the faces found):", "",
+                  "| photos | kind | found | minors flagged, misses included | MAE, ages 0-25 found | 26+ found called minors |", "|---|---|---|---|---|---|"]
+        parts = [("all", {"all": scenes}), *((key.replace("by_", ""), scenes[key]) for key in ("by_degradation", *FAIRNESS_KEYS) if key in scenes)]
+        for axis, by in parts:
+            for name, measured in by.items():
+                label = name if axis == "all" else f"{axis}: {name}"
+                cells = [_cell(measured, key, fmt) for key, fmt in (("minors_flagged_with_misses", "{:.1%}"), ("MAE", "{:.2f}"), ("adults_called_minors", "{:.1%}"))]
+                lines.append(f"| {measured['photos']} | {label} | {measured['found']:.1%} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -31,7 +31,7 @@ class FramedFace:
 
 def find_faces(image: np.ndarray, detector: FaceDetector, framing: Framing) -> list[FramedFace]:
     """Every face of a BGR image, best score first, each framed for the model."""
-    return [FramedFace(face, frame_face(image, face.box, framing)) for face in detector.detect(image)]
+    return [FramedFace(face, frame_face(image, face.box, framing, face.eyes)) for face in detector.detect(image)]
 
 
 def frame_crop(image: np.ndarray, detector: FaceDetector, framing: Framing, face_fraction: float) -> tuple[FramedFace, str]:
@@ -40,7 +40,7 @@ def frame_crop(image: np.ndarray, detector: FaceDetector, framing: Framing, face
     carry a margin or background, and a face framed twice is not the face the model learnt."""
     face = main_face(detector.detect(image), image.shape)
     box = face.box if face else crop_box(image, face_fraction)
-    return FramedFace(face, frame_face(image, box, framing)), "detected" if face else "whole_image"
+    return FramedFace(face, frame_face(image, box, framing, face.eyes if face else None)), "detected" if face else "whole_image"
 
 
 def ages_by_item(crops: list[list[np.ndarray]], estimator: AgeEstimator) -> list[np.ndarray]:

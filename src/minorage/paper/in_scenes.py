@@ -1,0 +1,146 @@
+"""A model judged the way users run it: the test split's photos pasted into whole scenes, the
+faces found by the detector `predict` uses, framed from its boxes, then aged.
+
+Why: `evaluation` reads the data set's stored faces, cut from the boxes MTCNN found when the
+data set was built, so it never sees a face the detector misses, boxes differently or finds in
+a degraded photo. Here each test photo (and its eye-barred copy, barred from the same stored
+eye points) is pasted whole (hair and neck kept around the face, only the rim blended) into a
+face-free picture at a random size, place and angle, and given one of `wild.DEGRADATIONS` in
+turn (`wild.wild_photo`); the detector's face that overlaps the pasted
+one (IoU at least 0.3, as the detection benchmark counts it) is framed as `predict` frames it.
+
+A face the detector misses gets no age: the age measures are over the faces found, and the
+share found, with the minors' recall counting a missed child as not flagged, is reported beside
+them, overall, per degradation, per sex and per ethnicity.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from minorage import config
+from minorage.faces.detection import Face, FaceDetector, iou
+from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
+from minorage.faces.framing import frame_face
+from minorage.faces.occlusion import occlude
+from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
+from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
+from minorage.model.estimator import AgeEstimator
+from minorage.paper import metrics
+from minorage.paper.evaluation import FAIRNESS_KEYS, photo_ids
+from minorage.paper.readers import UNKNOWN
+from minorage.paper.store import photo_demographics
+
+MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
+
+
+def test_photos(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0) -> list[dict]:
+    """The test split's photos of a data set (one manifest row each, with the box and eyes the
+    build found), without those `exclude` names, the first `photos` of them by id when set."""
+    left_out, _ = photo_ids(data_dir, exclude)
+    rows = [r for r in csv.DictReader((Path(data_dir) / "manifest.csv").open())
+            if r["split"] == "test" and r["variant"] == "org" and r["id"] not in left_out]
+    rows.sort(key=lambda r: r["id"])
+    return rows[:photos] if photos else rows
+
+
+def source_image(row: dict) -> np.ndarray:
+    """The photo a manifest row was built from: its path as recorded, or, when the data set was
+    built from another folder, the same file name in `../shared`'s UTKFace folder."""
+    path = Path(row["source_path"])
+    if not path.is_file():
+        path = config.utkface_dir() / path.name
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: the test photo of {row['id']} cannot be read")
+    return image
+
+
+def stored_face(row: dict) -> Face:
+    """The face box and eye points the data set's build found on the photo."""
+    eyes = np.array(json.loads(row["eyes"]), float)
+    return Face(tuple(json.loads(row["box"])), 1.0, eyes)
+
+
+def scene_of(row: dict, barred: bool, background: np.ndarray, degradation: str, rng: np.random.Generator) -> WildPhoto:
+    """One test photo (eye-barred if asked, as the data set's barred faces are) in a scene."""
+    image, face = source_image(row), stored_face(row)
+    if barred:
+        image, _ = occlude(image, face)
+    return wild_photo(image, face, background, degradation, rng, whole=True)
+
+
+def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
+    """The detected face that is the pasted one, or None where the detector missed it."""
+    faces = detector.detect(scene.image)
+    if not faces:
+        return None
+    overlap = iou(np.array([f.box for f in faces]), np.array(scene.box))
+    best = int(np.argmax(overlap))
+    return faces[best] if overlap[best] >= MIN_IOU else None
+
+
+def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
+                       exclude: Iterable[str] = (), photos: int = 0, resamples: int = 0, seed: int = 0,
+                       progress: bool = True) -> dict[str, dict]:
+    """Per variant: `metrics.evaluate` over the faces found (per sex and ethnicity too), and
+    under "scenes" the share found and the minors' recall with misses counted as unflagged."""
+    rows = test_photos(data_dir, exclude, photos)
+    people = photo_demographics(data_dir)
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    results = {}
+    for variant in variants:
+        rng = np.random.default_rng(seed)  # the same scenes for both variants
+        ages, crops, kinds = [], [], []
+        for k, row in enumerate(tqdm(rows, desc=f"scenes ({variant})", unit="photo", disable=not progress, leave=False)):
+            kind = DEGRADATIONS[k % len(DEGRADATIONS)]
+            scene = scene_of(row, variant == "ocl", backgrounds[k % len(backgrounds)], kind, rng)
+            face = face_in(scene, detector)
+            crops.append(None if face is None else frame_face(scene.image, face.box, estimator.framing, face.eyes))
+            ages.append(float(row["age"]))
+            kinds.append(kind)
+        results[variant] = _measures(estimator, np.array(ages), crops, np.array(kinds),
+                                     [people.get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows], resamples)
+    return results
+
+
+def _measures(estimator: AgeEstimator, true: np.ndarray, crops: list, kinds: np.ndarray, people: list[tuple[str, str]],
+              resamples: int) -> dict:
+    """The age measures over the faces found, and what was found, overall and by group."""
+    found = np.array([c is not None for c in crops])
+    pred = np.full(len(true), np.inf)  # a missed face is never flagged
+    if found.any():
+        pred[found] = estimator.predict(np.stack([c for c in crops if c is not None]))
+    below = estimator.minor_below
+    out = metrics.evaluate(true[found], pred[found], below)
+    if resamples:
+        out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], below, resamples)
+    labels = {key: np.array([p[i] for p in people]) for i, key in enumerate(FAIRNESS_KEYS)}
+    for key, groups in labels.items():
+        out[key] = metrics.by_group(true[found], pred[found], groups[found], below, resamples)
+    out["scenes"] = {"photos": int(len(true)), **_found(true, pred, found, below),
+                     "by_degradation": {k: _found(true[kinds == k], pred[kinds == k], found[kinds == k], below) for k in DEGRADATIONS},
+                     **{key: {g: _found(true[groups == g], pred[groups == g], found[groups == g], below) for g in sorted(set(groups.tolist()))}
+                        for key, groups in labels.items()}}
+    return out
+
+
+def _found(true: np.ndarray, pred: np.ndarray, found: np.ndarray, below: float) -> dict:
+    """Share of faces found; over every minor, the share flagged (a missed one is not); over the
+    faces found, the MAE on ages 0-25 and the people aged 26+ called minors."""
+    minors, young = np.rint(true) < MINOR_LIMIT, true <= YOUNG_ADULT_MAX
+    out = {"photos": int(len(true)), "found": float(found.mean()) if len(true) else float("nan")}
+    if minors.any():
+        out["minors_flagged_with_misses"] = float(np.mean(pred[minors] < below))
+    if (found & young).any():
+        out["MAE"] = metrics.mae(true[found & young], pred[found & young])
+    if (found & ~young).any():
+        out["adults_called_minors"] = float(np.mean(pred[found & ~young] < below))
+    return out
