@@ -71,3 +71,21 @@ def test_evaluate_in_scenes_finds_frames_and_ages_the_test_photos(small_dataset,
                  "--variant", "org"]) == 0
     turned = json.loads(capsys.readouterr().out)["org"]
     assert turned["n"] == results["org"]["n"] and turned["MAE"] != results["org"]["MAE"]
+
+
+def test_predict_and_scan_frame_faces_as_the_model_card_says(some_faces):
+    """The shared path from an image to its framed faces (`predict`, `scan`) turns each face
+    upright by its eye points only when the model's framing asks for it."""
+    from minorage.triage.pipeline import find_faces, frame_crop
+
+    detector = FaceDetector()
+    photo = cv2.copyMakeBorder(cv2.imread(str(some_faces[3])), 100, 100, 100, 100, cv2.BORDER_REPLICATE)
+    tilted = cv2.warpAffine(photo, cv2.getRotationMatrix2D((200, 200), -20, 1.0), (400, 400), borderMode=cv2.BORDER_REPLICATE)
+    plain, aligned = Framing(margin=0.2), replace(Framing(margin=0.2), align=True)
+    as_is, upright = find_faces(tilted, detector, plain), find_faces(tilted, detector, aligned)
+    assert len(as_is) == len(upright) >= 1
+    face = upright[0].face
+    assert np.array_equal(upright[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
+    assert np.array_equal(as_is[0].crop, frame_face(tilted, face.box, plain))
+    assert not np.array_equal(as_is[0].crop, upright[0].crop)
+    assert np.array_equal(frame_crop(tilted, detector, aligned, 1.0)[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
