@@ -62,10 +62,14 @@ def test_evaluate_in_scenes_finds_frames_and_ages_the_test_photos(small_dataset,
     assert main(["evaluate", "--data", str(data), "--scenes", "8", "--bootstrap", "0", "--variant", "org"]) == 0
     table = capsys.readouterr().out
     assert "photos in scenes, detection on" in table and "| 8 | all |" in table
+    with pytest.raises(SystemExit):  # a look and scenes are two different questions: one at a time
+        main(["evaluate", "--data", str(data), "--scenes", "8", "--look", "grayscale"])
     aligned = tmp_path / "aligned.safetensors"
     assert main(["combine", "src/minorage/weights/default.safetensors", "--align-faces", "--out", str(aligned)]) == 0
-    stored = [json.loads(capsys.readouterr().out) if main(["evaluate", "--model", m, "--data", str(data), "--format", "json", "--bootstrap", "0",
-                                                           "--variant", "org"]) == 0 else None for m in ("default", str(aligned))]
+    stored = []
+    for model in ("default", str(aligned)):
+        assert main(["evaluate", "--model", model, "--data", str(data), "--format", "json", "--bootstrap", "0", "--variant", "org"]) == 0
+        stored.append(json.loads(capsys.readouterr().out))
     assert stored[0]["org"]["MAE"] == stored[1]["org"]["MAE"]
     assert main(["evaluate", "--model", str(aligned), "--data", str(data), "--scenes", "24", "--format", "json", "--bootstrap", "0",
                  "--variant", "org"]) == 0

@@ -224,27 +224,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         found, absent = photo_ids(Path(args.data), left_out)
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
               f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
-    if args.scenes is not None:
+    look = "scenes" if args.scenes is not None else args.look
+    if look == "scenes":
         from minorage.paper.in_scenes import evaluate_in_scenes
 
         results = evaluate_in_scenes(estimator, _detector(args), Path(args.data), variants, left_out, args.scenes, args.bootstrap)
     else:
-        results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=args.look)
+        results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=look)
     # the calibration was fit on faces as they are, as stored: checked only on those
-    checked = check_if_calibrated_on(estimator, Path(args.data), left_out) if args.look == "as-is" and args.scenes is None else None
+    checked = check_if_calibrated_on(estimator, Path(args.data), left_out) if look == "as-is" else None
     if args.record:
         from minorage.model.card import record_metrics, resolve_model
 
         where = record_metrics(resolve_model(args.model), args.record, {
-            "command": "minorage " + " ".join(args.words), "data": args.data, "look": "scenes" if args.scenes is not None else args.look,
-            "left_out": len(left_out),
+            "command": "minorage " + " ".join(args.words), "data": args.data, "look": look, "left_out": len(left_out),
             "measured": time.strftime("%Y-%m-%d"), **results})
         print(f"minorage evaluate: measures recorded as {args.record!r} in {where}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps({**results, **({"calibration_check": checked} if checked else {})}, indent=2))
     else:
-        look = ", photos in scenes, detection on" if args.scenes is not None else "" if args.look == "as-is" else f", faces in {args.look}"
-        print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split{look})"))
+        shown = {"as-is": "", "scenes": ", photos in scenes, detection on"}.get(look, f", faces in {look}")
+        print(as_markdown(results, f"{estimator.card.name or args.model} on {args.data} (test split{shown})"))
         if checked:
             from minorage.paper.calibration import as_markdown as calibration_markdown
 
@@ -507,13 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test sets drawn again N times for the 95%% intervals of the headline measures; 0: none (default: %(default)s)")
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out of the test split, one per line, by file name or photo id "
                    "(the manifest's `id`): those a model was trained on elsewhere")
-    p.add_argument("--look", choices=EVALUATION_LOOKS, default="as-is",
-                   help="the test faces as they are, or as seized photos may hold them: grayscale, sepia, low-resolution "
-                   "(a 24 px face enlarged), jpeg (quality 15) (default: %(default)s)")
-    p.add_argument("--scenes", type=int, nargs="?", const=0, metavar="N",
-                   help="instead of the stored faces, each test photo (the first N by id; all if N is not given) pasted into a "
-                        "face-free scene, turned and degraded, its face found by the detector `predict` uses and framed from its box: "
-                        "the model as users run it; reports the faces found and the minors flagged with misses counted as unflagged")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--look", choices=EVALUATION_LOOKS, default="as-is",
+                       help="the test faces as they are, or as seized photos may hold them: grayscale, sepia, low-resolution "
+                       "(a 24 px face enlarged), jpeg (quality 15) (default: %(default)s)")
+    shown.add_argument("--scenes", type=int, nargs="?", const=0, metavar="N",
+                       help="instead of the stored faces, each test photo (the first N by id; all if N is not given) pasted into a "
+                            "face-free scene, turned and degraded, its face found by the detector `predict` uses and framed from its box: "
+                            "the model as users run it; reports the faces found and the minors flagged with misses counted as unflagged")
     _detector_options(p)
     p.add_argument("--record", metavar="KEY", help="also write these measures (per sex and per ethnicity, with the command that "
                    "made them) into the model card beside the checkpoint, under metrics[KEY]; the weights are not touched")

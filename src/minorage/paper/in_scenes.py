@@ -41,7 +41,7 @@ from minorage.paper.store import photo_demographics
 MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
 
 
-def test_photos(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0) -> list[dict]:
+def photos_of_test_split(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0) -> list[dict]:
     """The test split's photos of a data set (one manifest row each, with the box and eyes the
     build found), without those `exclude` names, the first `photos` of them by id when set."""
     left_out, _ = photo_ids(data_dir, exclude)
@@ -92,7 +92,7 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
                        progress: bool = True) -> dict[str, dict]:
     """Per variant: `metrics.evaluate` over the faces found (per sex and ethnicity too), and
     under "scenes" the share found and the minors' recall with misses counted as unflagged."""
-    rows = test_photos(data_dir, exclude, photos)
+    rows = photos_of_test_split(data_dir, exclude, photos)
     people = photo_demographics(data_dir)
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     results = {}
