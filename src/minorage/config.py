@@ -284,6 +284,8 @@ class TrainConfig:
     adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
     balance_people: bool = False  # with `balance`, within each age (and among the adults) every sex, and
     # among the adults every ethnicity, drawn as often: the flag must not follow who someone is
+    scene_margin: float = 0.0  # share of faces whose frame beyond the source photo (the build's
+    # repeated edge pixels) is filled from a face-free picture, first, before the other changes (`in_scene`)
     augment: bool = False  # flips, shifts, zooms, light and colour changes
     robust: float = 0.0  # share of faces made to look like seized photos: grayscale, sepia, low
     # resolution, heavy JPEG, blur, noise (one of them), and apart the same share turned up to 30

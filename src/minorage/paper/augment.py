@@ -1,17 +1,55 @@
-"""Augmentation of uint8 face batches in torch (no torchvision): flips, shifts, zooms, light and
-colour; the look of seized photos (grayscale, sepia, low resolution, heavy JPEG, blur, noise,
-turns, off-centre and cut faces); and occluders other than the paper's bar.
+"""Augmentation of uint8 face batches in torch (no torchvision): the margin beyond the source
+photo filled from a face-free picture; flips, shifts, zooms, light and colour; the look of seized
+photos (grayscale, sepia, low resolution, heavy JPEG, blur, noise, turns, off-centre and cut
+faces); and occluders other than the paper's bar.
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 from torch import nn
 
 from minorage.config import TrainConfig
 from minorage.faces.wild import LUMA_BGR, SEPIA_BGR, jpeg_round_trip
+
+# ---------------------------------------------------------------------------------------------
+# The face in a scene: what lies beyond the source photo
+
+
+def scene_patches(pictures: list[np.ndarray], count: int, size: int, seed: int) -> torch.Tensor:
+    """(count, 3, size, size) uint8 BGR: square cut-outs of the pictures at random places and
+    scales (a tenth to the whole of the shorter side), each resized to the frame."""
+    rng = np.random.default_rng(seed)
+    patches = []
+    for _ in range(count):
+        picture = pictures[rng.integers(len(pictures))]
+        h, w = picture.shape[:2]
+        side = int(rng.uniform(0.1, 1.0) * min(h, w))
+        y, x = rng.integers(h - side + 1), rng.integers(w - side + 1)
+        patches.append(cv2.resize(picture[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA))
+    return torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
+
+
+def in_scene(batch: torch.Tensor, extents: torch.Tensor, patches: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A `share` of the faces with their frame beyond the source photo (`extents`, (N, 4) x0, y0,
+    x1, y1 in pixels) taken from a random patch, the photo's rim blended over one pixel.
+
+    Why: the stored faces were framed from chips whose margin the build filled with the chip's
+    own edge pixels; a face in a real photo has hair, shoulders and a room around it, and
+    networks that never saw such a margin read it as part of the face."""
+    n, _, h, w = batch.shape
+    hit = torch.rand(n, generator=generator) < share
+    pick = torch.randint(0, len(patches), (n,), generator=generator)
+    xs, ys = torch.arange(w).view(1, w) + 0.5, torch.arange(h).view(1, h) + 0.5
+    across = ((xs - extents[:, 0:1] + 0.5).clamp(0, 1) * (extents[:, 2:3] - xs + 0.5).clamp(0, 1)).view(n, 1, 1, w)
+    down = ((ys - extents[:, 1:2] + 0.5).clamp(0, 1) * (extents[:, 3:4] - ys + 0.5).clamp(0, 1)).view(n, 1, h, 1)
+    photo = torch.where(hit.view(n, 1, 1, 1), across * down, torch.ones(n, 1, 1, 1))
+    return batch * photo + patches[pick].float() * (1 - photo)
+
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation on uint8 batches, in torch (no torchvision)

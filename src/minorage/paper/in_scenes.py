@@ -21,11 +21,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from minorage import config
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_face
@@ -36,7 +34,7 @@ from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
 from minorage.paper.evaluation import FAIRNESS_KEYS, photo_ids
 from minorage.paper.readers import UNKNOWN
-from minorage.paper.store import photo_demographics
+from minorage.paper.store import photo_demographics, source_image
 
 MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
 
@@ -49,18 +47,6 @@ def photos_of_test_split(data_dir: Path, exclude: Iterable[str] = (), photos: in
             if r["split"] == "test" and r["variant"] == "org" and r["id"] not in left_out]
     rows.sort(key=lambda r: r["id"])
     return rows[:photos] if photos else rows
-
-
-def source_image(row: dict) -> np.ndarray:
-    """The photo a manifest row was built from: its path as recorded, or, when the data set was
-    built from another folder, the same file name in `../shared`'s UTKFace folder."""
-    path = Path(row["source_path"])
-    if not path.is_file():
-        path = config.utkface_dir() / path.name
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{path}: the test photo of {row['id']} cannot be read")
-    return image
 
 
 def stored_face(row: dict) -> Face:

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from minorage import config
+from minorage.config import Framing
+from minorage.faces.framing import framed_square
 from minorage.groups import AGE_GROUPS
 from minorage.paper.cleaning import label_agreement
 from minorage.paper.readers import demographics
@@ -87,6 +91,42 @@ def photo_demographics(data_dir: Path) -> dict[str, tuple[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.csv in {data_dir}: build it with `minorage dataset build`")
     return {row["id"]: demographics(row["source"], row["source_path"]) for row in _read_csv(path)}
+
+
+def source_path(row: dict) -> Path:
+    """The photo a manifest row was built from: its path as recorded, or, when the data set was
+    built from another folder, the same file name in `../shared`'s UTKFace folder."""
+    path = Path(row["source_path"])
+    return path if path.is_file() else config.utkface_dir() / path.name
+
+
+def source_image(row: dict) -> np.ndarray:
+    """The photo of a manifest row, BGR."""
+    path = source_path(row)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: the photo of {row['id']} cannot be read")
+    return image
+
+
+def photo_extents(data_dir: Path, ids: np.ndarray) -> np.ndarray:
+    """(N, 4) float: where each stored face's source photo lies in its frame (x0, y0, x1, y1 in
+    the frame's pixels, clipped to it), for photo ids `ids`.
+
+    Why: beyond the photo the build repeated its edge pixels, a margin no face in a real photo
+    has (there it holds hair, shoulders, the room); training can fill it with other content
+    (`augment.in_scene`)."""
+    data_dir = Path(data_dir)
+    framing = Framing.from_dict(json.loads((data_dir / "dataset.json").read_text())["config"]["framing"])
+    rows = {r["id"]: r for r in _read_csv(data_dir / "manifest.csv") if r["variant"] == "org"}
+    extents = {}
+    for photo in sorted(set(ids.tolist())):
+        with Image.open(source_path(rows[photo])) as image:  # the header only
+            w, h = image.size
+        left, top, right, _ = framed_square(tuple(json.loads(rows[photo]["box"])), framing.margin)
+        scale = framing.size / (right - left)
+        extents[photo] = np.clip(np.array([-left, -top, w - left, h - top]) * scale, 0, framing.size)
+    return np.stack([extents[i] for i in ids.tolist()]).astype(np.float32)
 
 
 def dataset_info(data_dir: Path) -> dict:

@@ -23,17 +23,19 @@ from tqdm import tqdm
 
 from minorage import config, groups
 from minorage.config import ResNetConfig, SSRNetConfig, TrainConfig
+from minorage.faces.detector_training import FACE_FREE_TRAIN, face_free_pictures
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 from minorage.model.keras import load_pretrained_network
 from minorage.model.network import AveragedNetwork, ByLookNetwork, SSRNet, build_network
 from minorage.model.runtime import predict_ages
 from minorage.paper import metrics
-from minorage.paper.augment import augment
+from minorage.paper.augment import augment, in_scene, scene_patches
 from minorage.paper.readers import UNKNOWN
-from minorage.paper.store import FaceSet, load_faces, photo_demographics
+from minorage.paper.store import FaceSet, load_faces, photo_demographics, photo_extents
 
 INITS = (*config.PRETRAINED_NAMES, "scratch")  # where a training run starts, besides a checkpoint
+SCENE_PATCHES = 4096  # face-free patches a run draws faces' margins from (`scene_margin`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +231,16 @@ def validation_score(net: nn.Module, val: FaceSet, cfg: TrainConfig) -> dict:
     return validation_scores(val.ages, predict_ages(net, val.faces, 512), cfg)
 
 
+def scene_margins(data_dir: Path, fit: FaceSet, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """With `scene_margin`: where each face's source photo lies in its frame, and the bank of
+    face-free patches its margin is drawn from (the detector's training pictures, never the
+    ones `evaluate --scenes` pastes into)."""
+    if not cfg.scene_margin:
+        return None
+    patches = scene_patches(face_free_pictures(FACE_FREE_TRAIN), SCENE_PATCHES, fit.faces.shape[1], cfg.seed)
+    return torch.from_numpy(photo_extents(data_dir, fit.ids)), patches
+
+
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
     """Train (or resume) in `out_dir`; writes model.safetensors + model.json, history.json,
     curves.png. Returns the model card's dict."""
@@ -245,6 +257,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
         known = photo_demographics(Path(data_dir))
         people = np.array([known.get(i, (UNKNOWN, UNKNOWN)) for i in fit.ids.tolist()])
     weights = torch.from_numpy(sample_weights(fit.ages, cfg, people))
+    scenes = scene_margins(Path(data_dir), fit, cfg)
     net, licence = initial_network(cfg)
     net = net.to(memory_format=torch.channels_last)  # about 2x faster on CPU
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -271,7 +284,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             index = order[start : start + cfg.batch_size]
             if len(index) < 2:
                 continue
-            batch = augment(fit_faces[index].float(), cfg, generator)
+            batch = fit_faces[index].float()
+            if scenes is not None:
+                batch = in_scene(batch, scenes[0][index], scenes[1], cfg.scene_margin, generator)
+            batch = augment(batch, cfg, generator)
             loss = batch_loss(net, batch, fit_targets[index], fit_ages[index], cfg, loss_fn)
             optimiser.zero_grad()
             loss.backward()
