@@ -15,8 +15,9 @@ from minorage.config import TrainConfig
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.paper.augment import augment
-from minorage.paper.store import load_faces
+from minorage.faces.detector_training import FACE_FREE_TRAIN, face_free_pictures
+from minorage.paper.augment import augment, in_scene, scene_patches
+from minorage.paper.store import load_faces, photo_extents
 from minorage.paper.training import batch_loss, boundary_loss, sample_weights, teacher_targets, train, training_faces, validation_mask
 
 
@@ -254,6 +255,39 @@ def test_augmentation_keeps_shape_and_range():
     assert out.shape == batch.shape and out.min() >= 0 and out.max() <= 255
     assert (out == 0).float().mean() > 0.03  # the occluders
 
+
+
+@pytest.mark.slow
+def test_photo_extents_mark_where_the_build_repeated_the_photos_edge(small_dataset):
+    """Beyond a stored face's extent its rows repeat one pixel (the chip's edge); within it they
+    vary: the extent is where the photo ends."""
+    _, data, _, _ = small_dataset
+    faces = load_faces(data, "train", "org")
+    extents = photo_extents(data, faces.ids)
+    assert extents.shape == (len(faces), 4) and np.all(extents[:, :2] < extents[:, 2:])
+    margins = 0
+    for face, (x0, y0, x1, y1) in zip(faces.faces.astype(float), extents):
+        left, rows = int(x0) - 1, slice(int(y0) + 2, int(y1) - 2)
+        if left >= 3:  # a margin wide enough to look at
+            margins += 1
+            assert face[rows, :left].std(axis=1).mean() < 3  # one colour along each row
+            assert face[rows, int(x0) + 2 : int(x1) - 2].std(axis=1).mean() > 5  # the photo varies
+    assert margins > len(faces) // 2
+
+
+def test_in_scene_fills_only_the_margin_beyond_the_photo():
+    """Inside the photo's extent a face keeps its pixels; outside it shows a face-free patch;
+    with a share of 0 nothing changes."""
+    patches = scene_patches(face_free_pictures(FACE_FREE_TRAIN), 8, 64, seed=0)
+    assert patches.shape == (8, 3, 64, 64) and patches.dtype == torch.uint8
+    batch = torch.full((4, 3, 64, 64), 128.0)
+    extents = torch.tensor([[10.0, 12.0, 54.0, 56.0]] * 4)
+    out = in_scene(batch, extents, patches, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, 13:55, 11:53], batch[:, :, 13:55, 11:53])
+    margin = torch.ones(64, 64, dtype=torch.bool)
+    margin[12:56, 10:54] = False
+    assert all(any(torch.equal(out[k][:, margin], p.float()[:, margin]) for p in patches) for k in range(4))
+    assert torch.equal(in_scene(batch, extents, patches, 0.0, torch.Generator().manual_seed(0)), batch)
 
 
 def test_seized_looks_and_varied_occluders_keep_shape_and_range_and_change_faces(some_faces):
