@@ -225,10 +225,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
               f"{f' ({len(absent)} are not in this data set, e.g. {absent[0]})' if absent else ''}", file=sys.stderr)
     look = "scenes" if args.scenes is not None else args.look
+    if args.scenes_skip and look != "scenes":
+        raise ValueError("--scenes-skip only says which photos go into scenes: give it with --scenes")
     if look == "scenes":
         from minorage.paper.in_scenes import evaluate_in_scenes
 
-        results = evaluate_in_scenes(estimator, _detector(args), Path(args.data), variants, left_out, args.scenes, args.bootstrap)
+        results = evaluate_in_scenes(estimator, _detector(args), Path(args.data), variants, left_out, args.scenes, args.bootstrap,
+                                     skip=args.scenes_skip)
     else:
         results = evaluate_model(estimator, Path(args.data), variants, resamples=args.bootstrap, exclude=left_out, look=look)
     # the calibration was fit on faces as they are, as stored: checked only on those
@@ -272,12 +275,15 @@ def cmd_combine(args: argparse.Namespace) -> int:
     from minorage.paper.ensembles import make_ensemble
 
     name = args.name or Path(args.out).stem
-    if (args.grayscale or args.align_faces) and len(args.models) == 1 and not (args.mirror or args.data or args.choose is not None):
+    if not 0 <= args.keep_start < 1:
+        raise ValueError(f"--keep-start is a share from 0 up to, not including, 1; got {args.keep_start}")
+    if (args.grayscale or args.align_faces or args.minor_below is not None) and len(args.models) == 1 and not (
+            args.mirror or args.data or args.choose is not None or args.keep_start):
         net, card = load_checkpoint(Path(args.models[0]))  # kept whole: its flag and calibration too
         card.name = name
     else:
         net, card, chosen = make_ensemble([Path(m) for m in args.models], args.mirror, name,
-                                          Path(args.data) if args.data else None, args.choose)
+                                          Path(args.data) if args.data else None, args.choose, args.keep_start)
         if args.choose is not None:
             print(f"minorage combine: chose {' '.join(chosen)} (validation MAE averaged over ages "
                   f"{card.metrics['val_mae_age_averaged']:.3f})", file=sys.stderr)
@@ -285,6 +291,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
         net, card = attach_grayscale(net, card, *load_checkpoint(Path(args.grayscale)), args.grayscale)
     if args.align_faces:
         card.framing = dataclasses.replace(card.framing, align=True)
+    if args.minor_below is not None:
+        card.minor_below = args.minor_below
     path = save_checkpoint(net, card, Path(args.out))
     routed = f", black-and-white faces to {args.grayscale}" if args.grayscale else ""
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
@@ -515,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead of the stored faces, each test photo (the first N by id; all if N is not given) pasted into a "
                             "face-free scene, turned and degraded, its face found by the detector `predict` uses and framed from its box: "
                             "the model as users run it; reports the faces found and the minors flagged with misses counted as unflagged")
+    p.add_argument("--scenes-skip", type=int, default=0, metavar="K",
+                   help="with --scenes: start after the first K test photos by id (scenes of photos another judgement left alone) "
+                        "(default: %(default)s)")
     _detector_options(p)
     p.add_argument("--record", metavar="KEY", help="also write these measures (per sex and per ethnicity, with the command that "
                    "made them) into the model card beside the checkpoint, under metrics[KEY]; the weights are not touched")
@@ -542,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead (a single MODEL with no other option keeps its card whole: its flag and calibration)")
     p.add_argument("--align-faces", action="store_true", help="frame each face upright by its eye line before the model sees it "
                    "(the card's framing; a single MODEL with no other option keeps its card whole otherwise)")
+    p.add_argument("--keep-start", type=float, default=0.0, metavar="SHARE",
+                   help="move each fine-tuned network's weights this share of the way back to the network it started from "
+                        "(its card's init): keeps more of what the start did well (default: %(default)s, the fine-tuned weights)")
+    p.add_argument("--minor-below", type=float, metavar="YEARS", help="the card's flag: estimates below this are probable minors "
+                   "(default: the members' own when they agree, else 17.5)")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

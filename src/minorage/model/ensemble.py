@@ -14,11 +14,35 @@ from minorage.model.checkpoint import load_checkpoint
 from minorage.model.network import AveragedNetwork, ByLookNetwork
 
 
-def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[AveragedNetwork, ModelCard]:
+def toward_start(net: nn.Module, card: ModelCard, share: float) -> nn.Module:
+    """A fine-tuned network with its weights moved `share` of the way back to those of the
+    network it was fine-tuned from (its card's `init` checkpoint, network `init_member`).
+
+    Why: a short fine-tune for one thing (faces in scenes) also drifts on what the start did
+    well (the stored faces); a network between the two, in weight space, can keep much of both,
+    as both lie in one basin."""
+    start_path = Path(str(card.training.get("init", "")))
+    if isinstance(net, AveragedNetwork) or not start_path.is_file():
+        raise ValueError(f"{card.name}: moving weights toward the start needs one network fine-tuned from a checkpoint "
+                         f"(its card's init is {card.training.get('init')!r})")
+    start, _ = load_checkpoint(start_path)
+    if isinstance(start, AveragedNetwork):
+        start = start.members[int(card.training.get("init_member", 0))]
+    if start.cfg != net.cfg:
+        raise ValueError(f"{card.name}: its start {start_path} is another architecture")
+    before = start.state_dict()
+    net.load_state_dict({k: v + share * (before[k] - v) if v.is_floating_point() else v for k, v in net.state_dict().items()})
+    return net
+
+
+def combine_checkpoints(paths: list[Path], mirror: bool, name: str, keep_start: float = 0.0) -> tuple[AveragedNetwork, ModelCard]:
     """One ensemble of several trained checkpoints (same architecture and framing); the card
     keeps each member's card. A single model only mirrored keeps its own data, training
-    and metrics, with the mirroring added."""
+    and metrics, with the mirroring added. With `keep_start`, each network is first moved that
+    share of the way back to the network it was fine-tuned from (`toward_start`)."""
     loaded = [load_checkpoint(Path(p)) for p in paths]
+    if keep_start:
+        loaded = [(toward_start(net, card, keep_start), card) for net, card in loaded]
     if any(isinstance(net, ByLookNetwork) for net, _ in loaded):
         raise ValueError("a model that already routes black-and-white faces cannot be averaged with others: "
                          "average the colour models, then add the specialist (--grayscale)")
@@ -36,7 +60,8 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str) -> tuple[Ave
         framing=framings.pop(),
         data=first.data if alone else {**_shared_data(c for _, c in loaded),
                                        "members": [m for p, (_, c) in zip(paths, loaded) for m in _member_entries(p, c)]},
-        training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror},
+        training={**(first.training if alone else {}), "ensemble_of": [str(p) for p in paths], "mirror": mirror,
+                  **({"keep_start": keep_start} if keep_start else {})},
         metrics=first.metrics if alone else {},
         minor_below=first.minor_below if len({c.minor_below for _, c in loaded}) == 1 else groups.MINOR_BELOW,
         max_age=ranges.pop(),

@@ -71,7 +71,7 @@ def choose_members(paths: list[Path], data_dir: Path, most: int, mirror: bool) -
 
 
 def make_ensemble(paths: list[Path], mirror: bool, name: str, data_dir: Path | None = None,
-                  choose: int | None = None) -> tuple[AveragedNetwork, ModelCard, list[str]]:
+                  choose: int | None = None, keep_start: float = 0.0) -> tuple[AveragedNetwork, ModelCard, list[str]]:
     """`minorage combine`: the checkpoints averaged (with `choose`, the best ensemble of at most
     that many networks on the validation photos of `data_dir`), its card measured there when a
     data set is given; returns the ensemble, its card and the checkpoints it holds."""
@@ -79,7 +79,7 @@ def make_ensemble(paths: list[Path], mirror: bool, name: str, data_dir: Path | N
         if data_dir is None:
             raise ValueError("--choose needs --data: members are chosen on their validation photos")
         paths, score = choose_members(paths, data_dir, choose, mirror)
-    net, card = combine_checkpoints(paths, mirror, name)
+    net, card = combine_checkpoints(paths, mirror, name, keep_start)
     if choose is not None:  # the choice already measured this ensemble on the validation photos
         card.metrics = score
     elif data_dir is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_face
@@ -39,14 +40,15 @@ from minorage.paper.store import photo_demographics, source_image
 MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
 
 
-def photos_of_test_split(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0) -> list[dict]:
+def photos_of_test_split(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0, skip: int = 0) -> list[dict]:
     """The test split's photos of a data set (one manifest row each, with the box and eyes the
-    build found), without those `exclude` names, the first `photos` of them by id when set."""
+    build found), without those `exclude` names, in order of id: past the first `skip`, the
+    next `photos` when set."""
     left_out, _ = photo_ids(data_dir, exclude)
     rows = [r for r in csv.DictReader((Path(data_dir) / "manifest.csv").open())
             if r["split"] == "test" and r["variant"] == "org" and r["id"] not in left_out]
     rows.sort(key=lambda r: r["id"])
-    return rows[:photos] if photos else rows
+    return rows[skip : skip + photos] if photos else rows[skip:]
 
 
 def stored_face(row: dict) -> Face:
@@ -73,37 +75,76 @@ def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
     return faces[best] if overlap[best] >= MIN_IOU else None
 
 
+def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framing], seed: int = 0,
+                progress: bool = True) -> tuple[list[list[np.ndarray | None]], list[str]]:
+    """Each photo in its scene (the same scenes for a seed, barred or not), the face the
+    detector found framed once per framing (None where it missed), and each scene's look."""
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    rng = np.random.default_rng(seed)
+    crops: list[list[np.ndarray | None]] = [[] for _ in framings]
+    kinds = []
+    for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
+        kinds.append(DEGRADATIONS[k % len(DEGRADATIONS)])
+        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kinds[-1], rng)
+        face = face_in(scene, detector)
+        for framing, framed in zip(framings, crops):
+            framed.append(None if face is None else frame_face(scene.image, face.box, framing, face.eyes))
+    return crops, kinds
+
+
 def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
                        exclude: Iterable[str] = (), photos: int = 0, resamples: int = 0, seed: int = 0,
-                       progress: bool = True) -> dict[str, dict]:
+                       progress: bool = True, skip: int = 0) -> dict[str, dict]:
     """Per variant: `metrics.evaluate` over the faces found (per sex and ethnicity too), and
     under "scenes" the share found and the minors' recall with misses counted as unflagged."""
-    rows = photos_of_test_split(data_dir, exclude, photos)
-    people = photo_demographics(data_dir)
-    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    rows = photos_of_test_split(data_dir, exclude, photos, skip)
+    people = [photo_demographics(data_dir).get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows]
+    ages = np.array([float(r["age"]) for r in rows])
     results = {}
     for variant in variants:
-        rng = np.random.default_rng(seed)  # the same scenes for both variants
-        ages, crops, kinds = [], [], []
-        for k, row in enumerate(tqdm(rows, desc=f"scenes ({variant})", unit="photo", disable=not progress, leave=False)):
-            kind = DEGRADATIONS[k % len(DEGRADATIONS)]
-            scene = scene_of(row, variant == "ocl", backgrounds[k % len(backgrounds)], kind, rng)
-            face = face_in(scene, detector)
-            crops.append(None if face is None else frame_face(scene.image, face.box, estimator.framing, face.eyes))
-            ages.append(float(row["age"]))
-            kinds.append(kind)
-        results[variant] = _measures(estimator, np.array(ages), crops, np.array(kinds),
-                                     [people.get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows], resamples)
+        (crops,), kinds = scene_crops(rows, variant == "ocl", detector, [estimator.framing], seed, progress)
+        results[variant] = _measures(estimator, ages, crops, np.array(kinds), people, resamples)
     return results
+
+
+def estimates(estimator: AgeEstimator, crops: list[np.ndarray | None]) -> np.ndarray:
+    """The age of each framed face, infinite where the detector missed it (never flagged)."""
+    found = np.array([c is not None for c in crops])
+    pred = np.full(len(crops), np.inf)
+    if found.any():
+        pred[found] = estimator.predict(np.stack([c for c in crops if c is not None]))
+    return pred
+
+
+def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDetector, data_dir: Path, exclude: Iterable[str] = (),
+              photos: int = 0, skip: int = 0, seed: int = 0, progress: bool = True) -> dict:
+    """The lowest flag (from 17.5 up, in tenths of a year) at which `estimator` flags at least
+    as many minors in scenes as `reference` does at its own flag, normal and barred faces
+    pooled, a missed face unflagged; both read the same scenes and the same faces found.
+
+    Why: a model that reads faces in photos better can move its estimates as a whole; its flag
+    is then chosen on scenes of photos no judgement uses (`skip` the ones that judge)."""
+    rows = photos_of_test_split(data_dir, exclude, photos, skip)
+    ages = np.array([float(r["age"]) for r in rows])
+    minors = np.rint(ages) < MINOR_LIMIT
+    mine, theirs = [], []
+    for barred in (False, True):
+        (own, ref), _ = scene_crops(rows, barred, detector, [estimator.framing, reference.framing], seed, progress)
+        mine.append(estimates(estimator, own)[minors])
+        theirs.append(estimates(reference, ref)[minors])
+    mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs) < reference.minor_below))
+    below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
+    return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
+            "flagged": float(np.mean(mine_all < below)),
+            "by_kind": {kind: {"reference": float(np.mean(t < reference.minor_below)), "model": float(np.mean(m < below))}
+                        for kind, m, t in zip(("normal", "barred"), mine, theirs)}}
 
 
 def _measures(estimator: AgeEstimator, true: np.ndarray, crops: list, kinds: np.ndarray, people: list[tuple[str, str]],
               resamples: int) -> dict:
     """The age measures over the faces found, and what was found, overall and by group."""
     found = np.array([c is not None for c in crops])
-    pred = np.full(len(true), np.inf)  # a missed face is never flagged
-    if found.any():
-        pred[found] = estimator.predict(np.stack([c for c in crops if c is not None]))
+    pred = estimates(estimator, crops)
     below = estimator.minor_below
     out = metrics.evaluate(true[found], pred[found], below)
     if resamples:
