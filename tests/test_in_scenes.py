@@ -93,3 +93,26 @@ def test_predict_and_scan_frame_faces_as_the_model_card_says(some_faces):
     assert np.array_equal(as_is[0].crop, frame_face(tilted, face.box, plain))
     assert not np.array_equal(as_is[0].crop, upright[0].crop)
     assert np.array_equal(frame_crop(tilted, detector, aligned, 1.0)[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
+
+
+@pytest.mark.slow
+def test_a_flag_chosen_in_scenes_reaches_the_reference_models_share_of_minors(small_dataset, tmp_path, capsys):
+    """`flag_like`: the same networks judged against themselves keep 17.5; against themselves
+    flagging below 20, the lowest flag that flags as many minors in the same scenes, never
+    above 20. `evaluate --scenes-skip` takes the photos after those skipped."""
+    from minorage import AgeEstimator
+    from minorage.paper.in_scenes import flag_like
+
+    _, data, _, _ = small_dataset
+    detector = FaceDetector()
+    model = AgeEstimator.from_pretrained("default")
+    same = flag_like(model, model, detector, data, photos=16, skip=4, progress=False)
+    assert same["minor_below"] == 17.5 and same["flagged"] == same["reference_flagged"] and same["photos"] == 16
+    generous = AgeEstimator.from_pretrained("default", minor_below=20.0)
+    chosen = flag_like(model, generous, detector, data, photos=16, skip=4, progress=False)
+    assert 17.5 <= chosen["minor_below"] <= 20.0 and chosen["flagged"] >= chosen["reference_flagged"]
+    assert chosen["reference_flagged"] >= same["reference_flagged"]
+    assert main(["evaluate", "--data", str(data), "--scenes", "4", "--scenes-skip", "2", "--format", "json", "--bootstrap", "0",
+                 "--variant", "org"]) == 0
+    assert json.loads(capsys.readouterr().out)["org"]["scenes"]["photos"] == 4
+    assert main(["evaluate", "--data", str(data), "--scenes-skip", "2"]) != 0  # the photos of scenes, without scenes

@@ -212,6 +212,34 @@ def test_training_can_start_from_one_network_of_an_ensemble():
         initial_network(TrainConfig(init=str(default), init_member=beyond, V=ensemble.cfg.V))
 
 
+
+@pytest.mark.slow
+def test_combine_can_move_a_fine_tune_back_toward_its_start_and_set_the_flag(small_dataset, tmp_path):
+    """`combine --keep-start 0.5`: each weight halfway between the fine-tuned network's and
+    the start's (the ensemble member its card names); `--minor-below` is the card's flag; a
+    network that did not start from a checkpoint, or a share of 1, is refused."""
+    from minorage.model.card import packaged_model_path
+
+    _, data, _, _ = small_dataset
+    default = packaged_model_path()
+    start = load_checkpoint(default)[0].members[1]
+    cfg = TrainConfig(init=str(default), init_member=1, V=start.cfg.V, adult_target=30, epochs=1, batch_size=32)
+    train(data, tmp_path / "tuned", cfg, progress=False)
+    tuned = tmp_path / "tuned" / "model.safetensors"
+    out = tmp_path / "half.safetensors"
+    assert main(["combine", str(tuned), "--keep-start", "0.5", "--minor-below", "18.2", "--out", str(out)]) == 0
+    half, card = load_checkpoint(out)
+    after = load_checkpoint(tuned)[0].state_dict()
+    moved = 0
+    for key, value in half.state_dict().items():  # one network, not mirrored: saved and loaded as that network
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (after[key] + start.state_dict()[key]) / 2)
+            moved += int(not torch.equal(after[key], start.state_dict()[key]))
+    assert moved > 0 and card.minor_below == 18.2 and card.training["keep_start"] == 0.5
+    train(data, tmp_path / "imdb", TrainConfig(epochs=1, batch_size=32), progress=False)
+    assert main(["combine", str(tmp_path / "imdb" / "model.safetensors"), "--keep-start", "0.5", "--out", str(tmp_path / "x.safetensors")]) != 0
+    assert main(["combine", str(tuned), "--keep-start", "1", "--out", str(tmp_path / "y.safetensors")]) != 0
+
 @pytest.mark.slow
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):
     """Both twins of a photo get the same blended target: the label and the teacher's estimate

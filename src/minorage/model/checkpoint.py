@@ -18,6 +18,7 @@ def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
+    net = ByLookNetwork(_plain(net.colour), _plain(net.grayscale)) if isinstance(net, ByLookNetwork) else _plain(net)
     card.architecture = net.cfg
     card.members, card.mirror = _shape(net.colour if isinstance(net, ByLookNetwork) else net)
     card.grayscale = {**(card.grayscale or {}), **dict(zip(("members", "mirror"), _shape(net.grayscale)))} \
@@ -26,6 +27,11 @@ def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
     save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
     card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return path
+
+
+def _plain(net: nn.Module) -> nn.Module:
+    """An "ensemble" of one network, not mirrored, as that network: the shape it loads back in."""
+    return net.members[0] if isinstance(net, AveragedNetwork) and len(net.members) == 1 and not net.mirror else net
 
 
 def _shape(net: nn.Module) -> tuple[int, bool]:
