@@ -4,7 +4,7 @@ and barred faces pooled, a face the detector misses counted as unflagged, both m
 the same scenes and the same faces found (`minorage.paper.in_scenes.flag_like`). Prints JSON;
 write the threshold into the card with `minorage combine MODEL --minor-below YEARS`.
 
-    .venv/bin/python scripts/flag_in_scenes.py --model runs/scene-v8-wise/model.safetensors --reference default \\
+    .venv/bin/python scripts/flag_in_scenes.py --model runs/scene-v8-half/model.safetensors --reference default \\
         --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --skip 1500
 """
 

@@ -212,7 +212,6 @@ def test_training_can_start_from_one_network_of_an_ensemble():
         initial_network(TrainConfig(init=str(default), init_member=beyond, V=ensemble.cfg.V))
 
 
-
 @pytest.mark.slow
 def test_combine_can_move_a_fine_tune_back_toward_its_start_and_set_the_flag(small_dataset, tmp_path):
     """`combine --keep-start 0.5`: each weight halfway between the fine-tuned network's and
@@ -239,6 +238,7 @@ def test_combine_can_move_a_fine_tune_back_toward_its_start_and_set_the_flag(sma
     train(data, tmp_path / "imdb", TrainConfig(epochs=1, batch_size=32), progress=False)
     assert main(["combine", str(tmp_path / "imdb" / "model.safetensors"), "--keep-start", "0.5", "--out", str(tmp_path / "x.safetensors")]) != 0
     assert main(["combine", str(tuned), "--keep-start", "1", "--out", str(tmp_path / "y.safetensors")]) != 0
+
 
 @pytest.mark.slow
 def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_path):

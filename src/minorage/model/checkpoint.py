@@ -61,3 +61,17 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
     return net.eval(), card
 
 
+
+
+def load_network(path: Path, member: int = 0) -> tuple[nn.Module, ModelCard]:
+    """One network of a checkpoint and its card: of a model that routes black-and-white faces,
+    its colour networks; of an ensemble, its `member`-th (a shipped default's members have no
+    checkpoints of their own)."""
+    net, card = load_checkpoint(path)
+    if isinstance(net, ByLookNetwork):
+        net = net.colour
+    if isinstance(net, AveragedNetwork):
+        if not 0 <= member < len(net.members):
+            raise ValueError(f"{path} averages {len(net.members)} networks: init_member {member} is not one of them")
+        net = net.members[member]
+    return net, card

@@ -10,7 +10,7 @@ from torch import nn
 
 from minorage import groups
 from minorage.model.card import ModelCard
-from minorage.model.checkpoint import load_checkpoint
+from minorage.model.checkpoint import load_checkpoint, load_network
 from minorage.model.network import AveragedNetwork, ByLookNetwork
 
 
@@ -25,9 +25,7 @@ def toward_start(net: nn.Module, card: ModelCard, share: float) -> nn.Module:
     if isinstance(net, AveragedNetwork) or not start_path.is_file():
         raise ValueError(f"{card.name}: moving weights toward the start needs one network fine-tuned from a checkpoint "
                          f"(its card's init is {card.training.get('init')!r})")
-    start, _ = load_checkpoint(start_path)
-    if isinstance(start, AveragedNetwork):
-        start = start.members[int(card.training.get("init_member", 0))]
+    start, _ = load_network(start_path, int(card.training.get("init_member", 0)))
     if start.cfg != net.cfg:
         raise ValueError(f"{card.name}: its start {start_path} is another architecture")
     before = start.state_dict()

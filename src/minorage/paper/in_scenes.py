@@ -98,7 +98,8 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
     """Per variant: `metrics.evaluate` over the faces found (per sex and ethnicity too), and
     under "scenes" the share found and the minors' recall with misses counted as unflagged."""
     rows = photos_of_test_split(data_dir, exclude, photos, skip)
-    people = [photo_demographics(data_dir).get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows]
+    known = photo_demographics(data_dir)
+    people = [known.get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows]
     ages = np.array([float(r["age"]) for r in rows])
     results = {}
     for variant in variants:

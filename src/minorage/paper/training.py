@@ -25,9 +25,9 @@ from minorage import config, groups
 from minorage.config import ResNetConfig, SSRNetConfig, TrainConfig
 from minorage.faces.detector_training import FACE_FREE_TRAIN, face_free_pictures
 from minorage.model.card import ModelCard
-from minorage.model.checkpoint import load_checkpoint, save_checkpoint
+from minorage.model.checkpoint import load_checkpoint, load_network, save_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.network import AveragedNetwork, ByLookNetwork, SSRNet, build_network
+from minorage.model.network import SSRNet, build_network
 from minorage.model.runtime import predict_ages
 from minorage.paper import metrics
 from minorage.paper.augment import augment, in_scene, scene_patches
@@ -140,14 +140,8 @@ def initial_network(cfg: TrainConfig) -> tuple[nn.Module, str]:
     if cfg.init in INITS:
         source, licence = load_pretrained_network(cfg.init), "trained from SSR-Net weights (Apache-2.0)"
     else:
-        source, card = load_checkpoint(Path(cfg.init))
+        source, card = load_network(Path(cfg.init), cfg.init_member)  # a specialist starts from colour networks too
         licence = card.licence
-        if isinstance(source, ByLookNetwork):
-            source = source.colour  # its colour networks: a specialist starts from them too
-        if isinstance(source, AveragedNetwork):
-            if not 0 <= cfg.init_member < len(source.members):
-                raise ValueError(f"{cfg.init} averages {len(source.members)} networks: init_member {cfg.init_member} is not one of them")
-            source = source.members[cfg.init_member]
     if isinstance(source.cfg, ResNetConfig):
         if cfg.V != source.cfg.V:
             raise ValueError(f"{cfg.init} is the residual network, whose range is fixed: V must be {source.cfg.V}, got {cfg.V}")
