@@ -1,0 +1,166 @@
+"""Two models behind one flag, measured in scenes: faces whose frame the photo's edge filled
+(repeated edge pixels, as in every stored UTKFace face) read by one model at its flag, faces with
+the photo's own surroundings in their frame read by another at a flag of its own.
+
+Why: networks fine-tuned with real content around the face read faces in photos far better
+than v8 but read the stored faces, whose margins are repeated edge pixels, worse
+(docs/model-history.md, steps 14-15); the two kinds of face can be told apart before the
+networks run. This measures what such a route would do, before it is built.
+
+Each test photo (and its eye-barred copy) is pasted into a scene as `evaluate --scenes` does,
+with the same scenes for the same photos; the detector `predict` uses finds the face once and it
+is framed for each model. The route's own flag is the lowest (from 17.5 up, in tenths) at which
+the routed pair flags at least as many minors as `--edge-model` alone does at its flag, normal and
+barred faces pooled, missed faces unflagged: chosen on the photos given by `--choose-skip` and
+`--choose-photos`, then applied unchanged to the photos that judge (`--judge-photos`, from the first), and to
+the data set's stored test faces, routed by where each face's frame lay in its photo.
+
+    .venv/bin/python scripts/routes_in_scenes.py --model runs/scene-v8/model.safetensors --edge-model default \\
+        --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minorage import AgeEstimator
+from minorage.config import DetectorConfig, InferenceConfig
+from minorage.faces.detection import FaceDetector
+from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
+from minorage.faces.framing import frame_face, framed_square
+from minorage.faces.wild import DEGRADATIONS
+from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
+from minorage.paper import metrics
+from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
+from minorage.paper.evaluation import photo_ids
+from minorage.paper.store import load_faces, photo_demographics, photo_extents
+
+
+def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> bool:
+    """Whether a face's frame reaches past the image, where framing repeats its edge pixels."""
+    x1, y1, x2, y2 = framed_square(box, margin)
+    return x1 < 0 or y1 < 0 or x2 > shape[1] or y2 > shape[0]
+
+
+def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, edge: AgeEstimator, model: AgeEstimator,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Per photo in its scene (the scenes of `evaluate --scenes` for the same rows and seed):
+    found, whether the frame leaves the image, and each model's age (inf where missed)."""
+    backgrounds = face_free_pictures(FACE_FREE_EVAL)
+    rng = np.random.default_rng(seed)
+    found, leaves, edge_crops, model_crops = [], [], [], []
+    for k, row in enumerate(rows):
+        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
+        face = face_in(scene, detector)
+        found.append(face is not None)
+        leaves.append(face is not None and leaves_image(scene.image.shape, face.box, edge.framing.margin))
+        if face is not None:
+            edge_crops.append(frame_face(scene.image, face.box, edge.framing, face.eyes))
+            model_crops.append(frame_face(scene.image, face.box, model.framing, face.eyes))
+    found_mask = np.array(found)
+    out = {"found": found_mask, "leaves": np.array(leaves)}
+    for name, estimator, crops in (("edge", edge, edge_crops), ("model", model, model_crops)):
+        ages = np.full(len(rows), np.inf)
+        if crops:
+            ages[found_mask] = estimator.predict(np.stack(crops))
+        out[name] = ages
+    return out
+
+
+def routed(read: dict[str, np.ndarray]) -> np.ndarray:
+    """The routed pair's ages: the edge model's where the frame left the image."""
+    return np.where(read["leaves"], read["edge"], read["model"])
+
+
+def flagged(read: dict[str, np.ndarray], edge_below: float, model_below: float) -> np.ndarray:
+    """The routed pair's flags: each face against its own route's threshold (misses unflagged)."""
+    return np.where(read["leaves"], read["edge"] < edge_below, read["model"] < model_below)
+
+
+def choose_flag(reads: list[dict], minors: np.ndarray, edge_below: float) -> float:
+    """The lowest route flag (from the edge model's, in tenths) at which the routed pair flags at
+    least as many minors as the edge model alone, normal and barred pooled."""
+    wanted = np.mean(np.concatenate([r["edge"][minors] < edge_below for r in reads]))
+    below = edge_below
+    while np.mean(np.concatenate([flagged(r, edge_below, below)[minors] for r in reads])) < wanted and below < 25:
+        below = round(below + 0.1, 1)
+    return below
+
+
+def measures(ages: np.ndarray, found: np.ndarray, est: np.ndarray, flags: np.ndarray, people: list[tuple[str, str]]) -> dict:
+    """Minors flagged (misses unflagged), and over the faces found: the MAE on ages 0-25 and
+    the people aged 26+ called minors, overall, by sex and worst ethnicity (of 20 or more)."""
+    minors, young = np.rint(ages) < MINOR_LIMIT, ages <= YOUNG_ADULT_MAX
+    adults = found & ~young
+    sexes, ethnicities = (np.array([p[i] for p in people]) for i in (0, 1))
+    by_ethnicity = {e: float(np.mean(flags[adults & (ethnicities == e)])) for e in sorted(set(ethnicities.tolist()))
+                    if (adults & (ethnicities == e)).sum() >= 20}
+    worst = max(by_ethnicity, key=by_ethnicity.get) if by_ethnicity else None
+    return {"found": float(found.mean()),
+            "MAE": metrics.mae(ages[found & young], est[found & young]),
+            "MAE_averaged_over_ages": metrics.age_averaged_mae(ages[found & young], est[found & young]),
+            "minors_flagged_with_misses": float(np.mean(flags[minors])),
+            "adults_called_minors": float(np.mean(flags[adults])),
+            **{f"{s}_26+_called_minors": float(np.mean(flags[adults & (sexes == s)])) for s in ("female", "male")},
+            "worst_ethnicity": {worst: by_ethnicity[worst]} if worst else {}}
+
+
+def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstimator, below: float) -> dict:
+    """The route on the data set's stored test faces: a face whose frame left its photo (where the
+    build repeated the edge pixels) to the edge model, the others to the model at the route flag."""
+    known, (skip, _) = photo_demographics(data), photo_ids(data, left_out)
+    out = {}
+    for kind, variant in (("normal", "org"), ("barred", "ocl")):
+        faces = load_faces(data, "test", variant)
+        faces = faces.subset(~np.isin(faces.ids, list(skip)))
+        extents = photo_extents(data, faces.ids)
+        size = faces.faces.shape[1]
+        read = {"found": np.ones(len(faces), bool), "edge": edge.predict(faces.faces), "model": model.predict(faces.faces),
+                "leaves": (extents[:, 0] > 0) | (extents[:, 1] > 0) | (extents[:, 2] < size) | (extents[:, 3] < size)}
+        people = [known[i] for i in faces.ids.tolist()]
+        out[kind] = {"faces": len(faces), "routed_to_edge_model": float(read["leaves"].mean()),
+                     "edge_model_alone": measures(faces.ages, read["found"], read["edge"], read["edge"] < edge.minor_below, people),
+                     "routed_at_route_flag": measures(faces.ages, read["found"], routed(read), flagged(read, edge.minor_below, below), people)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="the model for faces with the photo's own surroundings")
+    parser.add_argument("--edge-model", default="default", help="the model for faces whose frame the edge filled (default: %(default)s)")
+    parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
+    parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
+    parser.add_argument("--choose-skip", type=int, required=True, help="the route's flag is chosen on the photos after the first K")
+    parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
+    parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+    args = parser.parse_args()
+    data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
+    detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
+    edge, model = AgeEstimator.from_pretrained(args.edge_model), AgeEstimator.from_pretrained(args.model)
+    known = photo_demographics(data)
+    report = {}
+    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
+        if part == "judged_on" and not args.judge_photos:
+            break
+        rows = photos_of_test_split(data, left_out, photos, skip)
+        ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
+        reads = [read_scenes(rows, barred, detector, edge, model) for barred in (False, True)]
+        if part == "chosen_on":
+            below = choose_flag(reads, np.rint(ages) < MINOR_LIMIT, edge.minor_below)
+        report[part] = {"photos": len(rows), "route_flag": below, **{
+            kind: {"routed_to_edge_model": float(r["leaves"][r["found"]].mean()),
+                   "edge_model_alone": measures(ages, r["found"], r["edge"], r["edge"] < edge.minor_below, people),
+                   "model_alone_at_edge_flag": measures(ages, r["found"], r["model"], r["model"] < edge.minor_below, people),
+                   "routed_at_edge_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, edge.minor_below), people),
+                   "routed_at_route_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, below), people)}
+            for kind, r in zip(("normal", "barred"), reads)}}
+        print(json.dumps({part: report[part]}, indent=1), flush=True)
+    print(json.dumps({"stored_test_faces": stored(data, left_out, edge, model, below)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
