@@ -84,6 +84,8 @@ def flagged(read: dict[str, np.ndarray], edge_below: float, model_below: float) 
 def choose_flag(reads: list[dict], minors: np.ndarray, edge_below: float) -> float:
     """The lowest route flag (from the edge model's, in tenths) at which the routed pair flags at
     least as many minors as the edge model alone, normal and barred pooled."""
+    if not minors.any():
+        raise ValueError("no minors among the photos to choose the route's flag on: give more photos")
     wanted = np.mean(np.concatenate([r["edge"][minors] < edge_below for r in reads]))
     below = edge_below
     while np.mean(np.concatenate([flagged(r, edge_below, below)[minors] for r in reads])) < wanted and below < 25:

@@ -1,0 +1,66 @@
+"""`scripts/routes_in_scenes.py`: the measurement of a route by where a face's frame lies."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minorage import AgeEstimator
+from minorage.faces.detection import FaceDetector
+
+
+def _script():
+    path = Path(__file__).parents[1] / "scripts" / "routes_in_scenes.py"
+    spec = importlib.util.spec_from_file_location("routes_in_scenes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_frame_leaves_the_image_only_past_its_edge():
+    routes = _script()
+    inside = (100.0, 100.0, 200.0, 200.0)  # framed at 0.2: the square 80..220
+    assert not routes.leaves_image((300, 300, 3), inside, 0.2)
+    assert routes.leaves_image((210, 300, 3), inside, 0.2)  # past the bottom
+    assert routes.leaves_image((300, 300, 3), (10.0, 100.0, 110.0, 200.0), 0.2)  # past the left
+
+
+def test_each_face_is_flagged_against_its_own_routes_threshold():
+    """By hand: ages 17 and 18 read by the route's model (flag 18.5) are both flagged; 17 read by
+    the edge model (flag 17.5) is flagged, 18 is not. The route's flag is the lowest that flags as
+    many minors as the edge model alone."""
+    routes = _script()
+    read = {"found": np.ones(4, bool), "leaves": np.array([True, True, False, False]),
+            "edge": np.array([17.0, 18.0, 18.2, 18.4]), "model": np.array([9.0, 9.0, 17.0, 18.0])}
+    assert routes.flagged(read, 17.5, 18.5).tolist() == [True, False, True, True]
+    assert routes.routed(read).tolist() == [17.0, 18.0, 17.0, 18.0]
+    minors = np.ones(4, bool)
+    generous = {**read, "edge": np.array([17.0, 18.0, 18.2, 19.4])}  # the edge model alone flags 3 of 4 at 19.0
+    assert routes.choose_flag([read], minors, 17.5) == 17.5  # alone it flags 1 of 4; the route 2 at 17.5
+    with pytest.raises(ValueError, match="no minors"):
+        routes.choose_flag([read], ~minors, 17.5)
+    assert routes.choose_flag([generous], minors, 19.0) == 19.0
+    # the edge model alone flags all 4 at 18.5; the route's model reads its last face 18.7, so its
+    # flag climbs in tenths until that face is under it
+    assert routes.choose_flag([{**read, "model": np.array([9.0, 9.0, 17.0, 18.7])}], minors, 18.5) == 18.8
+
+
+@pytest.mark.slow
+def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset):
+    """Real photos in scenes: with the same model on both routes the route's ages are that model's,
+    and its flag stays the model's own."""
+    routes = _script()
+    from minorage.paper.in_scenes import photos_of_test_split
+
+    _, data, _, _ = small_dataset
+    model = AgeEstimator.from_pretrained("default")
+    rows = [r for r in photos_of_test_split(data) if float(r["age"]) < 18][:6] + photos_of_test_split(data, photos=6)
+    read = routes.read_scenes(rows, False, FaceDetector(), model, model)
+    assert read["found"].sum() >= 10
+    assert np.array_equal(routes.routed(read), read["edge"])
+    minors = np.rint([float(r["age"]) for r in rows]) < 18
+    assert minors.sum() >= 6
+    assert routes.choose_flag([read], minors, model.minor_below) == model.minor_below
