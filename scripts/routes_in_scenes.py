@@ -11,7 +11,8 @@ Each test photo (and its eye-barred copy) is pasted into a scene as `evaluate --
 with the same scenes for the same photos; the detector `predict` uses finds the face once and it
 is framed for each model. The route's own flag is the lowest (from 17.5 up, in tenths) at which
 the routed pair flags at least as many minors as `--edge-model` alone does at its flag, normal and
-barred faces pooled, missed faces unflagged: chosen on the photos given by `--choose-skip` and
+barred faces pooled (or, with `--flag-per-kind`, one flag for each kind of face, as the eye-bar
+test tells them apart), missed faces unflagged: chosen on the photos given by `--choose-skip` and
 `--choose-photos`, then applied unchanged to the photos that judge (`--judge-photos`, from the first), and to
 the data set's stored test faces, routed by where each face's frame lay in its photo.
 
@@ -38,6 +39,8 @@ from minorage.paper import metrics
 from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
 from minorage.paper.evaluation import photo_ids
 from minorage.paper.store import load_faces, photo_demographics, photo_extents
+
+KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
 
 
 def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> bool:
@@ -111,12 +114,12 @@ def measures(ages: np.ndarray, found: np.ndarray, est: np.ndarray, flags: np.nda
             "worst_ethnicity": {worst: by_ethnicity[worst]} if worst else {}}
 
 
-def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstimator, below: float) -> dict:
+def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstimator, flags: dict[str, float]) -> dict:
     """The route on the data set's stored test faces: a face whose frame left its photo (where the
     build repeated the edge pixels) to the edge model, the others to the model at the route flag."""
     known, (skip, _) = photo_demographics(data), photo_ids(data, left_out)
     out = {}
-    for kind, variant in (("normal", "org"), ("barred", "ocl")):
+    for kind, variant in zip(KINDS, ("org", "ocl")):
         faces = load_faces(data, "test", variant)
         faces = faces.subset(~np.isin(faces.ids, list(skip)))
         extents = photo_extents(data, faces.ids)
@@ -126,7 +129,7 @@ def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstima
         people = [known[i] for i in faces.ids.tolist()]
         out[kind] = {"faces": len(faces), "routed_to_edge_model": float(read["leaves"].mean()),
                      "edge_model_alone": measures(faces.ages, read["found"], read["edge"], read["edge"] < edge.minor_below, people),
-                     "routed_at_route_flag": measures(faces.ages, read["found"], routed(read), flagged(read, edge.minor_below, below), people)}
+                     "routed_at_route_flag": measures(faces.ages, read["found"], routed(read), flagged(read, edge.minor_below, flags[kind]), people)}
     return out
 
 
@@ -139,6 +142,9 @@ def main() -> None:
     parser.add_argument("--choose-skip", type=int, required=True, help="the route's flag is chosen on the photos after the first K")
     parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
     parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+    parser.add_argument("--flag-per-kind", action="store_true",
+                        help="choose the route's flag for normal and for eye-barred faces apart, each against the edge model's "
+                             "share of that kind's minors (default: one flag, the two kinds pooled)")
     args = parser.parse_args()
     data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
@@ -152,16 +158,18 @@ def main() -> None:
         ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
         reads = [read_scenes(rows, barred, detector, edge, model) for barred in (False, True)]
         if part == "chosen_on":
-            below = choose_flag(reads, np.rint(ages) < MINOR_LIMIT, edge.minor_below)
-        report[part] = {"photos": len(rows), "route_flag": below, **{
+            minors = np.rint(ages) < MINOR_LIMIT
+            flags = ({kind: choose_flag([r], minors, edge.minor_below) for kind, r in zip(KINDS, reads)} if args.flag_per_kind
+                     else dict.fromkeys(KINDS, choose_flag(reads, minors, edge.minor_below)))
+        report[part] = {"photos": len(rows), "route_flags": flags, **{
             kind: {"routed_to_edge_model": float(r["leaves"][r["found"]].mean()),
                    "edge_model_alone": measures(ages, r["found"], r["edge"], r["edge"] < edge.minor_below, people),
                    "model_alone_at_edge_flag": measures(ages, r["found"], r["model"], r["model"] < edge.minor_below, people),
                    "routed_at_edge_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, edge.minor_below), people),
-                   "routed_at_route_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, below), people)}
-            for kind, r in zip(("normal", "barred"), reads)}}
+                   "routed_at_route_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, flags[kind]), people)}
+            for kind, r in zip(KINDS, reads)}}
         print(json.dumps({part: report[part]}, indent=1), flush=True)
-    print(json.dumps({"stored_test_faces": stored(data, left_out, edge, model, below)}, indent=1))
+    print(json.dumps({"stored_test_faces": stored(data, left_out, edge, model, flags)}, indent=1))
 
 
 if __name__ == "__main__":
