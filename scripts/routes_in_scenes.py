@@ -1,4 +1,4 @@
-"""Two models behind one flag, measured in scenes: faces whose frame the photo's edge filled
+"""Two models behind one route, measured in scenes: faces whose frame the photo's edge filled
 (repeated edge pixels, as in every stored UTKFace face) read by one model at its flag, faces with
 the photo's own surroundings in their frame read by another at a flag of its own.
 
@@ -12,9 +12,10 @@ with the same scenes for the same photos; the detector `predict` uses finds the 
 is framed for each model. The route's own flag is the lowest (from 17.5 up, in tenths) at which
 the routed pair flags at least as many minors as `--edge-model` alone does at its flag, normal and
 barred faces pooled (or, with `--flag-per-kind`, one flag for each kind of face, as the eye-bar
-test tells them apart), missed faces unflagged: chosen on the photos given by `--choose-skip` and
-`--choose-photos`, then applied unchanged to the photos that judge (`--judge-photos`, from the first), and to
-the data set's stored test faces, routed by where each face's frame lay in its photo.
+test tells them apart), missed faces unflagged: chosen on the photos given by `--choose-skip`
+and `--choose-photos`, then applied unchanged to the photos that judge (`--judge-photos`, from
+the first), and to the data set's stored test faces, routed by where each face's frame lay in
+its photo.
 
     .venv/bin/python scripts/routes_in_scenes.py --model runs/scene-v8/model.safetensors --edge-model default \\
         --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
@@ -36,8 +37,8 @@ from minorage.faces.framing import frame_face, framed_square
 from minorage.faces.wild import DEGRADATIONS
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
-from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
 from minorage.paper.evaluation import photo_ids
+from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
 from minorage.paper.store import load_faces, photo_demographics, photo_extents
 
 KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
