@@ -33,7 +33,7 @@ from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.faces.framing import frame_face, framed_square
+from minorage.faces.framing import frame_face, leaves_image
 from minorage.faces.wild import DEGRADATIONS
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
@@ -42,12 +42,6 @@ from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
 from minorage.paper.store import load_faces, photo_demographics, photo_extents
 
 KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
-
-
-def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> bool:
-    """Whether a face's frame reaches past the image, where framing repeats its edge pixels."""
-    x1, y1, x2, y2 = framed_square(box, margin)
-    return x1 < 0 or y1 < 0 or x2 > shape[1] or y2 > shape[0]
 
 
 def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, edge: AgeEstimator, model: AgeEstimator,

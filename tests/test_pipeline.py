@@ -15,22 +15,22 @@ def test_one_pass_for_several_files_gives_each_file_its_own_ages(some_faces):
     """Faces of several real photos aged together come back file by file, as each alone would,
     and a file without faces gets an empty array in its place."""
     estimator, detector = AgeEstimator.from_pretrained(), FaceDetector()
-    per_file = [[f.crop for f in find_faces(cv2.imread(str(p)), detector, estimator.framing)] for p in some_faces[:4]]
+    per_file = [find_faces(cv2.imread(str(p)), detector, estimator.framings) for p in some_faces[:4]]
     per_file.insert(2, [])
     together = ages_by_item(per_file, estimator)
     assert [len(a) for a in together] == [len(c) for c in per_file] and len(together[2]) == 0
-    for crops, ages in zip(per_file, together):
-        if crops:
-            np.testing.assert_allclose(ages, estimator.predict(np.stack(crops)), atol=1e-4)
+    for faces, ages in zip(per_file, together):
+        if faces:
+            np.testing.assert_allclose(ages, estimator.predict(np.stack([f.crop for f in faces])), atol=1e-4)
 
 
 def test_a_crop_is_framed_on_its_face_or_taken_whole(some_faces):
     """A real face photo is framed on the face found in it; a blank picture has no face and is
     taken whole, and says so."""
     estimator, detector = AgeEstimator.from_pretrained(), FaceDetector()
-    found, how = frame_crop(cv2.imread(str(some_faces[5])), detector, estimator.framing, 1.0)
+    found, how = frame_crop(cv2.imread(str(some_faces[5])), detector, estimator.framings, 1.0)
     assert how == "detected" and found.face is not None and found.crop.shape == (64, 64, 3)
-    blank, how = frame_crop(np.full((120, 120, 3), 128, np.uint8), detector, estimator.framing, 1.0)
+    blank, how = frame_crop(np.full((120, 120, 3), 128, np.uint8), detector, estimator.framings, 1.0)
     assert how == "whole_image" and blank.face is None and blank.crop.shape == (64, 64, 3)
 
 

@@ -271,13 +271,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_combine(args: argparse.Namespace) -> int:
     from minorage.model.checkpoint import load_checkpoint, save_checkpoint
-    from minorage.model.ensemble import attach_grayscale
+    from minorage.model.ensemble import attach_edge, attach_grayscale
     from minorage.paper.ensembles import make_ensemble
 
     name = args.name or Path(args.out).stem
     if not 0 <= args.keep_start < 1:
         raise ValueError(f"--keep-start is a share from 0 up to, not including, 1; got {args.keep_start}")
-    if (args.grayscale or args.align_faces or args.minor_below is not None) and len(args.models) == 1 and not (
+    if (args.grayscale or args.edge or args.align_faces or args.minor_below is not None or args.minor_below_barred is not None) \
+            and len(args.models) == 1 and not (
             args.mirror or args.data or args.choose is not None or args.keep_start):
         net, card = load_checkpoint(Path(args.models[0]))  # kept whole: its flag and calibration too
         card.name = name
@@ -293,8 +294,13 @@ def cmd_combine(args: argparse.Namespace) -> int:
         card.framing = dataclasses.replace(card.framing, align=True)
     if args.minor_below is not None:
         card.minor_below = args.minor_below
+    if args.minor_below_barred is not None:
+        card.minor_below_barred = args.minor_below_barred
+    if args.edge:
+        net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge)
     path = save_checkpoint(net, card, Path(args.out))
-    routed = f", black-and-white faces to {args.grayscale}" if args.grayscale else ""
+    routed = (f", black-and-white faces to {args.grayscale}" if args.grayscale else "") + \
+        (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "")
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
     return 0
 
@@ -558,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its card's init): keeps more of what the start did well (default: %(default)s, the fine-tuned weights)")
     p.add_argument("--minor-below", type=float, metavar="YEARS", help="the card's flag: estimates below this are probable minors "
                    "(default: the members' own when they agree, else 17.5)")
+    p.add_argument("--minor-below-barred", type=float, metavar="YEARS",
+                   help="the card's flag for eye-barred faces, where it should differ from --minor-below (default: the same)")
+    p.add_argument("--edge", metavar="MODEL", help="a model for the faces whose frame leaves the photo (the photo's edge fills "
+                   "it, as in every stored UTKFace face): they are read by it, at its own framing, flags and calibration")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

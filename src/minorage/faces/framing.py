@@ -5,6 +5,10 @@ SSR-Net models saw 40 %), squared around its centre, cut out with the image's ed
 repeated where it leaves the image, and resized to `framing.size` (64) pixels. With
 `framing.align` and the eye points given, the image is first turned about the box's centre so
 that the eyes lie level: the models learnt on UTKFace's upright chips, and photos hold tilted heads.
+
+Where a model has a part for faces whose frame leaves the image (`frame_routed`), such a face is
+framed as that part expects and marked: the part learnt on frames the edge filled, as in every
+stored UTKFace face, and the model's main part on frames that hold the photo's own surroundings.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ def framed_square(box: tuple[float, float, float, float], margin: float) -> tupl
     left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
     side_px = max(1, int(round(side)))
     return left, top, left + side_px, top + side_px
+
+
+def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> bool:
+    """Whether a face's frame reaches past the image, where framing fills it from the image's edge."""
+    x1, y1, x2, y2 = framed_square(box, margin)
+    return x1 < 0 or y1 < 0 or x2 > shape[1] or y2 > shape[0]
 
 
 def upright(image: np.ndarray, box: tuple[float, float, float, float], eyes: np.ndarray, side: int, border: str) -> np.ndarray:
@@ -58,6 +68,15 @@ def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framin
         crop = cut(image, square, framing.border)
     interpolation = cv2.INTER_AREA if crop.shape[0] > framing.size else cv2.INTER_LINEAR
     return cv2.resize(crop, (framing.size, framing.size), interpolation=interpolation)
+
+
+def frame_routed(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing, edge: Framing | None,
+                 eyes: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """One face's model input and whether it goes to the model's `edge` part: with an edge part,
+    a face whose frame (at the edge part's margin) leaves the image is framed as that part
+    expects; every other face as `framing` says."""
+    filled = edge is not None and leaves_image(image.shape, box, edge.margin)
+    return frame_face(image, box, edge if filled else framing, eyes), filled
 
 
 def crop_box(image: np.ndarray, face_fraction: float) -> tuple[float, float, float, float]:

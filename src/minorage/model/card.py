@@ -32,12 +32,15 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     licence: str = ""
     minor_below: float = groups.MINOR_BELOW  # the "probably a minor" flag: an estimate below this
+    minor_below_barred: float | None = None  # eye-barred faces' own flag, where it differs
     max_age: float | None = None  # estimates above are reported as this ("this age or older")
     members: int = 1  # networks averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
     calibration: dict | None = None  # p_minor and the age interval (`model.calibration`), if fit
     grayscale: dict | None = None  # the specialist black-and-white faces go to (`ByLookNetwork`):
     # its "members" and "mirror", and its own card's name, data, training and metrics
+    edge: dict | None = None  # the whole card (with its "source") of the part that reads the faces
+    # whose frame leaves the photo (`framing.frame_routed`), with its own framing, flags and calibration
 
     def to_dict(self) -> dict:
         return {
@@ -45,25 +48,29 @@ class ModelCard:
             "name": self.name,
             "architecture": {**_architecture_dict(self.architecture), "members": self.members, "mirror": self.mirror},
             "framing": self.framing.to_dict(),
-            "decision": {"minor_below": self.minor_below, "max_age": self.max_age},
+            "decision": {"minor_below": self.minor_below, "max_age": self.max_age,
+                         **({"minor_below_barred": self.minor_below_barred} if self.minor_below_barred is not None else {})},
             "data": self.data,
             "training": self.training,
             "metrics": self.metrics,
             "licence": self.licence,
             **({"calibration": self.calibration} if self.calibration else {}),
             **({"grayscale": self.grayscale} if self.grayscale else {}),
+            **({"edge": self.edge} if self.edge else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
         if data.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} model card (format={data.get('format')!r})")
+        barred = data.get("decision", {}).get("minor_below_barred")
         return cls(
             architecture=_architecture(data["architecture"]),
             members=int(data["architecture"].get("members", 1)),
             mirror=bool(data["architecture"].get("mirror", False)),
             framing=Framing.from_dict(data["framing"]),
             minor_below=float(data.get("decision", {}).get("minor_below", groups.MINOR_BELOW)),
+            minor_below_barred=None if barred is None else float(barred),
             max_age=data.get("decision", {}).get("max_age"),
             name=data.get("name", ""),
             data=data.get("data", {}),
@@ -72,6 +79,7 @@ class ModelCard:
             licence=data.get("licence", ""),
             calibration=data.get("calibration"),
             grayscale=data.get("grayscale"),
+            edge=data.get("edge"),
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, read_card, weights_file
-from minorage.model.network import AveragedNetwork, ByLookNetwork, build_network
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, build_network
 
 
 def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
@@ -18,15 +18,26 @@ def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(net, ByFrameNetwork):
+        edge_card = ModelCard.from_dict(card.edge)
+        net = ByFrameNetwork(_shaped(net.main, card), _shaped(net.edge, edge_card))
+        card.edge = {**card.edge, **edge_card.to_dict()}
+    else:
+        net, card.edge = _shaped(net, card), None
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
+    card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return path
+
+
+def _shaped(net: nn.Module, card: ModelCard) -> nn.Module:
+    """A model (or a routed model's part) in the shape it loads back in, its card saying that shape."""
     net = ByLookNetwork(_plain(net.colour), _plain(net.grayscale)) if isinstance(net, ByLookNetwork) else _plain(net)
     card.architecture = net.cfg
     card.members, card.mirror = _shape(net.colour if isinstance(net, ByLookNetwork) else net)
     card.grayscale = {**(card.grayscale or {}), **dict(zip(("members", "mirror"), _shape(net.grayscale)))} \
         if isinstance(net, ByLookNetwork) else None
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
-    card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    return path
+    return net
 
 
 def _plain(net: nn.Module) -> nn.Module:
@@ -45,15 +56,23 @@ def _assemble(card: ModelCard, members: int, mirror: bool) -> nn.Module:
     return AveragedNetwork(nets, mirror) if members > 1 or mirror else nets[0]
 
 
+def _built(card: ModelCard) -> nn.Module:
+    """An untrained model as a card describes it, with its grayscale specialist if it has one."""
+    net = _assemble(card, card.members, card.mirror)
+    if card.grayscale:
+        net = ByLookNetwork(net, _assemble(card, int(card.grayscale["members"]), bool(card.grayscale["mirror"])))
+    return net
+
+
 def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
     """Read a checkpoint written by `save_checkpoint` (safetensors: no code is unpickled)."""
     from safetensors.torch import load_file
 
     path = weights_file(path)
     card = read_card(path)
-    net = _assemble(card, card.members, card.mirror)
-    if card.grayscale:
-        net = ByLookNetwork(net, _assemble(card, int(card.grayscale["members"]), bool(card.grayscale["mirror"])))
+    net = _built(card)
+    if card.edge:
+        net = ByFrameNetwork(net, _built(ModelCard.from_dict(card.edge)))
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
     real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if real_missing or unexpected:
@@ -61,13 +80,13 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
     return net.eval(), card
 
 
-
-
 def load_network(path: Path, member: int = 0) -> tuple[nn.Module, ModelCard]:
-    """One network of a checkpoint and its card: of a model that routes black-and-white faces,
-    its colour networks; of an ensemble, its `member`-th (a shipped default's members have no
+    """One network of a checkpoint and its card: of a model with an edge part, its main part; of
+    a model that routes black-and-white faces, its colour networks; of an ensemble, its `member`-th (a shipped default's members have no
     checkpoints of their own)."""
     net, card = load_checkpoint(path)
+    if isinstance(net, ByFrameNetwork):
+        net = net.main
     if isinstance(net, ByLookNetwork):
         net = net.colour
     if isinstance(net, AveragedNetwork):

@@ -11,7 +11,7 @@ from torch import nn
 from minorage import groups
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, load_network
-from minorage.model.network import AveragedNetwork, ByLookNetwork
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork
 
 
 def toward_start(net: nn.Module, card: ModelCard, share: float) -> nn.Module:
@@ -44,6 +44,8 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str, keep_start: 
     if any(isinstance(net, ByLookNetwork) for net, _ in loaded):
         raise ValueError("a model that already routes black-and-white faces cannot be averaged with others: "
                          "average the colour models, then add the specialist (--grayscale)")
+    if any(isinstance(net, ByFrameNetwork) for net, _ in loaded):
+        raise ValueError("a model with an edge part cannot be averaged with others: average the main models, then add the part (--edge)")
     members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedNetwork) else [net])]
     framings = {card.framing for _, card in loaded}
     if len(framings) != 1:
@@ -73,13 +75,27 @@ def attach_grayscale(colour: nn.Module, card: ModelCard, grayscale: nn.Module, g
     """A model whose black-and-white faces go to a grayscale specialist: the colour model's card
     kept whole (its flag, calibration and measures), the specialist's name, data, training and
     metrics recorded in it, with `source`, where it was read from."""
-    if isinstance(colour, ByLookNetwork) or isinstance(grayscale, ByLookNetwork):
-        raise ValueError("a model that already routes black-and-white faces cannot take another specialist")
+    if any(isinstance(net, (ByLookNetwork, ByFrameNetwork)) for net in (colour, grayscale)):
+        raise ValueError("a model that already routes faces (by look or by frame) cannot take a grayscale specialist")
     if grayscale_card.framing != card.framing or grayscale_card.max_age != card.max_age:
         raise ValueError(f"{source} frames faces or reports ages differently from the colour model")
     card.grayscale = {"source": source, "name": grayscale_card.name, "data": grayscale_card.data,
                       "training": grayscale_card.training, "metrics": grayscale_card.metrics}
     return ByLookNetwork(colour, grayscale), card
+
+
+def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: ModelCard, source: str) -> tuple[ByFrameNetwork, ModelCard]:
+    """A model whose faces with a frame that leaves the photo go to `edge`, read at the edge
+    model's own framing, flags and calibration: the main model's card kept whole, the edge
+    model's whole card in it, with `source`, where it was read from. Why: see `ByFrameNetwork`."""
+    if isinstance(main, ByFrameNetwork) or isinstance(edge, ByFrameNetwork):
+        raise ValueError("a model that already has an edge part cannot take another")
+    if edge_card.max_age != card.max_age:
+        raise ValueError(f"{source} reports ages differently from the main model (max_age {edge_card.max_age} and {card.max_age})")
+    if edge.cfg.image_size != main.cfg.image_size:
+        raise ValueError(f"{source} takes faces of another size than the main model")
+    card.edge = {"source": source, **edge_card.to_dict()}
+    return ByFrameNetwork(main, edge), card
 
 
 def _member_entries(path: Path, card: ModelCard) -> list[dict]:

@@ -1,4 +1,8 @@
 """`AgeEstimator`: a model and its card behind one call, `predict(faces) -> ages`.
+
+A model with an edge part (`ByFrameNetwork`) is two estimators: its main part, and `edge`, an
+estimator of its own (its framing, flags and calibration) for the faces whose frame leaves the
+photo; `predict` takes each face's route from the caller, who framed it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.keras import load_pretrained_network
+from minorage.model.network import ByFrameNetwork
 from minorage.model.runtime import predict_ages, runtime_for
 
 
@@ -24,7 +29,9 @@ class AgeEstimator:
         self.net = net.eval()
         self.card = card
         self.source = source
-        self.runtime = runtime_for(self.net)  # what `predict` runs
+        routed = isinstance(net, ByFrameNetwork)
+        self.runtime = runtime_for(net.main if routed else self.net)  # what `predict` runs
+        self.edge = AgeEstimator(net.edge, ModelCard.from_dict(card.edge), source, minor_below) if routed else None
         top = self.age_range[1]
         if minor_below is not None and not 0 < minor_below <= top:
             raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
@@ -51,10 +58,22 @@ class AgeEstimator:
         return self.card.framing
 
     @property
+    def framings(self) -> tuple[Framing, Framing | None]:
+        """How faces are framed for the main part, and for the edge part where there is one."""
+        return self.framing, self.edge.framing if self.edge else None
+
+    @property
     def minor_below(self) -> float:
         """Estimates below this are flagged "probably a minor" (the model card's, unless the user
         chose another: a higher one catches more minors and flags more young adults)."""
         return self.card.minor_below if self._minor_below is None else self._minor_below
+
+    def flag(self, eyes_barred: bool = False) -> float:
+        """The flag for one kind of face: the user's, else the card's own for eye-barred faces
+        where it has one (a model may read barred faces older or younger), else `minor_below`."""
+        if self._minor_below is None and eyes_barred and self.card.minor_below_barred is not None:
+            return self.card.minor_below_barred
+        return self.minor_below
 
     @property
     def calibration(self) -> Calibrations | None:
@@ -66,16 +85,35 @@ class AgeEstimator:
         """The ages `predict` reports (the card's `max_age` caps the network's range)."""
         return age_range(self.card)
 
-    def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, faces: np.ndarray, batch_size: int = 256, edge_filled: np.ndarray | None = None) -> np.ndarray:
         """Ages (N,) float32 for uint8 faces (N, 64, 64, 3), BGR, raw 0..255; capped at the
-        card's `max_age` (a model trained on [0, 25] with adults beyond it says "25 or older")."""
+        card's `max_age` (a model trained on [0, 25] with adults beyond it says "25 or older").
+        `edge_filled` (N,) marks the faces framed for the edge part (`framing.frame_routed`):
+        read by it where the model has one."""
         faces = np.asarray(faces)
         size = self.net.cfg.image_size
         if faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
             raise ValueError(f"faces must be (N, {size}, {size}, 3) uint8 BGR, got {faces.shape}")
         if faces.dtype != np.uint8:
             raise ValueError(f"faces must be uint8 (raw 0..255), got {faces.dtype}")
-        return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
+        if self.edge is None or edge_filled is None:
+            return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
+        filled = np.asarray(edge_filled, bool)
+        if filled.shape != (len(faces),):
+            raise ValueError(f"edge_filled must mark each of the {len(faces)} faces, got {len(filled)}")
+        ages = np.empty(len(faces), np.float32)
+        if (~filled).any():
+            ages[~filled] = predict_ages(self.runtime, faces[~filled], batch_size, self.card.max_age)
+        if filled.any():
+            ages[filled] = self.edge.predict(faces[filled], batch_size)
+        return ages
+
+    def bulk(self) -> None:
+        """Trace every part's frozen copy now (for a caller that would rather wait before its
+        first batch than inside it)."""
+        self.runtime.bulk()
+        if self.edge:
+            self.edge.bulk()
 
     def describe(self) -> dict:
         """What `minorage info` shows: size, parameters, range, framing and the model card."""

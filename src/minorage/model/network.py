@@ -166,6 +166,25 @@ class ByLookNetwork(nn.Module):
         return route(x, self.colour, self.grayscale)
 
 
+class ByFrameNetwork(nn.Module):
+    """A model with a part of its own for the faces whose frame leaves the photo. Why: networks
+    fine-tuned on faces with real surroundings read faces in photos better, and the faces whose
+    frame the photo's edge filled (as in every stored UTKFace face) worse, than the network they
+    started from (docs/model-history.md, steps 14-18). Which face is which is known when it is
+    framed (`framing.frame_routed`), not from its pixels, so `AgeEstimator.predict` takes the
+    route; called on faces alone, with no frame known, the main part reads them."""
+
+    def __init__(self, main: nn.Module, edge: nn.Module):
+        super().__init__()
+        if main.cfg.image_size != edge.cfg.image_size:
+            raise ValueError("the edge part must take faces of the main part's size")
+        self.main, self.edge = main, edge
+        self.cfg = main.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+
 def build_network(cfg: SSRNetConfig | ResNetConfig) -> nn.Module:
     """An untrained network of the architecture a configuration describes."""
     return AgeResNet(cfg) if isinstance(cfg, ResNetConfig) else SSRNet(cfg)

@@ -121,6 +121,9 @@ def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = 
     """The model's calibrations, fit on one half of the data set's test split (the calibration
     half; `half=CHECK` swaps the halves, to judge the same procedure the other way round), and
     the out-of-fold tables of the bands chosen for each kind of face (`choose_band`)."""
+    if estimator.edge is not None:
+        raise ValueError("a model with an edge part is calibrated part by part: calibrate each model, then join them "
+                         "(minorage combine MODEL --edge EDGE_MODEL)")
     exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
     fitted, counts, tables = {}, {}, {}
     for variant, kind in VARIANT_KIND.items():
@@ -203,7 +206,10 @@ def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) 
 
 
 def check_if_calibrated_on(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict] | None:
-    """`check`, for a model calibrated on this data set (else None: its check half is not known)."""
+    """`check`, for a model calibrated on this data set (else None: its check half is not known).
+    Of a model with an edge part, that part's: the stored faces' frames leave their photos."""
+    if estimator.edge is not None:
+        estimator = estimator.edge
     fitted_on = estimator.calibration.fitted_on.get("dataset") if estimator.calibration else None
     if fitted_on is None or Path(fitted_on).resolve() != Path(data_dir).resolve():
         return None

@@ -14,7 +14,7 @@ from minorage.faces.wild import LUMA_BGR, jpeg_round_trip, sepia
 from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
 from minorage.paper.readers import UNKNOWN
-from minorage.paper.store import load_faces, photo_demographics
+from minorage.paper.store import FaceSet, frames_left_photo, load_faces, photo_demographics
 
 VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
 
@@ -49,17 +49,40 @@ FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demograp
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
                    per_age: int = 0, resamples: int = 0, exclude: Iterable[str] = (), look: str = "as-is") -> dict[str, dict]:
     """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
-    given `resamples`, the bootstrap intervals of the headline measures); `look` one of `LOOKS`."""
+    given `resamples`, the bootstrap intervals of the headline measures); `look` one of `LOOKS`.
+    A model with an edge part reads the stored faces whose frame left their photo with that part,
+    each face flagged by its own part's flag for its kind (eye-barred for "ocl")."""
     change = LOOKS[look]
-    predict = estimator.predict if change is None else (lambda faces: estimator.predict(change(faces)))
-    return evaluate_predictor(predict, data_dir, variants, split, per_age, estimator.minor_below, resamples, exclude)
+
+    def read(faces: FaceSet, variant: str) -> tuple[np.ndarray, metrics.Below, dict]:
+        shown = faces.faces if change is None else change(faces.faces)
+        barred = variant == "ocl"
+        if estimator.edge is None:
+            return estimator.predict(shown), estimator.flag(barred), {}
+        filled = frames_left_photo(data_dir, faces.ids)
+        below = np.where(filled, estimator.edge.flag(barred), estimator.flag(barred))
+        return estimator.predict(shown, edge_filled=filled), below, {
+            "routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
+            "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)}
+
+    return evaluate_reader(read, data_dir, variants, split, per_age, resamples, exclude)
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
                        split: str = "test", per_age: int = 0, minor_below: float = groups.MINOR_BELOW,
                        resamples: int = 0, exclude: Iterable[str] = ()) -> dict[str, dict]:
-    """`metrics.evaluate` of any faces-to-ages function per variant (at most `per_age` photos of
-    each age when set: the paper's test sets grow with the training size), leaving out the
+    """`evaluate_reader` of any faces-to-ages function, every face flagged below `minor_below`."""
+    return evaluate_reader(lambda faces, _: (predict(faces.faces), minor_below, {}), data_dir, variants, split, per_age,
+                           resamples, exclude)
+
+
+Reader = Callable[[FaceSet, str], tuple[np.ndarray, metrics.Below, dict]]  # faces, variant -> ages, flags, what else to record
+
+
+def evaluate_reader(read: Reader, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test", per_age: int = 0,
+                    resamples: int = 0, exclude: Iterable[str] = ()) -> dict[str, dict]:
+    """`metrics.evaluate` per variant of the faces `read` ages and flags (at most `per_age` photos
+    of each age when set: the paper's test sets grow with the training size), leaving out the
     photos `exclude` names (ids or file names): those a model saw in another data set."""
     results = {}
     people = photo_demographics(data_dir)
@@ -70,13 +93,13 @@ def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Pa
             faces = faces.subset(~np.isin(faces.ids, list(left_out)))
         if per_age:
             faces = faces.cap_per_age(per_age)
-        ages = predict(faces.faces)
-        results[variant] = metrics.evaluate(faces.ages, ages, minor_below)
+        ages, below, noted = read(faces, variant)
+        results[variant] = {**metrics.evaluate(faces.ages, ages, below), **noted}
         if resamples:
-            results[variant]["intervals"] = metrics.bootstrap_intervals(faces.ages, ages, minor_below, resamples)
+            results[variant]["intervals"] = metrics.bootstrap_intervals(faces.ages, ages, below, resamples)
         for index, key in enumerate(FAIRNESS_KEYS):
             groups = np.array([people.get(i, (UNKNOWN, UNKNOWN))[index] for i in faces.ids.tolist()])
-            results[variant][key] = metrics.by_group(faces.ages, ages, groups, minor_below, resamples)
+            results[variant][key] = metrics.by_group(faces.ages, ages, groups, below, resamples)
     return results
 
 
@@ -101,6 +124,8 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         *[(f"accuracy [{g}]", g, "{:.1%}") for g in groups.GROUP_NAMES],
         ("Acc (mean of the groups)", "Acc", "{:.1%}"),
         ("minor flag threshold (estimate below)", "minor_below", "{:.1f}"),
+        ("  faces read by the edge part (frame left the photo)", "routed_to_edge", "{:.1%}"),
+        ("  the edge part's flag threshold", "edge_minor_below", "{:.1f}"),
         ("minors' recall (< 18 flagged)", "minor_recall", "{:.1%}"),
         ("specificity on 18-25", "specificity_18_25", "{:.1%}"),
         ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),

@@ -7,7 +7,9 @@ a degraded photo. Here each test photo (and its eye-barred copy, barred from the
 eye points) is pasted whole (hair and neck kept around the face, only the rim blended) into a
 face-free picture at a random size, place and angle, and given one of `wild.DEGRADATIONS` in
 turn (`wild.wild_photo`); the detector's face that overlaps the pasted
-one (IoU at least 0.3, as the detection benchmark counts it) is framed as `predict` frames it.
+one (IoU at least 0.3, as the detection benchmark counts it) is framed as `predict` frames it
+(for a model with an edge part, a face whose frame leaves the scene is read by that part, at its
+own flags).
 
 A face the detector misses gets no age: the age measures are over the faces found, and the
 share found, with the minors' recall counting a missed child as not flagged, is reported beside
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.faces.framing import frame_face
+from minorage.faces.framing import frame_routed
 from minorage.faces.occlusion import occlude
 from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
@@ -75,20 +77,23 @@ def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
     return faces[best] if overlap[best] >= MIN_IOU else None
 
 
-def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framing], seed: int = 0,
-                progress: bool = True) -> tuple[list[list[np.ndarray | None]], list[str]]:
+Framed = tuple[np.ndarray, bool] | None  # a face's model input and whether it goes to the edge part; None where missed
+
+
+def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[tuple[Framing, Framing | None]],
+                seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str]]:
     """Each photo in its scene (the same scenes for a seed, barred or not), the face the
-    detector found framed once per framing (None where it missed), and each scene's look."""
+    detector found framed once per model's framings (`AgeEstimator.framings`), and each scene's look."""
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(seed)
-    crops: list[list[np.ndarray | None]] = [[] for _ in framings]
+    crops: list[list[Framed]] = [[] for _ in framings]
     kinds = []
     for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
         kinds.append(DEGRADATIONS[k % len(DEGRADATIONS)])
         scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kinds[-1], rng)
         face = face_in(scene, detector)
-        for framing, framed in zip(framings, crops):
-            framed.append(None if face is None else frame_face(scene.image, face.box, framing, face.eyes))
+        for pair, framed in zip(framings, crops):
+            framed.append(None if face is None else frame_routed(scene.image, face.box, *pair, face.eyes))
     return crops, kinds
 
 
@@ -103,18 +108,28 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
     ages = np.array([float(r["age"]) for r in rows])
     results = {}
     for variant in variants:
-        (crops,), kinds = scene_crops(rows, variant == "ocl", detector, [estimator.framing], seed, progress)
-        results[variant] = _measures(estimator, ages, crops, np.array(kinds), people, resamples)
+        (crops,), kinds = scene_crops(rows, variant == "ocl", detector, [estimator.framings], seed, progress)
+        results[variant] = _measures(estimator, variant == "ocl", ages, crops, np.array(kinds), people, resamples)
     return results
 
 
-def estimates(estimator: AgeEstimator, crops: list[np.ndarray | None]) -> np.ndarray:
-    """The age of each framed face, infinite where the detector missed it (never flagged)."""
-    found = np.array([c is not None for c in crops])
-    pred = np.full(len(crops), np.inf)
-    if found.any():
-        pred[found] = estimator.predict(np.stack([c for c in crops if c is not None]))
-    return pred
+def estimates(estimator: AgeEstimator, crops: list[Framed]) -> tuple[np.ndarray, np.ndarray]:
+    """The age of each framed face, infinite where the detector missed it (never flagged), and
+    whether the model's edge part read it."""
+    found = [c for c in crops if c is not None]
+    mask = np.array([c is not None for c in crops], bool)
+    pred, filled = np.full(len(crops), np.inf), np.zeros(len(crops), bool)
+    if found:
+        filled[mask] = [f for _, f in found]
+        pred[mask] = estimator.predict(np.stack([c for c, _ in found]), edge_filled=filled[mask])
+    return pred, filled
+
+
+def flags(estimator: AgeEstimator, filled: np.ndarray, barred: bool) -> metrics.Below:
+    """Each face's flag threshold: its own part's, for its kind."""
+    if estimator.edge is None:
+        return estimator.flag(barred)
+    return np.where(filled, estimator.edge.flag(barred), estimator.flag(barred))
 
 
 def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDetector, data_dir: Path, exclude: Iterable[str] = (),
@@ -130,9 +145,9 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
     minors = np.rint(ages) < MINOR_LIMIT
     mine, theirs = [], []
     for barred in (False, True):
-        (own, ref), _ = scene_crops(rows, barred, detector, [estimator.framing, reference.framing], seed, progress)
-        mine.append(estimates(estimator, own)[minors])
-        theirs.append(estimates(reference, ref)[minors])
+        (own, ref), _ = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
+        mine.append(estimates(estimator, own)[0][minors])
+        theirs.append(estimates(reference, ref)[0][minors])
     mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs) < reference.minor_below))
     below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
     return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
@@ -141,34 +156,42 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
                         for kind, m, t in zip(("normal", "barred"), mine, theirs)}}
 
 
-def _measures(estimator: AgeEstimator, true: np.ndarray, crops: list, kinds: np.ndarray, people: list[tuple[str, str]],
-              resamples: int) -> dict:
+def _measures(estimator: AgeEstimator, barred: bool, true: np.ndarray, crops: list[Framed], kinds: np.ndarray,
+              people: list[tuple[str, str]], resamples: int) -> dict:
     """The age measures over the faces found, and what was found, overall and by group."""
     found = np.array([c is not None for c in crops])
-    pred = estimates(estimator, crops)
-    below = estimator.minor_below
-    out = metrics.evaluate(true[found], pred[found], below)
+    pred, filled = estimates(estimator, crops)
+    below = flags(estimator, filled, barred)
+    seen = metrics.picked(below, found)
+    out = metrics.evaluate(true[found], pred[found], seen)
+    if estimator.edge is not None:
+        out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0,
+                   minor_below=estimator.flag(barred), edge_minor_below=estimator.edge.flag(barred))
     if resamples:
-        out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], below, resamples)
+        out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], seen, resamples)
     labels = {key: np.array([p[i] for p in people]) for i, key in enumerate(FAIRNESS_KEYS)}
     for key, groups in labels.items():
-        out[key] = metrics.by_group(true[found], pred[found], groups[found], below, resamples)
+        out[key] = metrics.by_group(true[found], pred[found], groups[found], seen, resamples)
+
+    def within(mask: np.ndarray) -> dict:
+        return _found(true[mask], pred[mask], found[mask], metrics.picked(below, mask))
+
     out["scenes"] = {"photos": int(len(true)), **_found(true, pred, found, below),
-                     "by_degradation": {k: _found(true[kinds == k], pred[kinds == k], found[kinds == k], below) for k in DEGRADATIONS},
-                     **{key: {g: _found(true[groups == g], pred[groups == g], found[groups == g], below) for g in sorted(set(groups.tolist()))}
-                        for key, groups in labels.items()}}
+                     "by_degradation": {k: within(kinds == k) for k in DEGRADATIONS},
+                     **{key: {g: within(groups == g) for g in sorted(set(groups.tolist()))} for key, groups in labels.items()}}
     return out
 
 
-def _found(true: np.ndarray, pred: np.ndarray, found: np.ndarray, below: float) -> dict:
+def _found(true: np.ndarray, pred: np.ndarray, found: np.ndarray, below: metrics.Below) -> dict:
     """Share of faces found; over every minor, the share flagged (a missed one is not); over the
     faces found, the MAE on ages 0-25 and the people aged 26+ called minors."""
     minors, young = np.rint(true) < MINOR_LIMIT, true <= YOUNG_ADULT_MAX
+    flagged = pred < below
     out = {"photos": int(len(true)), "found": float(found.mean()) if len(true) else float("nan")}
     if minors.any():
-        out["minors_flagged_with_misses"] = float(np.mean(pred[minors] < below))
+        out["minors_flagged_with_misses"] = float(np.mean(flagged[minors]))
     if (found & young).any():
         out["MAE"] = metrics.mae(true[found & young], pred[found & young])
     if (found & ~young).any():
-        out["adults_called_minors"] = float(np.mean(pred[found & ~young] < below))
+        out["adults_called_minors"] = float(np.mean(flagged[found & ~young]))
     return out

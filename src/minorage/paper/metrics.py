@@ -16,6 +16,14 @@ from minorage.groups import (
     group_index,
 )
 
+Below = float | np.ndarray  # the flag's threshold: one for all faces, or each face's own (a model that routes faces)
+
+
+def picked(below: Below, index: np.ndarray) -> Below:
+    """The thresholds of the faces `index` picks (one threshold for all stays as it is)."""
+    return below if np.ndim(below) == 0 else np.asarray(below)[index]
+
+
 # ---------------------------------------------------------------------------------------------
 # Measures over a test set
 
@@ -58,7 +66,7 @@ def impv(a: float, b: float) -> float:
     return (a - b) / a * 100
 
 
-def minor_decision(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[str, float]:
+def minor_decision(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict[str, float]:
     """The forensic question, under 18 or not (flagged when the estimate is below `below`):
     recall on minors, specificity on 18-25 year olds and on people aged 26+ (where present)."""
     true, pred = np.rint(np.asarray(true, float)), np.asarray(pred, float)
@@ -82,7 +90,7 @@ def _mean_by_age(true: np.ndarray, values: np.ndarray, oldest: int) -> dict[int,
     return {int(age): float(np.mean(values[true == age])) for age in np.unique(true[true <= oldest])}
 
 
-def flagged_by_age(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[int, float]:
+def flagged_by_age(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict[int, float]:
     """For each whole age under 18 present, the share of its faces flagged as minors: which
     minors a threshold misses (at 17.5 nearly no child, many 17-year-olds)."""
     return _mean_by_age(true, np.asarray(pred, float) < below, MINOR_LIMIT - 1)
@@ -133,7 +141,7 @@ def calibrate_minor_threshold(true: np.ndarray, pred: np.ndarray, recall: float)
     return float(YOUNG_ADULT_MAX)
 
 
-def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict:
+def evaluate(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict:
     """Every measure at once: the paper's on ages 0-25, the forensic ones on all faces."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     young = true <= YOUNG_ADULT_MAX
@@ -144,7 +152,7 @@ def evaluate(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> 
         **group_accuracy(true[young], pred[young]),
         **minor_decision(true, pred, below),
         **recall_at_specificity(true, pred),
-        "minor_below": below,
+        **({"minor_below": float(below)} if np.ndim(below) == 0 else {}),
         "flagged_by_age": flagged_by_age(true, pred, below),
         "estimate_by_age": estimate_by_age(true, pred),
         "confusion": confusion(true, pred).tolist(),
@@ -155,7 +163,7 @@ INTERVAL_MEASURES = ("MAE", "MAE_age_averaged", "Acc", "minor_recall", "adults_c
                      "recall_at_spec85_under16")
 
 
-def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW, resamples: int = 1000,
+def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW, resamples: int = 1000,
                         level: float = 0.95, seed: int = 0, measure: Callable[..., dict] = evaluate,
                         names: tuple[str, ...] = INTERVAL_MEASURES) -> dict[str, list[float]]:
     """Percentile intervals of the headline measures (`names` of `measure`) over `resamples` test
@@ -170,7 +178,7 @@ def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: float = MINOR
     draws: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(resamples):
         pick = rng.integers(0, len(true), len(true))
-        measured = measure(true[pick], pred[pick], below)
+        measured = measure(true[pick], pred[pick], picked(below, pick))
         for name, values in draws.items():
             if name in measured and np.isfinite(measured[name]):
                 values.append(measured[name])
@@ -184,7 +192,7 @@ def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: float = MINOR
 FAIRNESS_MEASURES = ("MAE_age_averaged", "minor_recall", "specificity_18_25", "adults_called_minors")
 
 
-def fairness_measures(true: np.ndarray, pred: np.ndarray, below: float = MINOR_BELOW) -> dict[str, float]:
+def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict[str, float]:
     """What must hold for every group of people: the age-averaged MAE on ages 0-25, the minors
     flagged, the 18-25 year olds left unflagged and the people aged 26+ called minors, with how
     many faces each measure rests on."""
@@ -200,7 +208,7 @@ def fairness_measures(true: np.ndarray, pred: np.ndarray, below: float = MINOR_B
     return out
 
 
-def by_group(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, below: float = MINOR_BELOW,
+def by_group(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, below: Below = MINOR_BELOW,
              resamples: int = 0, seed: int = 0) -> dict[str, dict]:
     """`fairness_measures` for each group of faces (a sex, an ethnicity), with bootstrap
     intervals drawn within the group when `resamples` is given: a tool police use must not fail
@@ -209,8 +217,8 @@ def by_group(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, below: floa
     out = {}
     for name in sorted(set(groups.tolist())):
         mask = groups == name
-        out[name] = fairness_measures(true[mask], pred[mask], below)
+        out[name] = fairness_measures(true[mask], pred[mask], picked(below, mask))
         if resamples:
-            out[name]["intervals"] = bootstrap_intervals(true[mask], pred[mask], below, resamples, seed=seed,
+            out[name]["intervals"] = bootstrap_intervals(true[mask], pred[mask], picked(below, mask), resamples, seed=seed,
                                                          measure=fairness_measures, names=FAIRNESS_MEASURES)
     return out

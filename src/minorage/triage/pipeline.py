@@ -2,8 +2,9 @@
 
 An image's faces are found and each framed as the model expects (`find_faces`); the faces of
 several files are aged in one network pass and the ages handed back file by file
-(`ages_by_item`); each age becomes the reported group and flag (`Reading.verdict`). `predict` runs the
-whole path in one process; `scan` finds faces in its worker processes and ages them in the main
+(`ages_by_item`); each age becomes the reported group and flag (`Reading.verdict`). A model with
+an edge part reads the faces whose frame leaves the image with it, and reads them out by its own
+flags and calibration (`FramedFace.edge_filled`). `predict` runs the whole path in one process; `scan` finds faces in its worker processes and ages them in the main
 one, so that its batches stay large.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, main_face
-from minorage.faces.framing import crop_box, frame_face
+from minorage.faces.framing import crop_box, frame_routed
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
 from minorage.model.calibration import Calibrations
 from minorage.model.estimator import AgeEstimator
@@ -27,27 +28,37 @@ class FramedFace:
 
     face: Face | None
     crop: np.ndarray
+    edge_filled: bool = False  # framed for the model's edge part (its frame leaves the image)
 
 
-def find_faces(image: np.ndarray, detector: FaceDetector, framing: Framing) -> list[FramedFace]:
+Framings = tuple[Framing, Framing | None]  # the model's main framing and its edge part's (`AgeEstimator.framings`)
+
+
+def _framed(image: np.ndarray, face: Face | None, box: tuple[float, float, float, float], framings: Framings) -> FramedFace:
+    crop, filled = frame_routed(image, box, *framings, face.eyes if face else None)
+    return FramedFace(face, crop, filled)
+
+
+def find_faces(image: np.ndarray, detector: FaceDetector, framings: Framings) -> list[FramedFace]:
     """Every face of a BGR image, best score first, each framed for the model."""
-    return [FramedFace(face, frame_face(image, face.box, framing, face.eyes)) for face in detector.detect(image)]
+    return [_framed(image, face, face.box, framings) for face in detector.detect(image)]
 
 
-def frame_crop(image: np.ndarray, detector: FaceDetector, framing: Framing, face_fraction: float) -> tuple[FramedFace, str]:
+def frame_crop(image: np.ndarray, detector: FaceDetector, framings: Framings, face_fraction: float) -> tuple[FramedFace, str]:
     """An image that is one face crop: its main face framed ("detected"), or, where no face is
     found, its central `face_fraction` taken as the face box ("whole_image"). Why: crops often
     carry a margin or background, and a face framed twice is not the face the model learnt."""
     face = main_face(detector.detect(image), image.shape)
     box = face.box if face else crop_box(image, face_fraction)
-    return FramedFace(face, frame_face(image, box, framing, face.eyes if face else None)), "detected" if face else "whole_image"
+    return _framed(image, face, box, framings), "detected" if face else "whole_image"
 
 
-def ages_by_item(crops: list[list[np.ndarray]], estimator: AgeEstimator) -> list[np.ndarray]:
-    """The ages of several files' face crops from one network pass, split back per file."""
-    flat = [crop for item in crops for crop in item]
-    ages = estimator.predict(np.stack(flat)) if flat else np.zeros(0, np.float32)
-    bounds = np.cumsum([0, *(len(item) for item in crops)])
+def ages_by_item(faces: list[list[FramedFace]], estimator: AgeEstimator) -> list[np.ndarray]:
+    """The ages of several files' framed faces from one network pass, split back per file."""
+    flat = [face for item in faces for face in item]
+    ages = estimator.predict(np.stack([f.crop for f in flat]), edge_filled=np.array([f.edge_filled for f in flat])) \
+        if flat else np.zeros(0, np.float32)
+    bounds = np.cumsum([0, *(len(item) for item in faces)])
     return [ages[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
@@ -55,7 +66,8 @@ def ages_by_item(crops: list[list[np.ndarray]], estimator: AgeEstimator) -> list
 class Reading:
     """How an age estimate is read out, the same in every output.
 
-    - The flag: an estimate below `minor_below` years, or, where `minor_above` is set, a
+    - The flag: an estimate below `minor_below` years (`barred_below` for eye-barred faces where
+      the model has a flag of its own for them), or, where `minor_above` is set, a
       calibrated probability of being under 18 above it (the operating point stated as a
       probability; it needs a calibrated model).
     - The group: at `ceiling`, the top of a model that reports [0, 25] with 25 meaning "25 or
@@ -63,12 +75,15 @@ class Reading:
     - With the model's `calibration`: `p_minor` and a 90 % interval for the age (`age_low`,
       `age_high`; a top past the ceiling means "or older"), each fit on normal or on eye-barred
       faces as the face is.
+    - A face read by a model's edge part is read out by that part's own `edge` reading.
     """
 
     minor_below: float
     ceiling: float | None = None
     calibration: Calibrations | None = None
     minor_above: float | None = None
+    barred_below: float | None = None
+    edge: "Reading | None" = None
 
     def __post_init__(self):
         if self.minor_above is not None:
@@ -81,17 +96,22 @@ class Reading:
     @classmethod
     def of(cls, estimator: AgeEstimator, minor_above: float | None = None) -> "Reading":
         top = estimator.age_range[1]
-        return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None, estimator.calibration, minor_above)
+        edge = cls.of(estimator.edge, minor_above) if estimator.edge else None
+        return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None, estimator.calibration, minor_above,
+                   estimator.flag(eyes_barred=True), edge)
 
-    def shown(self, age: float) -> str:
+    def shown(self, age: float, edge_filled: bool = False) -> str:
         """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
-        return shown_age(age, self.verdict(age)["group"])
+        return shown_age(age, self.verdict(age, edge_filled=edge_filled)["group"])
 
-    def verdict(self, age: float, eyes_barred: bool = False) -> dict:
+    def verdict(self, age: float, eyes_barred: bool = False, edge_filled: bool = False) -> dict:
         """What every output says of one face's age: its group, the "probably a minor" flag and,
         for a calibrated model, p_minor and the 90 % interval."""
+        if edge_filled and self.edge is not None:
+            return self.edge.verdict(age, eyes_barred)
         adult = self.ceiling is not None and age >= self.ceiling
-        said = {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, self.minor_below)}
+        below = self.barred_below if eyes_barred and self.barred_below is not None else self.minor_below
+        said = {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, below)}
         if self.calibration is not None:
             fit = self.calibration.of(eyes_barred)
             low, high = fit.interval(np.array([age]))

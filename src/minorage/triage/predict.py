@@ -35,10 +35,10 @@ from minorage.evidence.io import (
 )
 from minorage.evidence.paths import display_path, inside
 from minorage.evidence.sources import Entry, named_or_suffixed, real_sources, walk
-from minorage.faces.detection import Face, FaceDetector
+from minorage.faces.detection import FaceDetector
 from minorage.faces.occlusion import eyes_occluded
 from minorage.model.estimator import AgeEstimator
-from minorage.triage.pipeline import Reading, ages_by_item, find_faces, frame_crop
+from minorage.triage.pipeline import FramedFace, Reading, ages_by_item, find_faces, frame_crop
 
 VERDICT_COLUMNS = ("age", "group", "minor", "p_minor", "age_low", "age_high")
 CROP_COLUMNS = ("path", *VERDICT_COLUMNS, "eyes_occluded", "framing", "box", "status", "error")
@@ -68,17 +68,19 @@ class _Image:
     path: str
     relative: str
     error: ImageReadError | None = None
-    faces: list[Face | None] = field(default_factory=list)
+    framed: list[FramedFace] = field(default_factory=list)  # per face: the model's input and its route
     frame_times: list[float | None] = field(default_factory=list)  # per face: its video frame's time
     barred: list[bool] = field(default_factory=list)  # per face: its eyes under a black bar
     framing: str | None = None  # with crops: "detected" (the face found in the crop) or "whole_image"
-    crops: list[np.ndarray] = field(default_factory=list)
     image: np.ndarray | None = None  # kept only to annotate
     annotated: str | None = None
 
 
-def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: float | None, barred: bool, age: float, reading: Reading) -> dict:
-    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred), "eyes_occluded": barred, "status": "ok"}
+def _face_row(item: _Image, index: int | None, framed: FramedFace, frame_time: float | None, barred: bool, age: float,
+              reading: Reading) -> dict:
+    face = framed.face
+    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred, framed.edge_filled),
+           "eyes_occluded": barred, "status": "ok"}
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
@@ -96,23 +98,24 @@ def _face_row(item: _Image, index: int | None, face: Face | None, frame_time: fl
 def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, reading: Reading) -> list[dict]:
     if item.error is not None:
         return [{"path": display_path(item.path), "status": item.error.status, "error": str(item.error)}]
-    if not item.faces:
+    if not item.framed:
         return [{"path": display_path(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item, None if crops_mode else i, face, frame_time, barred, next(ages), reading)
-        for i, (face, frame_time, barred) in enumerate(zip(item.faces, item.frame_times, item.barred))
+        _face_row(item, None if crops_mode else i, framed, frame_time, barred, next(ages), reading)
+        for i, (framed, frame_time, barred) in enumerate(zip(item.framed, item.frame_times, item.barred))
     ]
 
 
-def annotate(image: np.ndarray, faces: list[Face], ages: list[float], barred: list[bool], reading: Reading) -> np.ndarray:
+def annotate(image: np.ndarray, faces: list[FramedFace], ages: list[float], barred: list[bool], reading: Reading) -> np.ndarray:
     """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 400))
-    for face, age, eyes_barred in zip(faces, ages, barred):
+    for framed, age, eyes_barred in zip(faces, ages, barred):
+        face = framed.face
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        colour = (0, 0, 255) if reading.verdict(age, eyes_barred)["minor"] else (0, 200, 0)
+        colour = (0, 0, 255) if reading.verdict(age, eyes_barred, framed.edge_filled)["minor"] else (0, 200, 0)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        label = reading.shown(age)
+        label = reading.shown(age, framed.edge_filled)
         scale = max(0.4, face.width / 160)
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(y1, th + 4)
@@ -165,27 +168,26 @@ class Predictor:
     def _add_faces(self, item: _Image, image: np.ndarray, frame_time: float | None) -> None:
         """One image's (or frame's) faces, framed for the model, appended to the file's."""
         if self.options.crops:
-            found, item.framing = frame_crop(image, self.detector, self.estimator.framing, self.options.face_fraction)
+            found, item.framing = frame_crop(image, self.detector, self.estimator.framings, self.options.face_fraction)
             framed = [found]
         else:
-            framed = find_faces(image, self.detector, self.estimator.framing)
-        item.faces += [f.face for f in framed]
+            framed = find_faces(image, self.detector, self.estimator.framings)
+        item.framed += framed
         item.barred += [f.face is not None and eyes_occluded(image, f.face) for f in framed]
         item.frame_times += [frame_time] * len(framed)
-        item.crops += [f.crop for f in framed]
         if self.options.annotate_dir is not None and not self.options.crops and frame_time is None:
             item.image = image
 
     def finish(self, batch: list[_Image]) -> Iterator[dict]:
         """Estimate the ages of a batch of images' faces and turn them into rows."""
-        for item, mine in zip(batch, ages_by_item([item.crops for item in batch], self.estimator)):
-            if item.image is not None and item.faces:
+        for item, mine in zip(batch, ages_by_item([item.framed for item in batch], self.estimator)):
+            if item.image is not None and item.framed:
                 self.write_annotation(item, [float(a) for a in mine])
             yield from _rows(item, iter(mine), self.options.crops, self.reading)
 
     def write_annotation(self, item: _Image, ages: list[float]) -> None:
         """A copy with boxes and ages under the file's relative path; never over an existing file."""
-        drawn = annotate(item.image, item.faces, ages, item.barred, self.reading)
+        drawn = annotate(item.image, item.framed, ages, item.barred, self.reading)
         item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
 
     def wanted(self, entry: Entry, roots: list[str]) -> bool:
@@ -210,7 +212,7 @@ class Predictor:
                 continue
             item = self.load(entry.path, entry.relative)
             batch.append(item)
-            pending_faces += len(item.crops)
+            pending_faces += len(item.framed)
             if pending_faces >= self.options.batch_size:
                 yield from self.finish(batch)
                 batch, pending_faces = [], 0

@@ -58,7 +58,7 @@ from minorage.triage.case import (
     open_case,
     prepare_folder,
 )
-from minorage.triage.pipeline import Reading, ages_by_item, find_faces
+from minorage.triage.pipeline import Framings, FramedFace, Reading, ages_by_item, find_faces
 from minorage.triage.workers import Failed, Supervisor
 
 #: Every status a file, folder or link can have in a case, and what it means.
@@ -97,6 +97,7 @@ class FoundFace:
     crop: np.ndarray
     eyes_occluded: bool
     thumbnail: bytes
+    edge_filled: bool = False  # framed for the model's edge part (`pipeline.FramedFace`)
 
 
 @dataclass
@@ -126,10 +127,10 @@ class FileResult:
 _worker: dict = {}
 
 
-def _init_worker(detector_cfg: DetectorConfig, framing: Framing, cfg: ScanConfig) -> None:
+def _init_worker(detector_cfg: DetectorConfig, framings: Framings, cfg: ScanConfig) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    _worker.update(detector=FaceDetector(detector_cfg), framing=framing, cfg=cfg)
+    _worker.update(detector=FaceDetector(detector_cfg), framings=framings, cfg=cfg)
 
 
 def _read(opened: Opened, path: str, max_bytes: int) -> tuple[int, dict[str, str], str, bytes | None]:
@@ -204,8 +205,9 @@ def _examine_video(f: BinaryIO, name: str, result: FileResult) -> None:
 def _faces_in(image: np.ndarray, frame_time: float | None, seconds: dict[str, float]) -> list[FoundFace]:
     cfg: ScanConfig = _worker["cfg"]
     started = time.perf_counter()
-    out = [FoundFace(f.face.to_dict(), frame_time, index, f.crop, eyes_occluded(image, f.face), _thumbnail(image, f.face, cfg.thumbnail))
-           for index, f in enumerate(find_faces(image, _worker["detector"], _worker["framing"]))]
+    out = [FoundFace(f.face.to_dict(), frame_time, index, f.crop, eyes_occluded(image, f.face), _thumbnail(image, f.face, cfg.thumbnail),
+                     f.edge_filled)
+           for index, f in enumerate(find_faces(image, _worker["detector"], _worker["framings"]))]
     seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - started
     return out
 
@@ -258,6 +260,8 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
         "model": estimator.card.name or estimator.source,
         "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
         "minor_below": estimator.minor_below, "minor_above": reading.minor_above,
+        **({"routes": _digest({"barred": estimator.card.minor_below_barred, "edge": estimator.card.edge})}
+           if estimator.edge or estimator.card.minor_below_barred is not None else {}),
         "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
         "thresholds": list(detector_cfg.thresholds), "yunet_threshold": detector_cfg.yunet_threshold,
@@ -269,7 +273,8 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
 
 
 def _digest(data: dict) -> str:
-    """A short fingerprint of the model card's calibration (it lives in the card, beside the weights' hash)."""
+    """A short fingerprint of a part of the model card (calibration, flags per route: they live in
+    the card, beside the weights' hash)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -301,11 +306,11 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     workers = cfg.workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
-    pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framing, cfg), examine, cfg.in_flight, cfg.file_timeout)
+    pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framings, cfg), examine, cfg.in_flight, cfg.file_timeout)
     outcome = "interrupted"
     try:
         pool.start()
-        estimator.runtime.bulk()  # traced while the workers start up, not inside the first batch
+        estimator.bulk()  # traced while the workers start up, not inside the first batch
         for batch in _batches(_results(pool.imap(todo())), cfg.age_batch):
             _estimate_and_store(db, batch, estimator, reading, summary, run_id)
             bar.update(len(batch))
@@ -352,7 +357,7 @@ def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) ->
 def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, reading: Reading, summary: ScanSummary, run_id: int) -> None:
     """Ages for a batch of files' faces in one pass, then each file committed on its own."""
     started = time.perf_counter()
-    ages = ages_by_item([[f.crop for f in r.faces] for r in batch], estimator)
+    ages = ages_by_item([[FramedFace(None, f.crop, f.edge_filled) for f in r.faces] for r in batch], estimator)
     share = (time.perf_counter() - started) / max(1, sum(len(r.faces) for r in batch))
     for result, mine in zip(batch, ages):
         result.seconds["age"] = share * len(mine)
@@ -370,7 +375,7 @@ def _store(db, result: FileResult, ages: np.ndarray, reading: Reading, run_id: i
     for found, age in zip(result.faces, ages):
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
         age = round(float(age), 2)  # as stored: the verdict is the stored age's, read again the same
-        said = reading.verdict(age, found.eyes_occluded)
+        said = reading.verdict(age, found.eyes_occluded, found.edge_filled)
         flags.append(said["minor"])
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
                       age, said["group"], int(said["minor"]), said.get("p_minor"), said.get("age_low"), said.get("age_high"),

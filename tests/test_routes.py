@@ -1,0 +1,157 @@
+"""A model with an edge part: the faces whose frame leaves the photo read by one part, the others
+by the main part, each at its own flags, in the model format, `predict`, `scan` and `evaluate`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from minorage import AgeEstimator
+from minorage.cli import main
+from minorage.faces.detection import FaceDetector
+from minorage.faces.framing import frame_face, frame_routed, leaves_image
+from minorage.model.checkpoint import load_network, save_checkpoint
+from minorage.model.ensemble import attach_edge
+from minorage.triage.pipeline import Reading, ages_by_item, find_faces
+
+DEFAULT = "src/minorage/weights/default.safetensors"
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory) -> tuple[Path, AgeEstimator, AgeEstimator]:
+    """(the routed checkpoint, its main part alone, its edge part alone): one network of the
+    shipped ensemble, upright framing, no calibration, flags 18.0 / 19.0 (barred) as the main
+    part; the shipped model as the edge part, built the way users build one."""
+    folder = tmp_path_factory.mktemp("routed")
+    net, card = load_network(Path(DEFAULT), member=1)
+    card = replace(card, name="one-member", calibration=None, framing=replace(card.framing, align=True))
+    single = save_checkpoint(net, card, folder / "single.safetensors")
+    out = folder / "routed.safetensors"
+    assert main(["combine", str(single), "--edge", DEFAULT, "--minor-below", "18.0", "--minor-below-barred", "19.0",
+                 "--name", "routed", "--out", str(out)]) == 0
+    return out, AgeEstimator.from_pretrained(str(single)), AgeEstimator.from_pretrained()
+
+
+def test_a_frame_that_leaves_the_image_is_told_by_where_it_lies():
+    """By hand: a 40-pixel face box with a 20 % margin needs 8 pixels on each side."""
+    assert not leaves_image((100, 100, 3), (30, 30, 70, 70), 0.2)
+    assert leaves_image((100, 100, 3), (5, 30, 45, 70), 0.2)  # 3 pixels short on the left
+    assert leaves_image((100, 100, 3), (30, 55, 70, 95), 0.2)  # past the bottom
+    assert not leaves_image((100, 100, 3), (8, 8, 48, 48), 0.2)  # exactly at the corner
+
+
+def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, some_faces):
+    """Saved and loaded, the model gives the faces marked as edge-filled the edge part's ages and
+    the others the main part's; faces with no route known are read by the main part."""
+    path, alone, edge = routed
+    model = AgeEstimator.from_pretrained(str(path))
+    assert model.edge is not None and model.card.edge["source"] == DEFAULT and model.card.minor_below_barred == 19.0
+    assert model.framings == (alone.framing, edge.framing) and model.framing.align and not edge.framing.align
+    faces = np.stack([frame_face(cv2.imread(str(p)), (40, 40, 160, 160), edge.framing) for p in some_faces[:10]])
+    filled = np.arange(10) % 3 == 0
+    ages = model.predict(faces, edge_filled=filled)
+    np.testing.assert_allclose(ages[filled], edge.predict(faces[filled]), atol=1e-4)
+    np.testing.assert_allclose(ages[~filled], alone.predict(faces[~filled]), atol=1e-4)
+    assert not np.allclose(alone.predict(faces), edge.predict(faces), atol=0.05)  # the two parts do differ
+    np.testing.assert_allclose(model.predict(faces), alone.predict(faces), atol=1e-4)
+    with pytest.raises(ValueError, match="each of the 10 faces"):
+        model.predict(faces, edge_filled=filled[:5])
+
+
+def test_each_route_and_kind_of_face_is_read_at_its_own_flag(routed):
+    """By hand: the main part flags below 18.0 (normal) and 19.0 (barred) and has no calibration;
+    the edge part keeps the shipped 17.5 and its p_minor. A user's own flag overrides them all."""
+    path, _, _ = routed
+    reading = Reading.of(AgeEstimator.from_pretrained(str(path)))
+    assert reading.verdict(17.8)["minor"] and not reading.verdict(18.5)["minor"]
+    assert reading.verdict(18.5, eyes_barred=True)["minor"] and not reading.verdict(19.2, eyes_barred=True)["minor"]
+    assert "p_minor" not in reading.verdict(17.8)
+    on_edge = reading.verdict(17.8, edge_filled=True)
+    assert not on_edge["minor"] and 0 < on_edge["p_minor"] < 1
+    assert reading.verdict(17.4, eyes_barred=True, edge_filled=True)["minor"]
+    assert not reading.verdict(17.8, eyes_barred=True, edge_filled=True)["minor"]
+    chosen = Reading.of(AgeEstimator.from_pretrained(str(path), minor_below=17.0))
+    assert not chosen.verdict(17.5, eyes_barred=True)["minor"] and not chosen.verdict(17.5, edge_filled=True)["minor"]
+    with pytest.raises(ValueError, match="calibrated"):  # a flag stated as a probability needs p_minor on every route
+        Reading.of(AgeEstimator.from_pretrained(str(path)), minor_above=0.5)
+
+
+def test_faces_in_photos_are_framed_for_their_route(routed, some_faces):
+    """A UTKFace chip's face fills it, so its frame leaves the chip: framed for the edge part. The
+    same face in a larger photo has its surroundings around it: framed upright for the main part."""
+    path, alone, edge = routed
+    model, detector = AgeEstimator.from_pretrained(str(path)), FaceDetector()
+    chip = cv2.imread(str(some_faces[6]))
+    in_photo = cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130))
+    (tight,), (roomy,) = find_faces(chip, detector, model.framings), find_faces(in_photo, detector, model.framings)
+    assert tight.edge_filled and not roomy.edge_filled
+    assert np.array_equal(tight.crop, frame_face(chip, tight.face.box, edge.framing))
+    assert np.array_equal(roomy.crop, frame_face(in_photo, roomy.face.box, alone.framing, roomy.face.eyes))
+    assert frame_routed(in_photo, roomy.face.box, alone.framing, None)[1] is False  # a model without an edge part never routes
+    ages = ages_by_item([[tight], [roomy]], model)
+    assert ages[0][0] == pytest.approx(edge.predict(tight.crop[None])[0], abs=1e-4)
+    assert ages[1][0] == pytest.approx(alone.predict(roomy.crop[None])[0], abs=1e-4)
+
+
+def test_predict_and_scan_give_each_face_its_routes_verdict(routed, some_faces, tmp_path, capsys):
+    """`predict` and `scan` read chips and the same faces in larger photos: each face's flag and
+    p_minor are those of the part that read it."""
+    path, _, _ = routed
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, photo in enumerate(some_faces[4:10]):
+        chip = cv2.imread(str(photo))
+        cv2.imwrite(str(folder / f"chip{k}.png"), chip)
+        cv2.imwrite(str(folder / f"photo{k}.png"), cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130)))
+    reading = Reading.of(AgeEstimator.from_pretrained(str(path)))
+    assert main(["predict", str(folder), "--model", str(path), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["status"] == "ok"]
+    chips = [r for r in rows if Path(r["path"]).name.startswith("chip")]
+    photos = [r for r in rows if Path(r["path"]).name.startswith("photo")]
+    assert chips and photos and all("p_minor" in r for r in chips) and not any("p_minor" in r for r in photos)
+    for r in chips:
+        assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"], edge_filled=True)["minor"]
+    for r in photos:
+        assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"])["minor"]
+    case = tmp_path / "case"
+    assert main(["scan", str(folder), "--out", str(case), "--model", str(path), "--workers", "1"]) == 0
+    import sqlite3
+
+    db = sqlite3.connect(case / "case.sqlite")
+    stored = db.execute("SELECT files.path, age, minor, p_minor, eyes_occluded FROM faces JOIN files ON files.id = faces.file_id").fetchall()
+    assert len(stored) == len(rows)
+    for file, age, minor, p_minor, barred in stored:
+        chip = Path(file).name.startswith("chip")
+        assert (p_minor is not None) == chip and minor == reading.verdict(age, bool(barred), edge_filled=chip)["minor"]
+
+
+def test_evaluate_reads_the_stored_faces_through_the_route(routed, small_dataset, capsys):
+    """The stored faces' frames left their chips: `evaluate` reads them with the edge part, at its
+    flag, as the edge model alone; it says how many went there and at which flags."""
+    path, _, _ = routed
+    _, data, _, _ = small_dataset
+    measured = []
+    for model in (str(path), DEFAULT):
+        assert main(["evaluate", "--model", model, "--data", str(data), "--format", "json", "--bootstrap", "0"]) == 0
+        measured.append(json.loads(capsys.readouterr().out))
+    through, edge = measured
+    for variant in ("org", "ocl"):
+        assert through[variant]["routed_to_edge"] > 0.95 and through[variant]["edge_minor_below"] == 17.5
+        assert through[variant]["minor_below"] == (18.0 if variant == "org" else 19.0)
+        assert through[variant]["MAE"] == pytest.approx(edge[variant]["MAE"], abs=0.05)
+        assert through[variant]["minor_recall"] == pytest.approx(edge[variant]["minor_recall"], abs=0.02)
+
+
+def test_combine_refuses_parts_that_cannot_go_together(routed):
+    """An edge part of another age range, or a routed model given another edge part, is refused."""
+    path, _, _ = routed
+    net, card = load_network(Path(DEFAULT))
+    with pytest.raises(ValueError, match="reports ages differently"):
+        attach_edge(net, replace(card, max_age=None), *load_network(Path(DEFAULT)), "default")
+    assert main(["combine", str(path), "--edge", DEFAULT, "--out", str(path.parent / "twice.safetensors")]) == 2
+    assert not (path.parent / "twice.safetensors").exists()
