@@ -43,6 +43,19 @@ def small_dataset(tmp_path_factory):
     return _small_dataset(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def one_part_model(tmp_path_factory) -> Path:
+    """The shipped model as a model of one part: its edge part (v8) where it has one, as its own
+    checkpoint, for what takes a model of one part (`calibrate`, `combine --edge`)."""
+    from minorage.model.card import ModelCard, packaged_model_path
+    from minorage.model.checkpoint import load_checkpoint, save_checkpoint
+
+    net, card = load_checkpoint(packaged_model_path())
+    if card.edge:
+        net, card = net.edge, ModelCard.from_dict(card.edge)
+    return save_checkpoint(net, card, tmp_path_factory.mktemp("one_part") / "model.safetensors")
+
+
 _built: dict = {}
 
 

@@ -11,7 +11,6 @@ import pytest
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.model.calibration import Calibration
-from minorage.model.card import packaged_model_path
 from minorage.paper.calibration import CALIBRATION, CHECK, coverage_by_group, fit, half_of, reliability, true_ages, wilson
 from minorage.paper.store import load_faces
 
@@ -70,9 +69,9 @@ def test_fit_covers_about_ninety_percent_of_each_age():
 
 def test_the_shipped_model_is_calibrated():
     estimator = AgeEstimator.from_pretrained("default")
-    calibration = estimator.calibration
-    assert calibration is not None and calibration.fitted_on["half"] == CALIBRATION
-    for kind in (calibration.normal, calibration.barred):
+    calibrations = [part.calibration for part in (estimator, estimator.edge) if part is not None]  # each part its own
+    assert all(c is not None and c.fitted_on["half"] == CALIBRATION for c in calibrations)
+    for kind in (k for calibration in calibrations for k in (calibration.normal, calibration.barred)):
         p = kind.probability(np.array([5.0, 16.0, 25.0]))
         assert p[0] > 0.95 > p[1] > p[2] and p[2] < 0.05
         low, high = kind.interval(np.array([5.0, 25.0]))
@@ -80,14 +79,16 @@ def test_the_shipped_model_is_calibrated():
 
 
 @pytest.mark.slow
-def test_calibrate_then_evaluate_checks_on_the_other_half(small_dataset, tmp_path, capsys):
+def test_calibrate_then_evaluate_checks_on_the_other_half(small_dataset, one_part_model, tmp_path, capsys):
     _, data, _, _ = small_dataset
     out = tmp_path / "calibrated.safetensors"
-    assert main(["calibrate", "--model", "default", "--data", str(data), "--out", str(out)]) == 0
+    assert main(["calibrate", "--model", "default", "--data", str(data), "--out", str(out)]) == 2  # two parts: one at a time
+    assert "calibrated part by part" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(one_part_model), "--data", str(data), "--out", str(out)]) == 0
     assert "each judged by a fit on the other folds" in capsys.readouterr().out
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["calibration"]["fitted_on"]["dataset"] == str(data)
-    assert out.read_bytes() == packaged_model_path().read_bytes()  # the same weights, a new card
+    assert out.read_bytes() == one_part_model.read_bytes()  # the same weights, a new card
     main(["evaluate", "--model", str(out), "--data", str(data), "--format", "json", "--bootstrap", "0"])
     checked = json.loads(capsys.readouterr().out)["calibration_check"]
     for variant in ("org", "ocl"):
@@ -99,7 +100,7 @@ def test_calibrate_then_evaluate_checks_on_the_other_half(small_dataset, tmp_pat
     assert "Reliability of p_minor, Org (normal faces)" in table and "90 % age interval coverage, Ocl" in table
     # the halves swapped: fit on the check half, judged on the calibration half, each face once
     swapped = tmp_path / "swapped.safetensors"
-    assert main(["calibrate", "--model", "default", "--data", str(data), "--out", str(swapped), "--half", "check"]) == 0
+    assert main(["calibrate", "--model", str(one_part_model), "--data", str(data), "--out", str(swapped), "--half", "check"]) == 0
     capsys.readouterr()
     assert json.loads(swapped.with_suffix(".json").read_text())["calibration"]["fitted_on"]["half"] == CHECK
     main(["evaluate", "--model", str(swapped), "--data", str(data), "--format", "json", "--bootstrap", "0"])

@@ -23,18 +23,18 @@ DEFAULT = "src/minorage/weights/default.safetensors"
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory) -> tuple[Path, AgeEstimator, AgeEstimator]:
+def routed(tmp_path_factory, one_part_model) -> tuple[Path, AgeEstimator, AgeEstimator]:
     """(the routed checkpoint, its main part alone, its edge part alone): one network of the
-    shipped ensemble, upright framing, no calibration, flags 18.0 / 19.0 (barred) as the main
-    part; the shipped model as the edge part, built the way users build one."""
+    shipped model, upright framing, no calibration, flags 18.0 / 19.0 (barred) as the main
+    part; the shipped model's one-part form as the edge part, built the way users build one."""
     folder = tmp_path_factory.mktemp("routed")
     net, card = load_network(Path(DEFAULT), member=1)
     card = replace(card, name="one-member", calibration=None, framing=replace(card.framing, align=True))
     single = save_checkpoint(net, card, folder / "single.safetensors")
     out = folder / "routed.safetensors"
-    assert main(["combine", str(single), "--edge", DEFAULT, "--minor-below", "18.0", "--minor-below-barred", "19.0",
+    assert main(["combine", str(single), "--edge", str(one_part_model), "--minor-below", "18.0", "--minor-below-barred", "19.0",
                  "--name", "routed", "--out", str(out)]) == 0
-    return out, AgeEstimator.from_pretrained(str(single)), AgeEstimator.from_pretrained()
+    return out, AgeEstimator.from_pretrained(str(single)), AgeEstimator.from_pretrained(str(one_part_model))
 
 
 def test_a_frame_that_leaves_the_image_is_told_by_where_it_lies():
@@ -45,12 +45,12 @@ def test_a_frame_that_leaves_the_image_is_told_by_where_it_lies():
     assert not leaves_image((100, 100, 3), (8, 8, 48, 48), 0.2)  # exactly at the corner
 
 
-def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, some_faces):
+def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, one_part_model, some_faces):
     """Saved and loaded, the model gives the faces marked as edge-filled the edge part's ages and
     the others the main part's; faces with no route known are read by the main part."""
     path, alone, edge = routed
     model = AgeEstimator.from_pretrained(str(path))
-    assert model.edge is not None and model.card.edge["source"] == DEFAULT and model.card.minor_below_barred == 19.0
+    assert model.edge is not None and model.card.minor_below_barred == 19.0 and model.card.edge["source"] == str(one_part_model)
     assert model.framings == (alone.framing, edge.framing) and model.framing.align and not edge.framing.align
     faces = np.stack([frame_face(cv2.imread(str(p)), (40, 40, 160, 160), edge.framing) for p in some_faces[:10]])
     filled = np.arange(10) % 3 == 0
@@ -130,13 +130,13 @@ def test_predict_and_scan_give_each_face_its_routes_verdict(routed, some_faces, 
         assert (p_minor is not None) == chip and minor == reading.verdict(age, bool(barred), edge_filled=chip)["minor"]
 
 
-def test_evaluate_reads_the_stored_faces_through_the_route(routed, small_dataset, capsys):
+def test_evaluate_reads_the_stored_faces_through_the_route(routed, one_part_model, small_dataset, capsys):
     """The stored faces' frames left their chips: `evaluate` reads them with the edge part, at its
     flag, as the edge model alone; it says how many went there and at which flags."""
     path, _, _ = routed
     _, data, _, _ = small_dataset
     measured = []
-    for model in (str(path), DEFAULT):
+    for model in (str(path), str(one_part_model)):
         assert main(["evaluate", "--model", model, "--data", str(data), "--format", "json", "--bootstrap", "0"]) == 0
         measured.append(json.loads(capsys.readouterr().out))
     through, edge = measured
@@ -147,11 +147,11 @@ def test_evaluate_reads_the_stored_faces_through_the_route(routed, small_dataset
         assert through[variant]["minor_recall"] == pytest.approx(edge[variant]["minor_recall"], abs=0.02)
 
 
-def test_combine_refuses_parts_that_cannot_go_together(routed):
+def test_combine_refuses_parts_that_cannot_go_together(routed, one_part_model):
     """An edge part of another age range, or a routed model given another edge part, is refused."""
     path, _, _ = routed
     net, card = load_network(Path(DEFAULT))
     with pytest.raises(ValueError, match="reports ages differently"):
         attach_edge(net, replace(card, max_age=None), *load_network(Path(DEFAULT)), "default")
-    assert main(["combine", str(path), "--edge", DEFAULT, "--out", str(path.parent / "twice.safetensors")]) == 2
+    assert main(["combine", str(path), "--edge", str(one_part_model), "--out", str(path.parent / "twice.safetensors")]) == 2
     assert not (path.parent / "twice.safetensors").exists()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from minorage import AgeEstimator
 from minorage.cli import main
 
 from .conftest import CHROMIUM_FLAGS, scan_in_background, wait_for_files
@@ -177,11 +178,15 @@ def test_resuming_with_another_model_is_refused(tmp_path, utkface_files, capsys)
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
     capsys.readouterr()
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--model", "imdb"]) == 2
-    assert "--model minorage-default" in (err := capsys.readouterr().err) and "(this run: imdb)" in err and "--model (its calibration)" in err
+    default = AgeEstimator.from_pretrained()
+    assert f"--model {default.card.name}" in (err := capsys.readouterr().err) and "(this run: imdb)" in err and "--model (its calibration)" in err
     # nor with another minor flag threshold: the case's flags would mean two things
     assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "18.5"]) == 2
-    assert "--minor-below 17.5 (this run: 18.5)" in capsys.readouterr().err
-    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", "17.5"]) == 0
+    assert f"--minor-below {default.minor_below} (this run: 18.5)" in capsys.readouterr().err
+    # one flag for every route and kind of face is another setting than the model's own per route, even at the same value
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1", "--minor-below", str(default.minor_below)]) \
+        == (2 if default.edge or default.card.minor_below_barred is not None else 0)
+    assert main(["scan", str(folder), "--out", str(tmp_path / "case"), "--workers", "1"]) == 0
 
 
 def test_report_formats(evidence, tmp_path):

@@ -201,7 +201,8 @@ def test_training_can_start_from_one_network_of_an_ensemble():
     from minorage.paper.training import initial_network
 
     default = packaged_model_path()
-    ensemble, _ = load_checkpoint(default)
+    net, _ = load_checkpoint(default)
+    ensemble = getattr(net, "main", net)  # of a model with an edge part, its main part's networks
     start, licence = initial_network(TrainConfig(init=str(default), init_member=1, V=ensemble.cfg.V))
     assert "SSR-Net" in licence
     for key, value in start.state_dict().items():
@@ -221,7 +222,8 @@ def test_combine_can_move_a_fine_tune_back_toward_its_start_and_set_the_flag(sma
 
     _, data, _, _ = small_dataset
     default = packaged_model_path()
-    start = load_checkpoint(default)[0].members[1]
+    net = load_checkpoint(default)[0]
+    start = getattr(net, "main", net).members[1]  # of a model with an edge part, its main part's networks
     cfg = TrainConfig(init=str(default), init_member=1, V=start.cfg.V, adult_target=30, epochs=1, batch_size=32)
     train(data, tmp_path / "tuned", cfg, progress=False)
     tuned = tmp_path / "tuned" / "model.safetensors"

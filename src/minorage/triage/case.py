@@ -98,7 +98,7 @@ CREATE VIEW IF NOT EXISTS decisions AS  -- each reviewed face's latest decision
 #: Settings that change a case's results, with the option that sets each.
 SETTING_OPTIONS = {
     "model": "--model", "model_sha256": "--model (SHA-256)", "minor_below": "--minor-below", "minor_above": "--minor-above",
-    "calibration": "--model (its calibration)",
+    "calibration": "--model (its calibration)", "routes": "--minor-below (flags per route: normal, barred, edge normal, edge barred)",
     "detector": "--detector", "min_face_size": "--min-face-size", "thresholds": "--thresholds",
     "yunet_threshold": "--yunet-threshold", "crop_padding": "--crop-padding", "pyramid_factor": "--pyramid-factor",
     "max_pixels": "--max-pixels", "max_bytes": "--max-bytes", "video_every": "--video-every",

@@ -58,7 +58,7 @@ from minorage.triage.case import (
     open_case,
     prepare_folder,
 )
-from minorage.triage.pipeline import Framings, FramedFace, Reading, ages_by_item, find_faces
+from minorage.triage.pipeline import FramedFace, Framings, Reading, ages_by_item, find_faces
 from minorage.triage.workers import Failed, Supervisor
 
 #: Every status a file, folder or link can have in a case, and what it means.
@@ -260,8 +260,7 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
         "model": estimator.card.name or estimator.source,
         "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
         "minor_below": estimator.minor_below, "minor_above": reading.minor_above,
-        **({"routes": _digest({"barred": estimator.card.minor_below_barred, "edge": estimator.card.edge})}
-           if estimator.edge or estimator.card.minor_below_barred is not None else {}),
+        **({"routes": _routes(estimator)} if estimator.edge or estimator.card.minor_below_barred is not None else {}),
         "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
         "thresholds": list(detector_cfg.thresholds), "yunet_threshold": detector_cfg.yunet_threshold,
@@ -272,9 +271,16 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
     }
 
 
+def _routes(estimator: AgeEstimator) -> list:
+    """The flags in force per route and kind of face (main normal, main barred, then the edge
+    part's), and the edge part's calibration: a user's `--minor-below` replaces them all."""
+    parts = [estimator, *([estimator.edge] if estimator.edge else [])]
+    edge_calibration = estimator.edge.card.calibration if estimator.edge else None
+    return [*(part.flag(barred) for part in parts for barred in (False, True)), _digest(edge_calibration) if edge_calibration else None]
+
+
 def _digest(data: dict) -> str:
-    """A short fingerprint of a part of the model card (calibration, flags per route: they live in
-    the card, beside the weights' hash)."""
+    """A short fingerprint of a calibration (it lives in the model card, beside the weights' hash)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
