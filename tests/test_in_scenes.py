@@ -58,6 +58,7 @@ def test_evaluate_in_scenes_finds_frames_and_ages_the_test_photos(small_dataset,
         assert measured["n"] == round(scenes["found"] * 24)
         for key in ("by_degradation", "by_sex", "by_ethnicity"):
             assert sum(part["photos"] for part in scenes[key].values()) == 24
+        assert measured["taken_as_barred"] == pytest.approx(0.0 if variant == "org" else 1.0, abs=0.1)  # the eye-bar test, as predict runs it
         if "minors_flagged_with_misses" in scenes:
             assert scenes["minors_flagged_with_misses"] <= measured["minor_recall"] + 1e-9
         assert 0 < measured["MAE"] < 15

@@ -126,6 +126,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
         ("minor flag threshold (estimate below)", "minor_below", "{:.1f}"),
         ("  faces read by the edge part (frame left the photo)", "routed_to_edge", "{:.1%}"),
         ("  the edge part's flag threshold", "edge_minor_below", "{:.1f}"),
+        ("  faces the eye-bar test calls barred (in scenes: they get the barred flag)", "taken_as_barred", "{:.1%}"),
         ("minors' recall (< 18 flagged)", "minor_recall", "{:.1%}"),
         ("specificity on 18-25", "specificity_18_25", "{:.1%}"),
         ("adults 26+ called minors", "adults_called_minors", "{:.1%}"),

@@ -8,8 +8,9 @@ eye points) is pasted whole (hair and neck kept around the face, only the rim bl
 face-free picture at a random size, place and angle, and given one of `wild.DEGRADATIONS` in
 turn (`wild.wild_photo`); the detector's face that overlaps the pasted
 one (IoU at least 0.3, as the detection benchmark counts it) is framed as `predict` frames it
-(for a model with an edge part, a face whose frame leaves the scene is read by that part, at its
-own flags).
+(for a model with an edge part, a face whose frame leaves the scene is read by that part) and
+flagged as `predict` flags it: a model with a flag of its own for eye-barred faces applies it to
+the faces the eye-bar test calls barred, whichever copy they came from.
 
 A face the detector misses gets no age: the age measures are over the faces found, and the
 share found, with the minors' recall counting a missed child as not flagged, is reported beside
@@ -30,7 +31,7 @@ from minorage.config import Framing
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_routed
-from minorage.faces.occlusion import occlude
+from minorage.faces.occlusion import eyes_occluded, occlude
 from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.model.estimator import AgeEstimator
@@ -81,20 +82,22 @@ Framed = tuple[np.ndarray, bool] | None  # a face's model input and whether it g
 
 
 def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[tuple[Framing, Framing | None]],
-                seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str]]:
+                seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str], np.ndarray]:
     """Each photo in its scene (the same scenes for a seed, barred or not), the face the
-    detector found framed once per model's framings (`AgeEstimator.framings`), and each scene's look."""
+    detector found framed once per model's framings (`AgeEstimator.framings`), each scene's look,
+    and whether the eye-bar test calls the face found barred (False where none was found)."""
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(seed)
     crops: list[list[Framed]] = [[] for _ in framings]
-    kinds = []
+    kinds, seen_barred = [], []
     for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
         kinds.append(DEGRADATIONS[k % len(DEGRADATIONS)])
         scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kinds[-1], rng)
         face = face_in(scene, detector)
+        seen_barred.append(face is not None and eyes_occluded(scene.image, face))
         for pair, framed in zip(framings, crops):
             framed.append(None if face is None else frame_routed(scene.image, face.box, *pair, face.eyes))
-    return crops, kinds
+    return crops, kinds, np.array(seen_barred, bool)
 
 
 def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),
@@ -108,8 +111,8 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
     ages = np.array([float(r["age"]) for r in rows])
     results = {}
     for variant in variants:
-        (crops,), kinds = scene_crops(rows, variant == "ocl", detector, [estimator.framings], seed, progress)
-        results[variant] = _measures(estimator, variant == "ocl", ages, crops, np.array(kinds), people, resamples)
+        (crops,), kinds, seen_barred = scene_crops(rows, variant == "ocl", detector, [estimator.framings], seed, progress)
+        results[variant] = _measures(estimator, variant == "ocl", seen_barred, ages, crops, np.array(kinds), people, resamples)
     return results
 
 
@@ -125,11 +128,10 @@ def estimates(estimator: AgeEstimator, crops: list[Framed]) -> tuple[np.ndarray,
     return pred, filled
 
 
-def flags(estimator: AgeEstimator, filled: np.ndarray, barred: bool) -> metrics.Below:
-    """Each face's flag threshold: its own part's, for its kind."""
-    if estimator.edge is None:
-        return estimator.flag(barred)
-    return np.where(filled, estimator.edge.flag(barred), estimator.flag(barred))
+def flags(estimator: AgeEstimator, filled: np.ndarray, barred: np.ndarray) -> np.ndarray:
+    """Each face's flag threshold: its own part's, for the kind the eye-bar test says it is."""
+    edge = estimator.edge or estimator
+    return np.where(filled, np.where(barred, edge.flag(True), edge.flag(False)), np.where(barred, estimator.flag(True), estimator.flag(False)))
 
 
 def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDetector, data_dir: Path, exclude: Iterable[str] = (),
@@ -145,7 +147,7 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
     minors = np.rint(ages) < MINOR_LIMIT
     mine, theirs = [], []
     for barred in (False, True):
-        (own, ref), _ = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
+        (own, ref), _, _ = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
         mine.append(estimates(estimator, own)[0][minors])
         theirs.append(estimates(reference, ref)[0][minors])
     mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs) < reference.minor_below))
@@ -156,17 +158,22 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
                         for kind, m, t in zip(("normal", "barred"), mine, theirs)}}
 
 
-def _measures(estimator: AgeEstimator, barred: bool, true: np.ndarray, crops: list[Framed], kinds: np.ndarray,
-              people: list[tuple[str, str]], resamples: int) -> dict:
-    """The age measures over the faces found, and what was found, overall and by group."""
+def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, true: np.ndarray, crops: list[Framed],
+              kinds: np.ndarray, people: list[tuple[str, str]], resamples: int) -> dict:
+    """The age measures over the faces found, and what was found, overall and by group; each
+    face flagged at its part's flag for the kind the eye-bar test says it is."""
     found = np.array([c is not None for c in crops])
     pred, filled = estimates(estimator, crops)
-    below = flags(estimator, filled, barred)
+    below = flags(estimator, filled, seen_barred)
+    if below.size and np.all(below == below.flat[0]):
+        below = float(below.flat[0])  # one flag for every face: recorded as the model's flag
     seen = metrics.picked(below, found)
     out = metrics.evaluate(true[found], pred[found], seen)
+    out["taken_as_barred"] = float(seen_barred[found].mean()) if found.any() else 0.0
+    if np.ndim(below):  # flags per face: the main part's for this copy's kind, and the edge part's
+        out["minor_below"] = estimator.flag(barred)
     if estimator.edge is not None:
-        out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0,
-                   minor_below=estimator.flag(barred), edge_minor_below=estimator.edge.flag(barred))
+        out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0, edge_minor_below=estimator.edge.flag(barred))
     if resamples:
         out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], seen, resamples)
     labels = {key: np.array([p[i] for p in people]) for i, key in enumerate(FAIRNESS_KEYS)}
