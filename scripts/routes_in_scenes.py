@@ -17,7 +17,7 @@ and `--choose-photos`, then applied unchanged to the photos that judge (`--judge
 the first), and to the data set's stored test faces, routed by where each face's frame lay in
 its photo.
 
-    .venv/bin/python scripts/routes_in_scenes.py --model runs/scene-v8/model.safetensors --edge-model default \\
+    .venv/bin/python scripts/routes_in_scenes.py --model runs/scene-v8/model.safetensors --edge-model runs/default-v8/model.safetensors \\
         --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
 """
 
@@ -131,7 +131,7 @@ def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstima
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model for faces with the photo's own surroundings")
-    parser.add_argument("--edge-model", default="default", help="the model for faces whose frame the edge filled (default: %(default)s)")
+    parser.add_argument("--edge-model", required=True, help="the model for faces whose frame the edge filled (v8 until 0.4.8's default)")
     parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
     parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
     parser.add_argument("--choose-skip", type=int, required=True, help="the route's flag is chosen on the photos after the first K")
@@ -144,6 +144,8 @@ def main() -> None:
     data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
     edge, model = AgeEstimator.from_pretrained(args.edge_model), AgeEstimator.from_pretrained(args.model)
+    if edge.edge is not None or model.edge is not None:
+        parser.error("the route is measured here from two models of one part each; a model with an edge part is one already")
     known = photo_demographics(data)
     report = {}
     for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):

@@ -103,7 +103,7 @@ def test_predict_and_scan_frame_faces_as_the_model_card_says(some_faces):
 
 
 @pytest.mark.slow
-def test_a_flag_chosen_in_scenes_reaches_the_reference_models_share_of_minors(small_dataset, tmp_path, capsys):
+def test_a_flag_chosen_in_scenes_reaches_the_reference_models_share_of_minors(small_dataset, one_part_model, tmp_path, capsys):
     """`flag_like`: the same networks judged against themselves keep 17.5; against themselves
     flagging below 20, the lowest flag that flags as many minors in the same scenes, never
     above 20. `evaluate --scenes-skip` takes the photos after those skipped."""
@@ -112,10 +112,10 @@ def test_a_flag_chosen_in_scenes_reaches_the_reference_models_share_of_minors(sm
 
     _, data, _, _ = small_dataset
     detector = FaceDetector()
-    model = AgeEstimator.from_pretrained("default")
+    model = AgeEstimator.from_pretrained(str(one_part_model))
     same = flag_like(model, model, detector, data, photos=16, skip=4, progress=False)
     assert same["minor_below"] == 17.5 and same["flagged"] == same["reference_flagged"] and same["photos"] == 16
-    generous = AgeEstimator.from_pretrained("default", minor_below=20.0)
+    generous = AgeEstimator.from_pretrained(str(one_part_model), minor_below=20.0)
     chosen = flag_like(model, generous, detector, data, photos=16, skip=4, progress=False)
     assert 17.5 <= chosen["minor_below"] <= 20.0 and chosen["flagged"] >= chosen["reference_flagged"]
     assert chosen["reference_flagged"] >= same["reference_flagged"]

@@ -49,14 +49,14 @@ def test_each_face_is_flagged_against_its_own_routes_threshold():
 
 
 @pytest.mark.slow
-def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset):
+def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset, one_part_model):
     """Real photos in scenes: with the same model on both routes the route's ages are that model's,
     and its flag stays the model's own."""
     routes = _script()
     from minorage.paper.in_scenes import photos_of_test_split
 
     _, data, _, _ = small_dataset
-    model = AgeEstimator.from_pretrained("default")
+    model = AgeEstimator.from_pretrained(str(one_part_model))
     rows = [r for r in photos_of_test_split(data) if float(r["age"]) < 18][:6] + photos_of_test_split(data, photos=6)
     read = routes.read_scenes(rows, False, FaceDetector(), model, model)
     assert read["found"].sum() >= 10
@@ -64,3 +64,15 @@ def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset)
     minors = np.rint([float(r["age"]) for r in rows]) < 18
     assert minors.sum() >= 6
     assert routes.choose_flag([read], minors, model.minor_below) == model.minor_below
+
+
+def test_the_script_refuses_a_model_that_has_an_edge_part_already(small_dataset, monkeypatch, capsys):
+    """The shipped model routes by frame itself: measuring a route with it as one side would read
+    only its main part, so the script says so and stops."""
+    routes = _script()
+    _, data, _, _ = small_dataset
+    monkeypatch.setattr("sys.argv", ["routes_in_scenes.py", "--model", "default", "--edge-model", "default", "--data", str(data),
+                                     "--choose-skip", "0"])
+    with pytest.raises(SystemExit):
+        routes.main()
+    assert "edge part" in capsys.readouterr().err

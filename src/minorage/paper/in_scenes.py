@@ -141,20 +141,23 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
     pooled, a missed face unflagged; both read the same scenes and the same faces found.
 
     Why: a model that reads faces in photos better can move its estimates as a whole; its flag
-    is then chosen on scenes of photos no judgement uses (`skip` the ones that judge)."""
+    is then chosen on scenes of photos no judgement uses (`skip` the ones that judge). The
+    reference flags each face as `predict` would (its part's flag for the kind the eye-bar test
+    says); the flag chosen is one for every face of `estimator`."""
     rows = photos_of_test_split(data_dir, exclude, photos, skip)
     ages = np.array([float(r["age"]) for r in rows])
     minors = np.rint(ages) < MINOR_LIMIT
     mine, theirs = [], []
     for barred in (False, True):
-        (own, ref), _, _ = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
+        (own, ref), _, seen_barred = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
         mine.append(estimates(estimator, own)[0][minors])
-        theirs.append(estimates(reference, ref)[0][minors])
-    mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs) < reference.minor_below))
+        pred, filled = estimates(reference, ref)
+        theirs.append((pred < flags(reference, filled, seen_barred))[minors])
+    mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs)))
     below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
     return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
             "flagged": float(np.mean(mine_all < below)),
-            "by_kind": {kind: {"reference": float(np.mean(t < reference.minor_below)), "model": float(np.mean(m < below))}
+            "by_kind": {kind: {"reference": float(np.mean(t)), "model": float(np.mean(m < below))}
                         for kind, m, t in zip(("normal", "barred"), mine, theirs)}}
 
 
