@@ -75,6 +75,7 @@ def test_each_route_and_kind_of_face_is_read_at_its_own_flag(routed):
     assert not on_edge["minor"] and 0 < on_edge["p_minor"] < 1
     assert reading.verdict(17.4, eyes_barred=True, edge_filled=True)["minor"]
     assert not reading.verdict(17.8, eyes_barred=True, edge_filled=True)["minor"]
+    assert [reading.flag_below(b, e) for e in (False, True) for b in (False, True)] == [18.0, 19.0, 17.5, 17.5]
     chosen = Reading.of(AgeEstimator.from_pretrained(str(path), minor_below=17.0))
     assert not chosen.verdict(17.5, eyes_barred=True)["minor"] and not chosen.verdict(17.5, edge_filled=True)["minor"]
     with pytest.raises(ValueError, match="calibrated"):  # a flag stated as a probability needs p_minor on every route
@@ -115,9 +116,10 @@ def test_predict_and_scan_give_each_face_its_routes_verdict(routed, some_faces, 
     photos = [r for r in rows if Path(r["path"]).name.startswith("photo")]
     assert chips and photos and all("p_minor" in r for r in chips) and not any("p_minor" in r for r in photos)
     for r in chips:
-        assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"], edge_filled=True)["minor"]
+        assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"], edge_filled=True)["minor"] and r["minor_below"] == 17.5
     for r in photos:
         assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"])["minor"]
+        assert r["minor_below"] == (19.0 if r["eyes_occluded"] else 18.0)  # each row says the age its flag was read at
     case = tmp_path / "case"
     assert main(["scan", str(folder), "--out", str(case), "--model", str(path), "--workers", "1"]) == 0
     import sqlite3

@@ -104,14 +104,21 @@ class Reading:
         """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
         return shown_age(age, self.verdict(age, edge_filled=edge_filled)["group"])
 
+    def flag_below(self, eyes_barred: bool = False, edge_filled: bool = False) -> float:
+        """The age threshold one face is flagged by (unless `minor_above` flags by p_minor): its
+        part's, for its kind. Why outputs show it: a model with several flags flags 18.0 on one
+        face and not on another, and an examiner must see why."""
+        if edge_filled and self.edge is not None:
+            return self.edge.flag_below(eyes_barred)
+        return self.barred_below if eyes_barred and self.barred_below is not None else self.minor_below
+
     def verdict(self, age: float, eyes_barred: bool = False, edge_filled: bool = False) -> dict:
         """What every output says of one face's age: its group, the "probably a minor" flag and,
         for a calibrated model, p_minor and the 90 % interval."""
         if edge_filled and self.edge is not None:
             return self.edge.verdict(age, eyes_barred)
         adult = self.ceiling is not None and age >= self.ceiling
-        below = self.barred_below if eyes_barred and self.barred_below is not None else self.minor_below
-        said = {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, below)}
+        said = {"group": ADULT_GROUP if adult else age_group(age), "minor": is_minor(age, self.flag_below(eyes_barred))}
         if self.calibration is not None:
             fit = self.calibration.of(eyes_barred)
             low, high = fit.interval(np.array([age]))

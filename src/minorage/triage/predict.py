@@ -40,7 +40,7 @@ from minorage.faces.occlusion import eyes_occluded
 from minorage.model.estimator import AgeEstimator
 from minorage.triage.pipeline import FramedFace, Reading, ages_by_item, find_faces, frame_crop
 
-VERDICT_COLUMNS = ("age", "group", "minor", "p_minor", "age_low", "age_high")
+VERDICT_COLUMNS = ("age", "group", "minor", "minor_below", "p_minor", "age_low", "age_high")
 CROP_COLUMNS = ("path", *VERDICT_COLUMNS, "eyes_occluded", "framing", "box", "status", "error")
 FACE_COLUMNS = ("path", "frame_time", "face", *VERDICT_COLUMNS, "eyes_occluded", "score", "box", "eyes", "status", "error", "annotated")
 
@@ -81,6 +81,8 @@ def _face_row(item: _Image, index: int | None, framed: FramedFace, frame_time: f
     face = framed.face
     row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred, framed.edge_filled),
            "eyes_occluded": barred, "status": "ok"}
+    if reading.minor_above is None:  # the age the flag was read at: the model's own per part and kind of face
+        row["minor_below"] = reading.flag_below(barred, framed.edge_filled)
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
