@@ -43,7 +43,7 @@ def small_dataset(tmp_path_factory):
     return _small_dataset(tmp_path_factory)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def one_part_model(tmp_path_factory) -> Path:
     """The shipped model as a model of one part: its edge part (v8) where it has one, as its own
     checkpoint, for what takes a model of one part (`calibrate`, `combine --edge`)."""

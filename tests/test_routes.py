@@ -162,9 +162,7 @@ def test_combine_refuses_parts_that_cannot_go_together(routed, one_part_model):
 def test_in_scenes_each_face_gets_its_parts_flag_for_the_kind_the_eye_bar_test_says(routed):
     """By hand: as `predict` flags them, a face read by the main part gets 18.0, or 19.0 where the
     eye-bar test calls it barred; one read by the edge part its 17.5 either way."""
-    from minorage.paper.in_scenes import flags
-
     model = AgeEstimator.from_pretrained(str(routed[0]))
-    got = flags(model, np.array([False, False, True, True]), np.array([False, True, False, True]))
+    got = model.flags(np.array([False, False, True, True]), np.array([False, True, False, True]))
     assert got.tolist() == [18.0, 19.0, 17.5, 17.5]
-    assert flags(routed[2], np.array([False, True]), np.array([True, False])).tolist() == [17.5, 17.5]  # one part, one flag
+    assert routed[2].flags(np.array([False, True]), np.array([True, False])).tolist() == [17.5, 17.5]  # one part, one flag

@@ -75,6 +75,13 @@ class AgeEstimator:
             return self.card.minor_below_barred
         return self.minor_below
 
+    def flags(self, edge_filled: np.ndarray, eyes_barred: np.ndarray | bool) -> np.ndarray:
+        """Each face's flag: its part's (the edge part's for the faces `edge_filled` marks, where
+        the model has one), for its kind, as `predict` and `scan` read it out."""
+        edge = self.edge or self
+        return np.where(edge_filled, np.where(eyes_barred, edge.flag(True), edge.flag(False)),
+                        np.where(eyes_barred, self.flag(True), self.flag(False)))
+
     @property
     def calibration(self) -> Calibrations | None:
         """The card's calibrated p_minor and age interval (None for a model never calibrated)."""

@@ -60,8 +60,7 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
         if estimator.edge is None:
             return estimator.predict(shown), estimator.flag(barred), {}
         filled = frames_left_photo(data_dir, faces.ids)
-        below = np.where(filled, estimator.edge.flag(barred), estimator.flag(barred))
-        return estimator.predict(shown, edge_filled=filled), below, {
+        return estimator.predict(shown, edge_filled=filled), estimator.flags(filled, barred), {
             "routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
             "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)}
 

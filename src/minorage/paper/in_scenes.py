@@ -128,12 +128,6 @@ def estimates(estimator: AgeEstimator, crops: list[Framed]) -> tuple[np.ndarray,
     return pred, filled
 
 
-def flags(estimator: AgeEstimator, filled: np.ndarray, barred: np.ndarray) -> np.ndarray:
-    """Each face's flag threshold: its own part's, for the kind the eye-bar test says it is."""
-    edge = estimator.edge or estimator
-    return np.where(filled, np.where(barred, edge.flag(True), edge.flag(False)), np.where(barred, estimator.flag(True), estimator.flag(False)))
-
-
 def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDetector, data_dir: Path, exclude: Iterable[str] = (),
               photos: int = 0, skip: int = 0, seed: int = 0, progress: bool = True) -> dict:
     """The lowest flag (from 17.5 up, in tenths of a year) at which `estimator` flags at least
@@ -152,7 +146,7 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
         (own, ref), _, seen_barred = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
         mine.append(estimates(estimator, own)[0][minors])
         pred, filled = estimates(reference, ref)
-        theirs.append((pred < flags(reference, filled, seen_barred))[minors])
+        theirs.append((pred < reference.flags(filled, seen_barred))[minors])
     mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs)))
     below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
     return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
@@ -167,7 +161,7 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
     face flagged at its part's flag for the kind the eye-bar test says it is."""
     found = np.array([c is not None for c in crops])
     pred, filled = estimates(estimator, crops)
-    below = flags(estimator, filled, seen_barred)
+    below = estimator.flags(filled, seen_barred)
     if below.size and np.all(below == below.flat[0]):
         below = float(below.flat[0])  # one flag for every face: recorded as the model's flag
     seen = metrics.picked(below, found)

@@ -4,8 +4,9 @@ An image's faces are found and each framed as the model expects (`find_faces`); 
 several files are aged in one network pass and the ages handed back file by file
 (`ages_by_item`); each age becomes the reported group and flag (`Reading.verdict`). A model with
 an edge part reads the faces whose frame leaves the image with it, and reads them out by its own
-flags and calibration (`FramedFace.edge_filled`). `predict` runs the whole path in one process; `scan` finds faces in its worker processes and ages them in the main
-one, so that its batches stay large.
+flags and calibration (`FramedFace.edge_filled`). `predict` runs the whole path in one process;
+`scan` finds faces in its worker processes and ages them in the main one, so that its batches
+stay large.
 """
 
 from __future__ import annotations
