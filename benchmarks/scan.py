@@ -3,7 +3,7 @@ are (UTKFace's 200 px chips) and as scenes of 640 and 1280 px; the share of time
 decoding, detection, age estimation and storing; and the peak memory of a 10,000-file scan.
 
     .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--min-face-size N] [--detectors W ...]
-        [--yunet-face-px PX ...] [--factor F ...]
+        [--yunet-face-px PX ...] [--factor F ...] [--models M ...]
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size with two real UTKFace
 faces pasted in at 1/4 and 1/8 of its width, written as JPEG. The 10,000-file scan uses
@@ -72,8 +72,8 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_one(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorConfig) -> dict:
-    summary = scan([str(folder)], case, AgeEstimator.from_pretrained("default"), detector, cfg, progress=False)
+def run_one(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorConfig, model: str = "default") -> dict:
+    summary = scan([str(folder)], case, AgeEstimator.from_pretrained(model), detector, cfg, progress=False)
     total = sum(summary.stage_seconds.values()) or 1.0
     return {
         "files": summary.scanned,
@@ -97,13 +97,15 @@ def main() -> None:
                         "side by side with each detector (default: the default)")
     parser.add_argument("--factor", type=float, nargs="+", default=[ScanConfig().pyramid_factor],
                         help="image pyramid steps, each timed side by side with each detector (default: scan's)")
+    parser.add_argument("--models", nargs="+", default=["default"],
+                        help="age models (`--model` of scan), each timed side by side with each detector choice (default: %(default)s)")
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)  # internal: one scan in a fresh process
     args = parser.parse_args()
     cfg = ScanConfig(workers=args.workers)
     detector = DetectorConfig(min_face_size=args.min_face_size, weights=args.detectors[0], yunet_face_px=args.yunet_face_px[0], factor=args.factor[0])
     if args.memory_run:
         folder = Path(args.memory_run)
-        print(json.dumps(run_one(folder / "photos", folder / "case", cfg, detector)))
+        print(json.dumps(run_one(folder / "photos", folder / "case", cfg, detector, args.models[0])))
         return
     report = {"cores": len(os.sched_getaffinity(0)), "workers": cfg.workers or "one per core", "min_face_size": args.min_face_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,17 +113,20 @@ def main() -> None:
         link_photos(tmp / "utkface", args.photos)
         for size in (640, 1280):
             write_scenes(tmp / f"scenes_{size}", size, args.photos)
-        variants = [(w, px, f) for w in args.detectors for px in args.yunet_face_px for f in args.factor]
-        for k, (weights, face_px, factor) in enumerate(variants):  # each on the same folders, in turn
+        variants = [(w, px, f, m) for w in args.detectors for px in args.yunet_face_px for f in args.factor for m in args.models]
+        for k, (weights, face_px, factor, model) in enumerate(variants):  # each on the same folders, in turn
             chosen = DetectorConfig(min_face_size=args.min_face_size, weights=weights, yunet_face_px=face_px, factor=factor)
-            name = ", ".join([weights] + [f"yunet_face_px {face_px}"] * (len(args.yunet_face_px) > 1) + [f"factor {factor}"] * (len(args.factor) > 1))
-            report[name] = {"utkface_200px": run_one(tmp / "utkface", tmp / f"case_utk_{k}", cfg, chosen)}
+            name = ", ".join([weights] + [f"yunet_face_px {face_px}"] * (len(args.yunet_face_px) > 1) + [f"factor {factor}"] * (len(args.factor) > 1)
+                             + [f"model {model}"] * (len(args.models) > 1))
+            name += f" (run {sum(key.startswith(name) for key in report) + 1})" if variants.count(variants[k]) > 1 else ""
+            report[name] = {"utkface_200px": run_one(tmp / "utkface", tmp / f"case_utk_{k}", cfg, chosen, model)}
             for size in (640, 1280):
-                report[name][f"scenes_{size}px"] = run_one(tmp / f"scenes_{size}", tmp / f"case_{size}_{k}", cfg, chosen)
+                report[name][f"scenes_{size}px"] = run_one(tmp / f"scenes_{size}", tmp / f"case_{size}_{k}", cfg, chosen, model)
         if args.big:
             link_photos(tmp / "big" / "photos", args.big)
             command = [sys.executable, __file__, "--memory-run", str(tmp / "big"), "--workers", str(args.workers), "--min-face-size", str(args.min_face_size),
-                       "--detectors", args.detectors[0], "--yunet-face-px", str(args.yunet_face_px[0]), "--factor", str(args.factor[0])]
+                       "--detectors", args.detectors[0], "--yunet-face-px", str(args.yunet_face_px[0]), "--factor", str(args.factor[0]),
+                       "--models", args.models[0]]
             process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
             peak = 0
             while process.poll() is None:
