@@ -33,7 +33,7 @@ from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.faces.framing import frame_face, leaves_image
+from minorage.faces.framing import filled_share, frame_face
 from minorage.faces.wild import DEGRADATIONS
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
@@ -47,26 +47,32 @@ KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
 def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, edge: AgeEstimator, model: AgeEstimator,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Per photo in its scene (the scenes of `evaluate --scenes` for the same rows and seed):
-    found, whether the frame leaves the image, and each model's age (inf where missed)."""
+    found, the share of the edge model's frame past the image, and each model's age (inf where missed)."""
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(seed)
-    found, leaves, edge_crops, model_crops = [], [], [], []
+    found, shares, edge_crops, model_crops = [], [], [], []
     for k, row in enumerate(rows):
         scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
         face = face_in(scene, detector)
         found.append(face is not None)
-        leaves.append(face is not None and leaves_image(scene.image.shape, face.box, edge.framing.margin))
+        shares.append(0.0 if face is None else filled_share(scene.image.shape, face.box, edge.framing.margin))
         if face is not None:
             edge_crops.append(frame_face(scene.image, face.box, edge.framing, face.eyes))
             model_crops.append(frame_face(scene.image, face.box, model.framing, face.eyes))
     found_mask = np.array(found)
-    out = {"found": found_mask, "leaves": np.array(leaves)}
+    out = {"found": found_mask, "share": np.array(shares)}
     for name, estimator, crops in (("edge", edge, edge_crops), ("model", model, model_crops)):
         ages = np.full(len(rows), np.inf)
         if crops:
             ages[found_mask] = estimator.predict(np.stack(crops))
         out[name] = ages
     return out
+
+
+def at_share(read: dict[str, np.ndarray], above: float) -> dict[str, np.ndarray]:
+    """The read with each face's route: to the edge model where more than `above` of its frame
+    lay past the image."""
+    return {**read, "leaves": read["share"] > above}
 
 
 def routed(read: dict[str, np.ndarray]) -> np.ndarray:
@@ -109,23 +115,43 @@ def measures(ages: np.ndarray, found: np.ndarray, est: np.ndarray, flags: np.nda
             "worst_ethnicity": {worst: by_ethnicity[worst]} if worst else {}}
 
 
-def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstimator, flags: dict[str, float]) -> dict:
-    """The route on the data set's stored test faces: a face whose frame left its photo (where the
-    build repeated the edge pixels) to the edge model, the others to the model at the route flag."""
+def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstimator, routes: dict[float, dict[str, float]]) -> dict:
+    """The route on the data set's stored test faces, for each share `above` and its flags: a face
+    more of whose frame than that lay past its photo (where the build repeated the edge pixels)
+    to the edge model, the others to the model at the route flag."""
     known, (skip, _) = photo_demographics(data), photo_ids(data, left_out)
-    out = {}
+    out: dict = {}
     for kind, variant in zip(KINDS, ("org", "ocl")):
         faces = load_faces(data, "test", variant)
         faces = faces.subset(~np.isin(faces.ids, list(skip)))
         extents = photo_extents(data, faces.ids)
         size = faces.faces.shape[1]
+        inside = (extents[:, 2] - extents[:, 0]) * (extents[:, 3] - extents[:, 1]) / size**2
         read = {"found": np.ones(len(faces), bool), "edge": edge.predict(faces.faces), "model": model.predict(faces.faces),
-                "leaves": (extents[:, 0] > 0) | (extents[:, 1] > 0) | (extents[:, 2] < size) | (extents[:, 3] < size)}
+                "share": 1.0 - inside}
         people = [known[i] for i in faces.ids.tolist()]
-        out[kind] = {"faces": len(faces), "routed_to_edge_model": float(read["leaves"].mean()),
-                     "edge_model_alone": measures(faces.ages, read["found"], read["edge"], read["edge"] < edge.minor_below, people),
-                     "routed_at_route_flag": measures(faces.ages, read["found"], routed(read), flagged(read, edge.minor_below, flags[kind]), people)}
+        out[kind] = {"faces": len(faces), "edge_model_alone": measures(faces.ages, read["found"], read["edge"], read["edge"] < edge.minor_below, people)}
+        for above, flags in routes.items():
+            r = at_share(read, above)
+            out[kind][f"edge_above_{above}"] = {
+                "routed_to_edge_model": float(r["leaves"].mean()),
+                "routed_at_route_flag": measures(faces.ages, r["found"], routed(r), flagged(r, edge.minor_below, flags[kind]), people)}
     return out
+
+
+def choose_share(reads: list[dict], ages: np.ndarray, people: list[tuple[str, str]], shares: list[float], edge_below: float,
+                 per_kind: bool) -> tuple[float, dict[float, dict[str, float]]]:
+    """Each candidate share's route flags (`choose_flag`), and the share whose route calls the
+    fewest women aged 26+ minors at them, normal and barred faces summed; ties to the smaller share."""
+    minors = np.rint(ages) < MINOR_LIMIT
+    flags, women = {}, {}
+    for above in sorted(set(shares)):
+        mine = [at_share(r, above) for r in reads]
+        flags[above] = ({kind: choose_flag([r], minors, edge_below) for kind, r in zip(KINDS, mine)} if per_kind
+                        else dict.fromkeys(KINDS, choose_flag(mine, minors, edge_below)))
+        women[above] = sum(measures(ages, r["found"], routed(r), flagged(r, edge_below, flags[above][kind]), people)["female_26+_called_minors"]
+                           for kind, r in zip(KINDS, mine))
+    return min(sorted(women), key=women.get), flags
 
 
 def main() -> None:
@@ -140,6 +166,10 @@ def main() -> None:
     parser.add_argument("--flag-per-kind", action="store_true",
                         help="choose the route's flag for normal and for eye-barred faces apart, each against the edge model's "
                              "share of that kind's minors (default: one flag, the two kinds pooled)")
+    parser.add_argument("--edge-above", type=float, nargs="+", default=[0.0],
+                        help="shares of a face's frame past the image above which it goes to the edge model, each with its own "
+                             "flags; the one calling the fewest women aged 26+ minors on the choosing photos is judged, beside "
+                             "0 (any of the frame past the image) when 0 is among them (default: 0)")
     args = parser.parse_args()
     data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
@@ -147,7 +177,7 @@ def main() -> None:
     if edge.edge is not None or model.edge is not None:
         parser.error("the route is measured here from two models of one part each; a model with an edge part is one already")
     known = photo_demographics(data)
-    report = {}
+    report: dict = {}
     for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
         if part == "judged_on" and not args.judge_photos:
             break
@@ -155,18 +185,20 @@ def main() -> None:
         ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
         reads = [read_scenes(rows, barred, detector, edge, model) for barred in (False, True)]
         if part == "chosen_on":
-            minors = np.rint(ages) < MINOR_LIMIT
-            flags = ({kind: choose_flag([r], minors, edge.minor_below) for kind, r in zip(KINDS, reads)} if args.flag_per_kind
-                     else dict.fromkeys(KINDS, choose_flag(reads, minors, edge.minor_below)))
-        report[part] = {"photos": len(rows), "route_flags": flags, **{
-            kind: {"routed_to_edge_model": float(r["leaves"][r["found"]].mean()),
-                   "edge_model_alone": measures(ages, r["found"], r["edge"], r["edge"] < edge.minor_below, people),
-                   "model_alone_at_edge_flag": measures(ages, r["found"], r["model"], r["model"] < edge.minor_below, people),
-                   "routed_at_edge_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, edge.minor_below), people),
-                   "routed_at_route_flag": measures(ages, r["found"], routed(r), flagged(r, edge.minor_below, flags[kind]), people)}
-            for kind, r in zip(KINDS, reads)}}
+            best, flags = choose_share(reads, ages, people, args.edge_above, edge.minor_below, args.flag_per_kind)
+            shown = flags  # every candidate where it is chosen; then only the chosen share and 0
+            routes = {above: flags[above] for above in sorted({best} | ({0.0} & set(args.edge_above)))}
+        report[part] = {"photos": len(rows), **({"edge_above_chosen": best} if part == "chosen_on" else {})}
+        for kind, r in zip(KINDS, reads):
+            report[part][kind] = {"edge_model_alone": measures(ages, r["found"], r["edge"], r["edge"] < edge.minor_below, people),
+                                  "model_alone_at_edge_flag": measures(ages, r["found"], r["model"], r["model"] < edge.minor_below, people)}
+            for above, kinds in (shown if part == "chosen_on" else routes).items():
+                mine = at_share(r, above)
+                report[part][kind][f"edge_above_{above}"] = {
+                    "route_flag": kinds[kind], "routed_to_edge_model": float(mine["leaves"][mine["found"]].mean()),
+                    "routed_at_route_flag": measures(ages, mine["found"], routed(mine), flagged(mine, edge.minor_below, kinds[kind]), people)}
         print(json.dumps({part: report[part]}, indent=1), flush=True)
-    print(json.dumps({"stored_test_faces": stored(data, left_out, edge, model, flags)}, indent=1))
+    print(json.dumps({"stored_test_faces": stored(data, left_out, edge, model, routes)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.faces.detection import FaceDetector
-from minorage.faces.framing import frame_face, frame_routed, leaves_image
+from minorage.faces.framing import filled_share, frame_face, frame_routed, leaves_image
 from minorage.model.checkpoint import load_network, save_checkpoint
 from minorage.model.ensemble import attach_edge
 from minorage.triage.pipeline import Reading, ages_by_item, find_faces
@@ -43,6 +43,16 @@ def test_a_frame_that_leaves_the_image_is_told_by_where_it_lies():
     assert leaves_image((100, 100, 3), (5, 30, 45, 70), 0.2)  # 3 pixels short on the left
     assert leaves_image((100, 100, 3), (30, 55, 70, 95), 0.2)  # past the bottom
     assert not leaves_image((100, 100, 3), (8, 8, 48, 48), 0.2)  # exactly at the corner
+
+
+def test_the_share_of_a_frame_past_the_image_is_counted_by_hand():
+    """The 56-pixel square of a 40-pixel box at 20 %: 3 columns past the left edge are 3/56 of
+    it; 3 columns and 3 rows past a corner leave 53 * 53 of 56 * 56 inside."""
+    assert filled_share((100, 100, 3), (30, 30, 70, 70), 0.2) == 0.0
+    assert filled_share((100, 100, 3), (5, 30, 45, 70), 0.2) == pytest.approx(3 / 56)
+    assert filled_share((100, 100, 3), (5, 5, 45, 45), 0.2) == pytest.approx(1 - 53 * 53 / 56**2)
+    assert leaves_image((100, 100, 3), (5, 30, 45, 70), 0.2, above=0.05)  # 5.4 % past
+    assert not leaves_image((100, 100, 3), (5, 30, 45, 70), 0.2, above=0.06)
 
 
 def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, one_part_model, some_faces):

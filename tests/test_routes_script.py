@@ -20,12 +20,24 @@ def _script():
     return module
 
 
-def test_a_frame_leaves_the_image_only_past_its_edge():
+def test_a_face_goes_to_the_edge_model_only_above_the_share_asked():
     routes = _script()
-    inside = (100.0, 100.0, 200.0, 200.0)  # framed at 0.2: the square 80..220
-    assert not routes.leaves_image((300, 300, 3), inside, 0.2)
-    assert routes.leaves_image((210, 300, 3), inside, 0.2)  # past the bottom
-    assert routes.leaves_image((300, 300, 3), (10.0, 100.0, 110.0, 200.0), 0.2)  # past the left
+    read = {"share": np.array([0.0, 0.04, 0.3]), "edge": np.zeros(3), "model": np.ones(3)}
+    assert routes.at_share(read, 0.0)["leaves"].tolist() == [False, True, True]
+    assert routes.at_share(read, 0.05)["leaves"].tolist() == [False, False, True]
+
+
+def test_the_share_chosen_calls_the_fewest_women_minors():
+    """By hand, two adult women and a minor, normal and barred alike: any fill sends the second
+    woman (a tenth of her frame past the image) to the edge model, which calls her 17; above a
+    fifth she stays with the model, which calls her 30. Both shares flag the minor."""
+    routes = _script()
+    read = {"found": np.ones(3, bool), "share": np.array([0.0, 0.1, 0.3]),
+            "edge": np.array([30.0, 17.0, 12.0]), "model": np.array([30.0, 30.0, 30.0])}
+    ages, people = np.array([30.0, 40.0, 12.0]), [("female", "White")] * 3
+    best, flags = routes.choose_share([read, read], ages, people, [0.2, 0.0], 17.5, per_kind=True)
+    assert best == 0.2
+    assert flags == {0.0: {"normal": 17.5, "barred": 17.5}, 0.2: {"normal": 17.5, "barred": 17.5}}
 
 
 def test_each_face_is_flagged_against_its_own_routes_threshold():
@@ -60,10 +72,12 @@ def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset,
     rows = [r for r in photos_of_test_split(data) if float(r["age"]) < 18][:6] + photos_of_test_split(data, photos=6)
     read = routes.read_scenes(rows, False, FaceDetector(), model, model)
     assert read["found"].sum() >= 10
-    assert np.array_equal(routes.routed(read), read["edge"])
+    assert ((read["share"] >= 0) & (read["share"] < 1)).all()
+    for above in (0.0, 0.2):
+        assert np.array_equal(routes.routed(routes.at_share(read, above)), read["edge"])
     minors = np.rint([float(r["age"]) for r in rows]) < 18
     assert minors.sum() >= 6
-    assert routes.choose_flag([read], minors, model.minor_below) == model.minor_below
+    assert routes.choose_flag([routes.at_share(read, 0.0)], minors, model.minor_below) == model.minor_below
 
 
 def test_the_script_refuses_a_model_that_has_an_edge_part_already(small_dataset, monkeypatch, capsys):

@@ -31,10 +31,17 @@ def framed_square(box: tuple[float, float, float, float], margin: float) -> tupl
     return left, top, left + side_px, top + side_px
 
 
-def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> bool:
-    """Whether a face's frame reaches past the image, where framing fills it from the image's edge."""
+def filled_share(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> float:
+    """The share of a face's frame that lies past the image, where framing fills it from the
+    image's edge: 0 for a face well inside a photo, about a third for a UTKFace chip at 20 %."""
     x1, y1, x2, y2 = framed_square(box, margin)
-    return x1 < 0 or y1 < 0 or x2 > shape[1] or y2 > shape[0]
+    inside = max(0, min(x2, shape[1]) - max(x1, 0)) * max(0, min(y2, shape[0]) - max(y1, 0))
+    return 1.0 - inside / ((x2 - x1) * (y2 - y1))
+
+
+def leaves_image(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float, above: float = 0.0) -> bool:
+    """Whether more than `above` of a face's frame reaches past the image (any of it, by default)."""
+    return filled_share(shape, box, margin) > above
 
 
 def upright(image: np.ndarray, box: tuple[float, float, float, float], eyes: np.ndarray, side: int, border: str) -> np.ndarray:
