@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minorage.cli import main
-from minorage.config import DetectorConfig, Framing
+from minorage.config import DetectorConfig, Framing, Framings
 from minorage.faces.detection import FaceDetector, main_face
 from minorage.faces.framing import frame_face
 from minorage.model.checkpoint import load_network, save_checkpoint
@@ -93,13 +93,13 @@ def test_predict_and_scan_frame_faces_as_the_model_card_says(some_faces):
     photo = cv2.copyMakeBorder(cv2.imread(str(some_faces[3])), 100, 100, 100, 100, cv2.BORDER_REPLICATE)
     tilted = cv2.warpAffine(photo, cv2.getRotationMatrix2D((200, 200), -20, 1.0), (400, 400), borderMode=cv2.BORDER_REPLICATE)
     plain, aligned = Framing(margin=0.2), replace(Framing(margin=0.2), align=True)
-    as_is, upright = find_faces(tilted, detector, (plain, None)), find_faces(tilted, detector, (aligned, None))
+    as_is, upright = find_faces(tilted, detector, Framings(plain)), find_faces(tilted, detector, Framings(aligned))
     assert len(as_is) == len(upright) >= 1
     face = upright[0].face
     assert np.array_equal(upright[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
     assert np.array_equal(as_is[0].crop, frame_face(tilted, face.box, plain))
     assert not np.array_equal(as_is[0].crop, upright[0].crop)
-    assert np.array_equal(frame_crop(tilted, detector, (aligned, None), 1.0)[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
+    assert np.array_equal(frame_crop(tilted, detector, Framings(aligned), 1.0)[0].crop, frame_face(tilted, face.box, aligned, face.eyes))
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from minorage import AgeEstimator
 from minorage.cli import main
 from minorage.faces.detection import FaceDetector
-from minorage.faces.framing import filled_share, frame_face, frame_routed, leaves_image
+from minorage.faces.framing import filled_share, frame_face, frame_routed, framed_square, leaves_image
 from minorage.model.checkpoint import load_network, save_checkpoint
 from minorage.model.ensemble import attach_edge
 from minorage.triage.pipeline import Reading, ages_by_item, find_faces
@@ -61,7 +61,7 @@ def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, one_par
     path, alone, edge = routed
     model = AgeEstimator.from_pretrained(str(path))
     assert model.edge is not None and model.card.minor_below_barred == 19.0 and model.card.edge["source"] == str(one_part_model)
-    assert model.framings == (alone.framing, edge.framing) and model.framing.align and not edge.framing.align
+    assert model.framings == (alone.framing, edge.framing, 0.0) and model.framing.align and not edge.framing.align
     faces = np.stack([frame_face(cv2.imread(str(p)), (40, 40, 160, 160), edge.framing) for p in some_faces[:10]])
     filled = np.arange(10) % 3 == 0
     ages = model.predict(faces, edge_filled=filled)
@@ -103,10 +103,34 @@ def test_faces_in_photos_are_framed_for_their_route(routed, some_faces):
     assert tight.edge_filled and not roomy.edge_filled
     assert np.array_equal(tight.crop, frame_face(chip, tight.face.box, edge.framing))
     assert np.array_equal(roomy.crop, frame_face(in_photo, roomy.face.box, alone.framing, roomy.face.eyes))
-    assert frame_routed(in_photo, roomy.face.box, alone.framing, None)[1] is False  # a model without an edge part never routes
+    assert frame_routed(in_photo, roomy.face.box, alone.framings)[1] is False  # a model without an edge part never routes
     ages = ages_by_item([[tight], [roomy]], model)
     assert ages[0][0] == pytest.approx(edge.predict(tight.crop[None])[0], abs=1e-4)
     assert ages[1][0] == pytest.approx(alone.predict(roomy.crop[None])[0], abs=1e-4)
+
+
+def test_a_face_cut_a_little_by_the_border_stays_with_the_main_part_above_a_share(routed, one_part_model, some_faces, tmp_path, capsys):
+    """`combine --edge-above 0.15`: a chip (about half its frame past it) still goes to the edge
+    part; the same face in a photo whose border cuts a few per cent of its frame now goes to the
+    main part, framed upright, where any share sent it to the edge part. The card keeps the share."""
+    path, alone, edge = routed
+    out = tmp_path / "above.safetensors"
+    assert main(["combine", str(path.parent / "single.safetensors"), "--edge", str(one_part_model), "--edge-above", "0.15",
+                 "--out", str(out)]) == 0
+    above, any_share, detector = AgeEstimator.from_pretrained(str(out)), AgeEstimator.from_pretrained(str(path)), FaceDetector()
+    assert above.framings.edge_above == 0.15 and above.card.to_dict()["decision"]["edge_above"] == 0.15
+    chip = cv2.imread(str(some_faces[6]))
+    (tight,) = find_faces(chip, detector, above.framings)
+    assert tight.edge_filled
+    (found,) = find_faces(cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130)), detector, above.framings)
+    x1, y1, x2, y2 = framed_square(found.face.box, edge.framing.margin)
+    cut = cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130))[:, x1 + (x2 - x1) // 20:]  # a 20th off the left
+    (face,) = find_faces(cut, detector, above.framings)
+    assert 0 < filled_share(cut.shape, face.face.box, edge.framing.margin) <= 0.15
+    assert not face.edge_filled and find_faces(cut, detector, any_share.framings)[0].edge_filled
+    assert np.array_equal(face.crop, frame_face(cut, face.face.box, alone.framing, face.face.eyes))
+    assert main(["combine", str(path.parent / "single.safetensors"), "--edge-above", "0.15", "--out", str(tmp_path / "x.safetensors")]) != 0
+    assert "--edge" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
 
 
 def test_predict_and_scan_give_each_face_its_routes_verdict(routed, some_faces, tmp_path, capsys):

@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minorage import __version__
-from minorage.config import EVALUATION_LOOKS, MAX_FRAME_GAP, PRETRAINED_NAMES, DatasetConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig, TrainConfig
+from minorage.config import (
+    EVALUATION_LOOKS,
+    MAX_FRAME_GAP,
+    PRETRAINED_NAMES,
+    DatasetConfig,
+    DetectorTrainingConfig,
+    Framings,
+    InferenceConfig,
+    ScanConfig,
+    TrainConfig,
+)
 from minorage.evidence.paths import printable
 from minorage.triage.case import CaseError
 from minorage.triage.output import FORMATS, ReaderLeft, output_stream, to_reader, write_rows
@@ -296,8 +306,10 @@ def cmd_combine(args: argparse.Namespace) -> int:
         card.minor_below = args.minor_below
     if args.minor_below_barred is not None:
         card.minor_below_barred = args.minor_below_barred
+    if args.edge_above and not args.edge:
+        raise ValueError("--edge-above routes faces to the model given by --edge: give it too")
     if args.edge:
-        net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge)
+        net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge, args.edge_above)
     path = save_checkpoint(net, card, Path(args.out))
     routed = (f", black-and-white faces to {args.grayscale}" if args.grayscale else "") + \
         (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "")
@@ -568,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the card's flag for eye-barred faces, where it should differ from --minor-below (default: the same)")
     p.add_argument("--edge", metavar="MODEL", help="a model for the faces whose frame leaves the photo (the photo's edge fills "
                    "it, as in every stored UTKFace face): they are read by it, at its own framing, flags and calibration")
+    p.add_argument("--edge-above", type=float, default=Framings._field_defaults["edge_above"], metavar="SHARE",
+                   help="with --edge: only faces more than this share of whose frame lies past the photo go to it; faces cut "
+                        "a little by the photo's border stay with the main model (default: %(default)s, any)")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

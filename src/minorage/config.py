@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 SHARED_ENV = "MINORAGE_SHARED"
 
@@ -141,6 +142,16 @@ class Framing:
     @classmethod
     def from_dict(cls, data: dict) -> "Framing":
         return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]), align=bool(data.get("align", False)))
+
+
+class Framings(NamedTuple):
+    """How a model frames its faces (`AgeEstimator.framings`): for its main part, and for its edge
+    part where it has one, which reads the faces more than `edge_above` of whose frame (at the
+    edge part's margin) lies past the image."""
+
+    main: Framing
+    edge: Framing | None = None
+    edge_above: float = 0.0
 
 
 #: Whatever a video's container claims about its frame rate, at least one frame in this many

@@ -6,8 +6,8 @@ repeated where it leaves the image, and resized to `framing.size` (64) pixels. W
 `framing.align` and the eye points given, the image is first turned about the box's centre so
 that the eyes lie level: the models learnt on UTKFace's upright chips, and photos hold tilted heads.
 
-Where a model has a part for faces whose frame leaves the image (`frame_routed`), such a face is
-framed as that part expects and marked: the part learnt on frames the edge filled, as in every
+Where a model has a part for faces whose frame leaves the image (`frame_routed`), such a face
+(one more of whose frame than the model's `edge_above` lies past the image) is framed as that part expects and marked: the part learnt on frames the edge filled, as in every
 stored UTKFace face, and the model's main part on frames that hold the photo's own surroundings.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from minorage.config import Framing
+from minorage.config import Framing, Framings
 
 _BORDERS = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 
@@ -77,13 +77,14 @@ def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framin
     return cv2.resize(crop, (framing.size, framing.size), interpolation=interpolation)
 
 
-def frame_routed(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing, edge: Framing | None,
+def frame_routed(image: np.ndarray, box: tuple[float, float, float, float], framings: Framings,
                  eyes: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-    """One face's model input and whether it goes to the model's `edge` part: with an edge part,
-    a face whose frame (at the edge part's margin) leaves the image is framed as that part
-    expects; every other face as `framing` says."""
-    filled = edge is not None and leaves_image(image.shape, box, edge.margin)
-    return frame_face(image, box, edge if filled else framing, eyes), filled
+    """One face's model input and whether it goes to the model's edge part: with an edge part,
+    a face enough of whose frame leaves the image is framed as that part expects; every other
+    face as the main framing says."""
+    edge = framings.edge
+    filled = edge is not None and leaves_image(image.shape, box, edge.margin, framings.edge_above)
+    return frame_face(image, box, edge if filled else framings.main, eyes), filled
 
 
 def crop_box(image: np.ndarray, face_fraction: float) -> tuple[float, float, float, float]:

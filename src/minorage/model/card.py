@@ -33,6 +33,7 @@ class ModelCard:
     licence: str = ""
     minor_below: float = groups.MINOR_BELOW  # the "probably a minor" flag: an estimate below this
     minor_below_barred: float | None = None  # eye-barred faces' own flag, where it differs
+    edge_above: float = 0.0  # with an edge part: the share of a face's frame past the photo above which it reads the face
     max_age: float | None = None  # estimates above are reported as this ("this age or older")
     members: int = 1  # networks averaged (an ensemble when above 1)
     mirror: bool = False  # each also averaged over the mirrored face
@@ -49,7 +50,8 @@ class ModelCard:
             "architecture": {**_architecture_dict(self.architecture), "members": self.members, "mirror": self.mirror},
             "framing": self.framing.to_dict(),
             "decision": {"minor_below": self.minor_below, "max_age": self.max_age,
-                         **({"minor_below_barred": self.minor_below_barred} if self.minor_below_barred is not None else {})},
+                         **({"minor_below_barred": self.minor_below_barred} if self.minor_below_barred is not None else {}),
+                         **({"edge_above": self.edge_above} if self.edge_above else {})},
             "data": self.data,
             "training": self.training,
             "metrics": self.metrics,
@@ -71,6 +73,7 @@ class ModelCard:
             framing=Framing.from_dict(data["framing"]),
             minor_below=float(data.get("decision", {}).get("minor_below", groups.MINOR_BELOW)),
             minor_below_barred=None if barred is None else float(barred),
+            edge_above=float(data.get("decision", {}).get("edge_above", 0.0)),
             max_age=data.get("decision", {}).get("max_age"),
             name=data.get("name", ""),
             data=data.get("data", {}),

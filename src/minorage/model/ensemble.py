@@ -84,17 +84,21 @@ def attach_grayscale(colour: nn.Module, card: ModelCard, grayscale: nn.Module, g
     return ByLookNetwork(colour, grayscale), card
 
 
-def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: ModelCard, source: str) -> tuple[ByFrameNetwork, ModelCard]:
-    """A model whose faces with a frame that leaves the photo go to `edge`, read at the edge
-    model's own framing, flags and calibration: the main model's card kept whole, the edge
-    model's whole card in it, with `source`, where it was read from. Why: see `ByFrameNetwork`."""
+def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: ModelCard, source: str,
+                above: float = 0.0) -> tuple[ByFrameNetwork, ModelCard]:
+    """A model whose faces with more than `above` of their frame past the photo go to `edge`,
+    read at the edge model's own framing, flags and calibration: the main model's card kept
+    whole, the edge model's whole card in it, with `source`, where it was read from. Why: see
+    `ByFrameNetwork`."""
+    if not 0 <= above < 1:
+        raise ValueError(f"the share of a frame past the photo that routes a face is from 0 up to, not including, 1; got {above}")
     if isinstance(main, ByFrameNetwork) or isinstance(edge, ByFrameNetwork):
         raise ValueError("a model that already has an edge part cannot take another")
     if edge_card.max_age != card.max_age:
         raise ValueError(f"{source} reports ages differently from the main model (max_age {edge_card.max_age} and {card.max_age})")
     if edge.cfg.image_size != main.cfg.image_size:
         raise ValueError(f"{source} takes faces of another size than the main model")
-    card.edge = {"source": source, **edge_card.to_dict()}
+    card.edge, card.edge_above = {"source": source, **edge_card.to_dict()}, above
     return ByFrameNetwork(main, edge), card
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from minorage import config
-from minorage.config import Framing
+from minorage.config import Framing, Framings
 from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
@@ -58,9 +58,9 @@ class AgeEstimator:
         return self.card.framing
 
     @property
-    def framings(self) -> tuple[Framing, Framing | None]:
+    def framings(self) -> Framings:
         """How faces are framed for the main part, and for the edge part where there is one."""
-        return self.framing, self.edge.framing if self.edge else None
+        return Framings(self.framing, self.edge.framing, self.card.edge_above) if self.edge else Framings(self.framing)
 
     @property
     def minor_below(self) -> float:

@@ -59,7 +59,7 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
         barred = variant == "ocl"
         if estimator.edge is None:
             return estimator.predict(shown), estimator.flag(barred), {}
-        filled = frames_left_photo(data_dir, faces.ids)
+        filled = frames_left_photo(data_dir, faces.ids, estimator.framings.edge_above)
         return estimator.predict(shown, edge_filled=filled), estimator.flags(filled, barred), {
             "routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
             "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)}

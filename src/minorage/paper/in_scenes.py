@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minorage.config import Framing
+from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_routed
@@ -81,7 +81,7 @@ def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
 Framed = tuple[np.ndarray, bool] | None  # a face's model input and whether it goes to the edge part; None where missed
 
 
-def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[tuple[Framing, Framing | None]],
+def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framings],
                 seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str], np.ndarray]:
     """Each photo in its scene (the same scenes for a seed, barred or not), the face the
     detector found framed once per model's framings (`AgeEstimator.framings`), each scene's look,
@@ -96,7 +96,7 @@ def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings
         face = face_in(scene, detector)
         seen_barred.append(face is not None and eyes_occluded(scene.image, face))
         for pair, framed in zip(framings, crops):
-            framed.append(None if face is None else frame_routed(scene.image, face.box, *pair, face.eyes))
+            framed.append(None if face is None else frame_routed(scene.image, face.box, pair, face.eyes))
     return crops, kinds, np.array(seen_barred, bool)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minorage.config import Framing
+from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, main_face
 from minorage.faces.framing import crop_box, frame_routed
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
@@ -32,11 +32,8 @@ class FramedFace:
     edge_filled: bool = False  # framed for the model's edge part (its frame leaves the image)
 
 
-Framings = tuple[Framing, Framing | None]  # the model's main framing and its edge part's (`AgeEstimator.framings`)
-
-
 def _framed(image: np.ndarray, face: Face | None, box: tuple[float, float, float, float], framings: Framings) -> FramedFace:
-    crop, filled = frame_routed(image, box, *framings, face.eyes if face else None)
+    crop, filled = frame_routed(image, box, framings, face.eyes if face else None)
     return FramedFace(face, crop, filled)
 
 

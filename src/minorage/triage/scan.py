@@ -273,10 +273,14 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
 
 def _routes(estimator: AgeEstimator) -> list:
     """The flags in force per route and kind of face (main normal, main barred, then the edge
-    part's), and the edge part's calibration: a user's `--minor-below` replaces them all."""
+    part's), the edge part's calibration, and the share of a frame past the photo that sends a
+    face to it where that is not any (the card's, which the weights' hash does not cover): a
+    user's `--minor-below` replaces the flags."""
     parts = [estimator, *([estimator.edge] if estimator.edge else [])]
     edge_calibration = estimator.edge.card.calibration if estimator.edge else None
-    return [*(part.flag(barred) for part in parts for barred in (False, True)), _digest(edge_calibration) if edge_calibration else None]
+    above = estimator.framings.edge_above
+    return [*(part.flag(barred) for part in parts for barred in (False, True)), _digest(edge_calibration) if edge_calibration else None,
+            *([above] if above else [])]
 
 
 def _digest(data: dict) -> str:
