@@ -85,12 +85,14 @@ def flagged(read: dict[str, np.ndarray], edge_below: float, model_below: float) 
     return np.where(read["leaves"], read["edge"] < edge_below, read["model"] < model_below)
 
 
-def choose_flag(reads: list[dict], minors: np.ndarray, edge_below: float) -> float:
+def choose_flag(reads: list[dict], minors: np.ndarray, edge_below: float, wanted: float | None = None) -> float:
     """The lowest route flag (from the edge model's, in tenths) at which the routed pair flags at
-    least as many minors as the edge model alone, normal and barred pooled."""
+    least the share `wanted` of the minors, normal and barred pooled: by default as many as the
+    edge model alone."""
     if not minors.any():
         raise ValueError("no minors among the photos to choose the route's flag on: give more photos")
-    wanted = np.mean(np.concatenate([r["edge"][minors] < edge_below for r in reads]))
+    if wanted is None:
+        wanted = np.mean(np.concatenate([r["edge"][minors] < edge_below for r in reads]))
     below = edge_below
     while np.mean(np.concatenate([flagged(r, edge_below, below)[minors] for r in reads])) < wanted and below < 25:
         below = round(below + 0.1, 1)
@@ -140,15 +142,22 @@ def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstima
 
 
 def choose_share(reads: list[dict], ages: np.ndarray, people: list[tuple[str, str]], shares: list[float], edge_below: float,
-                 per_kind: bool) -> tuple[float, dict[float, dict[str, float]]]:
-    """Each candidate share's route flags (`choose_flag`), and the share whose route calls the
-    fewest women aged 26+ minors at them, normal and barred faces summed; ties to the smaller share."""
+                 per_kind: bool, match: dict[str, float] | None = None) -> tuple[float, dict[float, dict[str, float]]]:
+    """Each candidate share's route flags (`choose_flag`: as many minors as the edge model alone
+    flags, or, with `match`, as the route at share 0 and those flags per kind), and the share
+    whose route calls the fewest women aged 26+ minors at them, normal and barred faces summed;
+    ties to the smaller share."""
     minors = np.rint(ages) < MINOR_LIMIT
+
+    def wanted(kinds: list[tuple[str, dict]]) -> float | None:
+        return None if match is None else float(np.mean(np.concatenate(
+            [flagged(at_share(r, 0.0), edge_below, match[kind])[minors] for kind, r in kinds])))
+
     flags, women = {}, {}
     for above in sorted(set(shares)):
         mine = [at_share(r, above) for r in reads]
-        flags[above] = ({kind: choose_flag([r], minors, edge_below) for kind, r in zip(KINDS, mine)} if per_kind
-                        else dict.fromkeys(KINDS, choose_flag(mine, minors, edge_below)))
+        flags[above] = ({kind: choose_flag([r], minors, edge_below, wanted([(kind, raw)])) for kind, r, raw in zip(KINDS, mine, reads)}
+                        if per_kind else dict.fromkeys(KINDS, choose_flag(mine, minors, edge_below, wanted(list(zip(KINDS, reads))))))
         women[above] = sum(measures(ages, r["found"], routed(r), flagged(r, edge_below, flags[above][kind]), people)["female_26+_called_minors"]
                            for kind, r in zip(KINDS, mine))
     return min(sorted(women), key=women.get), flags
@@ -166,6 +175,9 @@ def main() -> None:
     parser.add_argument("--flag-per-kind", action="store_true",
                         help="choose the route's flag for normal and for eye-barred faces apart, each against the edge model's "
                              "share of that kind's minors (default: one flag, the two kinds pooled)")
+    parser.add_argument("--match-route", type=float, nargs=2, metavar=("FLAG", "FLAG_BARRED"),
+                        help="choose the flags to flag as many minors as the route at share 0 with these flags (the shipped "
+                             "model's), normal and eye-barred faces, instead of as many as the edge model alone")
     parser.add_argument("--edge-above", type=float, nargs="+", default=[0.0],
                         help="shares of a face's frame past the image above which it goes to the edge model, each with its own "
                              "flags; the one calling the fewest women aged 26+ minors on the choosing photos is judged, beside "
@@ -185,7 +197,8 @@ def main() -> None:
         ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
         reads = [read_scenes(rows, barred, detector, edge, model) for barred in (False, True)]
         if part == "chosen_on":
-            best, flags = choose_share(reads, ages, people, args.edge_above, edge.minor_below, args.flag_per_kind)
+            best, flags = choose_share(reads, ages, people, args.edge_above, edge.minor_below, args.flag_per_kind,
+                                       dict(zip(KINDS, args.match_route)) if args.match_route else None)
             shown = flags  # every candidate where it is chosen; then only the chosen share and 0
             routes = {above: flags[above] for above in sorted({best} | ({0.0} & set(args.edge_above)))}
         report[part] = {"photos": len(rows), **({"edge_above_chosen": best} if part == "chosen_on" else {})}

@@ -40,6 +40,20 @@ def test_the_share_chosen_calls_the_fewest_women_minors():
     assert flags == {0.0: {"normal": 17.5, "barred": 17.5}, 0.2: {"normal": 17.5, "barred": 17.5}}
 
 
+def test_the_flags_can_match_the_shipped_route_instead_of_the_edge_model():
+    """By hand, three minors: the edge model alone flags two (17.0, 17.0; the third it reads 17.8).
+    At share 0.2 all three go to the model (18.0, 18.2, 18.4), which needs 18.3 to flag two. The
+    route at share 0 with the model's flag 18.5 flags the two it reads and not the third (the edge
+    model's): two again, so 18.3; with the model's flag 17.0 it flags none, so the lowest, 17.5."""
+    routes = _script()
+    read = {"found": np.ones(3, bool), "share": np.array([0.0, 0.0, 0.1]),
+            "edge": np.array([17.0, 17.0, 17.8]), "model": np.array([18.0, 18.2, 18.4])}
+    ages, people = np.array([12.0, 13.0, 14.0]), [("female", "White")] * 3
+    assert routes.choose_share([read], ages, people, [0.2], 17.5, per_kind=True)[1] == {0.2: {"normal": 18.3}}
+    assert routes.choose_share([read], ages, people, [0.2], 17.5, per_kind=True, match={"normal": 18.5})[1] == {0.2: {"normal": 18.3}}
+    assert routes.choose_share([read], ages, people, [0.2], 17.5, per_kind=True, match={"normal": 17.0})[1] == {0.2: {"normal": 17.5}}
+
+
 def test_each_face_is_flagged_against_its_own_routes_threshold():
     """By hand: ages 17 and 18 read by the route's model (flag 18.5) are both flagged; 17 read by
     the edge model (flag 17.5) is flagged, 18 is not. The route's flag is the lowest that flags as
