@@ -39,7 +39,7 @@ from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
 from minorage.paper.evaluation import photo_ids
 from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
-from minorage.paper.store import load_faces, photo_demographics, photo_extents
+from minorage.paper.store import frame_shares_past_photo, load_faces, photo_demographics
 
 KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
 
@@ -126,11 +126,8 @@ def stored(data: Path, left_out: list[str], edge: AgeEstimator, model: AgeEstima
     for kind, variant in zip(KINDS, ("org", "ocl")):
         faces = load_faces(data, "test", variant)
         faces = faces.subset(~np.isin(faces.ids, list(skip)))
-        extents = photo_extents(data, faces.ids)
-        size = faces.faces.shape[1]
-        inside = (extents[:, 2] - extents[:, 0]) * (extents[:, 3] - extents[:, 1]) / size**2
         read = {"found": np.ones(len(faces), bool), "edge": edge.predict(faces.faces), "model": model.predict(faces.faces),
-                "share": 1.0 - inside}
+                "share": frame_shares_past_photo(data, faces.ids)}
         people = [known[i] for i in faces.ids.tolist()]
         out[kind] = {"faces": len(faces), "edge_model_alone": measures(faces.ages, read["found"], read["edge"], read["edge"] < edge.minor_below, people)}
         for above, flags in routes.items():

@@ -123,7 +123,7 @@ def test_a_face_cut_a_little_by_the_border_stays_with_the_main_part_above_a_shar
     (tight,) = find_faces(chip, detector, above.framings)
     assert tight.edge_filled
     (found,) = find_faces(cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130)), detector, above.framings)
-    x1, y1, x2, y2 = framed_square(found.face.box, edge.framing.margin)
+    x1, _, x2, _ = framed_square(found.face.box, edge.framing.margin)
     cut = cv2.copyMakeBorder(chip, 150, 150, 150, 150, cv2.BORDER_CONSTANT, value=(90, 110, 130))[:, x1 + (x2 - x1) // 20:]  # a 20th off the left
     (face,) = find_faces(cut, detector, above.framings)
     assert 0 < filled_share(cut.shape, face.face.box, edge.framing.margin) <= 0.15

@@ -7,8 +7,9 @@ repeated where it leaves the image, and resized to `framing.size` (64) pixels. W
 that the eyes lie level: the models learnt on UTKFace's upright chips, and photos hold tilted heads.
 
 Where a model has a part for faces whose frame leaves the image (`frame_routed`), such a face
-(one more of whose frame than the model's `edge_above` lies past the image) is framed as that part expects and marked: the part learnt on frames the edge filled, as in every
-stored UTKFace face, and the model's main part on frames that hold the photo's own surroundings.
+(more of its frame than the model's `edge_above` past the image) is framed as that part expects
+and marked: the part learnt on frames the edge filled, as in every stored UTKFace face, and the
+model's main part on frames that hold the photo's own surroundings.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def framed_square(box: tuple[float, float, float, float], margin: float) -> tupl
 
 def filled_share(shape: tuple[int, ...], box: tuple[float, float, float, float], margin: float) -> float:
     """The share of a face's frame that lies past the image, where framing fills it from the
-    image's edge: 0 for a face well inside a photo, about a third for a UTKFace chip at 20 %."""
+    image's edge: 0 for a face well inside a photo, about half for a UTKFace chip at 20 %."""
     x1, y1, x2, y2 = framed_square(box, margin)
     inside = max(0, min(x2, shape[1]) - max(x1, 0)) * max(0, min(y2, shape[0]) - max(y1, 0))
     return 1.0 - inside / ((x2 - x1) * (y2 - y1))

@@ -129,16 +129,20 @@ def photo_extents(data_dir: Path, ids: np.ndarray) -> np.ndarray:
     return np.stack([extents[i] for i in ids.tolist()]).astype(np.float32)
 
 
-def frames_left_photo(data_dir: Path, ids: np.ndarray, above: float = 0.0) -> np.ndarray:
-    """(N,) bool: whether more than `above` of each stored face's frame reached past its photo,
-    where the build filled it from the photo's edge; a model's edge part reads these faces
-    (`framing.frame_routed`)."""
+def frame_shares_past_photo(data_dir: Path, ids: np.ndarray) -> np.ndarray:
+    """(N,) float: the share of each stored face's frame that lay past its photo, where the build
+    filled it from the photo's edge (`framing.filled_share`, for the stored faces)."""
     if not len(ids):
-        return np.zeros(0, bool)
+        return np.zeros(0, np.float32)
     extents = photo_extents(data_dir, ids)
     size = Framing.from_dict(json.loads((Path(data_dir) / "dataset.json").read_text())["config"]["framing"]).size
-    inside = (extents[:, 2] - extents[:, 0]) * (extents[:, 3] - extents[:, 1]) / size**2
-    return 1.0 - inside > above
+    return 1.0 - (extents[:, 2] - extents[:, 0]) * (extents[:, 3] - extents[:, 1]) / size**2
+
+
+def frames_left_photo(data_dir: Path, ids: np.ndarray, above: float = 0.0) -> np.ndarray:
+    """(N,) bool: whether more than `above` of each stored face's frame reached past its photo;
+    a model's edge part reads these faces (`framing.frame_routed`)."""
+    return frame_shares_past_photo(data_dir, ids) > above
 
 
 def dataset_info(data_dir: Path) -> dict:
