@@ -32,13 +32,11 @@ import numpy as np
 from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
-from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import filled_share, frame_face
-from minorage.faces.wild import DEGRADATIONS
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
 from minorage.paper.evaluation import photo_ids
-from minorage.paper.in_scenes import face_in, photos_of_test_split, scene_of
+from minorage.paper.in_scenes import photos_of_test_split, scene_faces
 from minorage.paper.store import frame_shares_past_photo, load_faces, photo_demographics
 
 KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
@@ -48,12 +46,8 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, edge: Ag
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Per photo in its scene (the scenes of `evaluate --scenes` for the same rows and seed):
     found, the share of the edge model's frame past the image, and each model's age (inf where missed)."""
-    backgrounds = face_free_pictures(FACE_FREE_EVAL)
-    rng = np.random.default_rng(seed)
     found, shares, edge_crops, model_crops = [], [], [], []
-    for k, row in enumerate(rows):
-        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], DEGRADATIONS[k % len(DEGRADATIONS)], rng)
-        face = face_in(scene, detector)
+    for scene, face, _ in scene_faces(rows, barred, detector, seed, progress=False):
         found.append(face is not None)
         shares.append(0.0 if face is None else filled_share(scene.image.shape, face.box, edge.framing.margin))
         if face is not None:

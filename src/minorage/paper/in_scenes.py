@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,19 +81,27 @@ def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
 Framed = tuple[np.ndarray, bool] | None  # a face's model input and whether it goes to the edge part; None where missed
 
 
-def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framings],
-                seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str], np.ndarray]:
-    """Each photo in its scene (the same scenes for a seed, barred or not), the face the
-    detector found framed once per model's framings (`AgeEstimator.framings`), each scene's look,
-    and whether the eye-bar test calls the face found barred (False where none was found)."""
+def scene_faces(rows: list[dict], barred: bool, detector: FaceDetector, seed: int = 0,
+                progress: bool = True) -> Iterator[tuple[WildPhoto, Face | None, str]]:
+    """Each photo in its scene (the same scenes for a seed, barred or not), the face the detector
+    found there (None where it missed it) and the scene's look."""
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(seed)
+    for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
+        kind = DEGRADATIONS[k % len(DEGRADATIONS)]
+        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kind, rng)
+        yield scene, face_in(scene, detector), kind
+
+
+def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framings],
+                seed: int = 0, progress: bool = True) -> tuple[list[list[Framed]], list[str], np.ndarray]:
+    """The face found in each scene (`scene_faces`) framed once per model's framings
+    (`AgeEstimator.framings`), each scene's look, and whether the eye-bar test calls the face
+    found barred (False where none was found)."""
     crops: list[list[Framed]] = [[] for _ in framings]
     kinds, seen_barred = [], []
-    for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
-        kinds.append(DEGRADATIONS[k % len(DEGRADATIONS)])
-        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kinds[-1], rng)
-        face = face_in(scene, detector)
+    for scene, face, kind in scene_faces(rows, barred, detector, seed, progress):
+        kinds.append(kind)
         seen_barred.append(face is not None and eyes_occluded(scene.image, face))
         for pair, framed in zip(framings, crops):
             framed.append(None if face is None else frame_routed(scene.image, face.box, pair, face.eyes))

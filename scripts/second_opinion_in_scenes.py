@@ -1,0 +1,134 @@
+"""A second opinion on the faces with open eyes, measured in scenes: dlib's age network (by
+Cydral Technology, CC0-1.0, imported unchanged by `scripts/import_resnet_age.py`) reads each face
+the eye-bar test does not call barred, on a chip aligned to dlib's five-point template
+(`framing.template_chip`), and the model's flag on such a face stands only where that network
+puts it below a veto age.
+
+Why: the model calls many adult women minors, in scenes far more than on the stored faces
+(docs/model-history.md, step 19), and every change to its own networks has traded minors for
+adults along one curve. The other network was trained on other photos and calls almost no adult
+a minor on aligned faces, but reads a barred face as an adult: on open eyes only, it may clear
+adults the model flags without costing minors. What it costs on barred faces the eye-bar test
+misses is measured too, since those reach it.
+
+Each test photo (and its eye-barred copy) is pasted into a scene as `evaluate --scenes` does,
+with the same scenes for the same photos, and the detector `predict` uses finds the face once.
+For each veto age, the model's flag on the faces the teacher reads is raised, in tenths of a
+year, until as many normal minors are flagged (a missed face unflagged) as the model alone
+flags; the veto age whose matched flags call the fewest women aged 26+ minors is chosen on the
+photos past `--choose-skip` (ties to the older veto), then the model alone, the chosen veto at
+the model's own flags and at the matched raise are judged on the first `--judge-photos`.
+
+    .venv/bin/python scripts/second_opinion_in_scenes.py --teacher runs/resnet-age/model.safetensors \\
+        --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from routes_in_scenes import KINDS, measures  # scripts/routes_in_scenes.py
+
+from minorage import AgeEstimator
+from minorage.config import DetectorConfig, InferenceConfig
+from minorage.faces.detection import FaceDetector
+from minorage.faces.framing import frame_routed, template_chip
+from minorage.faces.occlusion import eyes_occluded
+from minorage.groups import MINOR_LIMIT
+from minorage.paper.in_scenes import photos_of_test_split, scene_faces
+from minorage.paper.store import photo_demographics
+
+RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
+
+
+def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: AgeEstimator, teacher: AgeEstimator) -> dict[str, np.ndarray]:
+    """Per photo in its scene: found, taken as barred by the eye-bar test, the model's age and
+    flag as `predict` gives them (inf where missed), and the teacher's age on the aligned chip."""
+    found, seen_barred, crops, filled, chips = [], [], [], [], []
+    for scene, face, _ in scene_faces(rows, barred, detector, progress=False):
+        found.append(face is not None)
+        seen_barred.append(face is not None and eyes_occluded(scene.image, face))
+        if face is not None:
+            crop, edge = frame_routed(scene.image, face.box, model.framings, face.eyes)
+            crops.append(crop)
+            filled.append(edge)
+            chips.append(template_chip(scene.image, face.points, teacher.net.cfg.image_size))
+    found_mask, barred_mask = np.array(found), np.array(seen_barred)
+    age, teacher_age = np.full(len(rows), np.inf), np.full(len(rows), np.inf)
+    edge_filled = np.zeros(len(rows), bool)
+    if crops:
+        edge_filled[found_mask] = filled
+        age[found_mask] = model.predict(np.stack(crops), edge_filled=edge_filled[found_mask])
+        teacher_age[found_mask] = teacher.predict(np.stack(chips))
+    return {"found": found_mask, "barred": barred_mask, "age": age, "flag": model.flags(edge_filled, barred_mask),
+            "teacher": teacher_age}
+
+
+def flagged(read: dict[str, np.ndarray], veto: float, raise_by: float = 0.0) -> np.ndarray:
+    """The model's flags with the second opinion: on a face the eye-bar test does not call barred,
+    the flag raised by `raise_by` and lifted where the teacher says `veto` or more."""
+    opinion = read["found"] & ~read["barred"]
+    below = read["flag"] + np.where(opinion, raise_by, 0.0)
+    return (read["age"] < below) & ~(opinion & (read["teacher"] >= veto))
+
+
+def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, veto: float) -> float:
+    """The smallest raise at which the veto keeps as many minors flagged as the model alone."""
+    wanted = np.mean(flagged(read, np.inf)[minors])
+    return next((r for r in RAISES if np.mean(flagged(read, veto, r)[minors]) >= wanted), RAISES[-1])
+
+
+def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, vetoes: dict[float, float]) -> dict:
+    """The measures of the model alone and of each veto at the model's flags and at its raise."""
+    out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, np.inf), people),
+           "taken_as_barred": float(read["barred"][read["found"]].mean())}
+    for veto, raise_by in vetoes.items():
+        opinion = read["found"] & ~read["barred"]
+        out[f"veto_{veto:g}"] = {
+            "minors_vetoed": float(np.mean((opinion & (read["teacher"] >= veto) & (read["age"] < read["flag"]))[minors])),
+            "at_model_flags": measures(ages, read["found"], read["age"], flagged(read, veto), people),
+            f"flag_raised_{raise_by:g}": measures(ages, read["found"], read["age"], flagged(read, veto, raise_by), people)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="the model whose flags the second opinion may lift (default: the shipped one)")
+    parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py)")
+    parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
+    parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
+    parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
+    parser.add_argument("--choose-skip", type=int, required=True, help="the veto is chosen on the photos after the first K")
+    parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
+    parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+    args = parser.parse_args()
+    data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
+    detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
+    model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher)
+    known = photo_demographics(data)
+    report: dict = {}
+    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
+        if part == "judged_on" and not args.judge_photos:
+            break
+        rows = photos_of_test_split(data, left_out, photos, skip)
+        ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
+        minors = np.rint(ages) < MINOR_LIMIT
+        reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher) for barred in (False, True))))
+        if part == "chosen_on":
+            raises = {v: matched_raise(reads["normal"], minors, v) for v in args.vetoes}
+            women = {v: measures(ages, reads["normal"]["found"], reads["normal"]["age"], flagged(reads["normal"], v, r), people)
+                     ["female_26+_called_minors"] for v, r in raises.items()}
+            chosen = min(sorted(women, reverse=True), key=women.get)
+            shown, report[part] = raises, {"photos": len(rows), "veto_chosen": chosen, "raise_chosen": raises[chosen]}
+        else:
+            shown, report[part] = {chosen: raises[chosen]}, {"photos": len(rows)}
+        for kind, read in reads.items():
+            report[part][kind] = arms(read, minors, ages, people, shown)
+        print(json.dumps({part: report[part]}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
