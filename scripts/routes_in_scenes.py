@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +155,32 @@ def choose_share(reads: list[dict], ages: np.ndarray, people: list[tuple[str, st
     return min(sorted(women), key=women.get), flags
 
 
+def add_photo_options(parser: argparse.ArgumentParser, chosen: str) -> None:
+    """The options naming the data set's test photos in scenes that choose and that judge."""
+    parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
+    parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
+    parser.add_argument("--choose-skip", type=int, required=True, help=f"{chosen} is chosen on the photos after the first K")
+    parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
+    parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+
+
+def choosing_then_judging(args: argparse.Namespace) -> Iterator[tuple[str, list[dict], np.ndarray, list[tuple[str, str]]]]:
+    """("chosen_on", ...) for the photos past `--choose-skip`, then ("judged_on", ...) for the
+    first `--judge-photos` where asked: each part's manifest rows, true ages and (sex, ethnicity)."""
+    data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
+    known = photo_demographics(data)
+    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
+        if part == "judged_on" and not args.judge_photos:
+            return
+        rows = photos_of_test_split(data, left_out, photos, skip)
+        yield part, rows, np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model for faces with the photo's own surroundings")
     parser.add_argument("--edge-model", required=True, help="the model for faces whose frame the edge filled (v8 until 0.4.8's default)")
-    parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
-    parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
-    parser.add_argument("--choose-skip", type=int, required=True, help="the route's flag is chosen on the photos after the first K")
-    parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
-    parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+    add_photo_options(parser, "the route's flag")
     parser.add_argument("--flag-per-kind", action="store_true",
                         help="choose the route's flag for normal and for eye-barred faces apart, each against the edge model's "
                              "share of that kind's minors (default: one flag, the two kinds pooled)")
@@ -179,13 +197,8 @@ def main() -> None:
     edge, model = AgeEstimator.from_pretrained(args.edge_model), AgeEstimator.from_pretrained(args.model)
     if edge.edge is not None or model.edge is not None:
         parser.error("the route is measured here from two models of one part each; a model with an edge part is one already")
-    known = photo_demographics(data)
     report: dict = {}
-    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
-        if part == "judged_on" and not args.judge_photos:
-            break
-        rows = photos_of_test_split(data, left_out, photos, skip)
-        ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
+    for part, rows, ages, people in choosing_then_judging(args):
         reads = [read_scenes(rows, barred, detector, edge, model) for barred in (False, True)]
         if part == "chosen_on":
             best, flags = choose_share(reads, ages, people, args.edge_above, edge.minor_below, args.flag_per_kind,

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
-from routes_in_scenes import KINDS, measures  # scripts/routes_in_scenes.py
+from routes_in_scenes import KINDS, add_photo_options, choosing_then_judging, measures  # scripts/routes_in_scenes.py
 
 from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
@@ -38,8 +37,7 @@ from minorage.faces.detection import FaceDetector
 from minorage.faces.framing import frame_routed, template_chip
 from minorage.faces.occlusion import eyes_occluded
 from minorage.groups import MINOR_LIMIT
-from minorage.paper.in_scenes import photos_of_test_split, scene_faces
-from minorage.paper.store import photo_demographics
+from minorage.paper.in_scenes import scene_faces
 
 RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
 
@@ -98,23 +96,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="the model whose flags the second opinion may lift (default: the shipped one)")
     parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py)")
-    parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
-    parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
-    parser.add_argument("--choose-skip", type=int, required=True, help="the veto is chosen on the photos after the first K")
-    parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
-    parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
+    add_photo_options(parser, "the veto")
     args = parser.parse_args()
-    data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
     model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher)
-    known = photo_demographics(data)
     report: dict = {}
-    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
-        if part == "judged_on" and not args.judge_photos:
-            break
-        rows = photos_of_test_split(data, left_out, photos, skip)
-        ages, people = np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
+    for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
         reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher) for barred in (False, True))))
         if part == "chosen_on":

@@ -112,7 +112,7 @@ DLIB_TEMPLATE = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104, 
 #: where the detector's image-left eye, image-right eye and nose go: each eye at its corners'
 #: middle, the nose tip at the base of the nose (MTCNN has no nose base; a training photo check
 #: put the teacher's error at 3.9 years with the nose, 5.1 with the eyes alone)
-_TEMPLATE_POINTS = np.vstack([DLIB_TEMPLATE[2:4].mean(0), DLIB_TEMPLATE[0:2].mean(0), DLIB_TEMPLATE[4]])
+TEMPLATE_POINTS = np.vstack([DLIB_TEMPLATE[2:4].mean(0), DLIB_TEMPLATE[0:2].mean(0), DLIB_TEMPLATE[4]])
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -127,7 +127,7 @@ def template_chip(image: np.ndarray, points: np.ndarray, size: int = 64, padding
     eyes and nose (the detector's first three points) sit on dlib's template inside a border of
     `padding` of the template's side, black beyond the image. A large reduction is first made
     by area averaging, as dlib's own chip extraction does, so the chip does not alias."""
-    target = (padding + _TEMPLATE_POINTS) / (2 * padding + 1) * size
+    target = (padding + TEMPLATE_POINTS) / (2 * padding + 1) * size
     matrix = similarity(np.asarray(points, float)[:3], target)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))  # chip pixels per image pixel
     if scale < 0.5:
