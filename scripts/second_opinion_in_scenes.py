@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 from routes_in_scenes import KINDS, add_photo_options, choosing_then_judging, measures  # scripts/routes_in_scenes.py
@@ -98,13 +99,18 @@ def main() -> None:
     parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py)")
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
     add_photo_options(parser, "the veto")
+    parser.add_argument("--save-reads", type=Path, metavar="NPZ",
+                        help="also keep each face's reads (found, taken as barred, both ages, the flag) for the analysis of a next step")
     args = parser.parse_args()
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
     model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher)
     report: dict = {}
+    kept: dict[str, np.ndarray] = {}
     for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
         reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher) for barred in (False, True))))
+        kept.update({f"{part}/ids": np.array([r["id"] for r in rows]), f"{part}/ages": ages,
+                     **{f"{part}/{kind}/{key}": values for kind, read in reads.items() for key, values in read.items()}})
         if part == "chosen_on":
             raises = {v: matched_raise(reads["normal"], minors, v) for v in args.vetoes}
             women = {v: measures(ages, reads["normal"]["found"], reads["normal"]["age"], flagged(reads["normal"], v, r), people)
@@ -116,6 +122,8 @@ def main() -> None:
         for kind, read in reads.items():
             report[part][kind] = arms(read, minors, ages, people, shown)
         print(json.dumps({part: report[part]}, indent=1), flush=True)
+    if args.save_reads:
+        np.savez_compressed(args.save_reads, **kept)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_the_routed_checkpoint_reads_each_face_with_its_own_part(routed, one_par
     path, alone, edge = routed
     model = AgeEstimator.from_pretrained(str(path))
     assert model.edge is not None and model.card.minor_below_barred == 19.0 and model.card.edge["source"] == str(one_part_model)
-    assert model.framings == (alone.framing, edge.framing, 0.0) and model.framing.align and not edge.framing.align
+    assert model.framings == (alone.framing, edge.framing, 0.0, 0) and model.framing.align and not edge.framing.align
     faces = np.stack([frame_face(cv2.imread(str(p)), (40, 40, 160, 160), edge.framing) for p in some_faces[:10]])
     filled = np.arange(10) % 3 == 0
     ages = model.predict(faces, edge_filled=filled)

@@ -108,3 +108,166 @@ def test_the_raise_matches_the_minors_the_model_flags_alone():
     assert script.matched_raise(read, minors, np.inf) == 0.0
     barred = _read([16.0, 17.0, 18.2], [31, 20, 20], [False, False, True])
     assert script.matched_raise(barred, minors, 30.0) == 3.0  # never matched: the last of the raises
+
+
+# ---------------------------------------------------------------------------------------------
+# The second opinion inside a model: a joined checkpoint, `predict`, `scan` and `evaluate --scenes`.
+# The shipped model's one-part form (an SSR-Net, 64 px) stands in for dlib's network, which
+# the project does not ship: what is tested is how the two are joined and read out.
+
+DEFAULT = "src/minorage/weights/default.safetensors"
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory, one_part_model) -> Path:
+    """The shipped model with its one-part form as a second opinion: veto 20, raise 1."""
+    from minorage.cli import main
+
+    out = tmp_path_factory.mktemp("second_opinion") / "joined.safetensors"
+    assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--veto", "20", "--raise", "1",
+                 "--name", "joined", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_joined_model_loads_back_with_its_second_opinion(joined, one_part_model):
+    from minorage import AgeEstimator
+    from minorage.model.checkpoint import load_network
+    from minorage.model.network import SecondOpinionNetwork
+
+    model, plain, alone = (AgeEstimator.from_pretrained(str(p)) for p in (joined, DEFAULT, one_part_model))
+    assert model.opinion is not None and plain.opinion is None
+    assert model.card.second_opinion["veto"] == 20 and model.card.second_opinion["raise"] == 1
+    assert model.card.second_opinion["source"] == str(one_part_model)
+    assert model.framings.chip == 64 and plain.framings.chip == 0
+    assert model.framings[:3] == plain.framings[:3]  # the model's own framing, route and flags are kept
+    faces = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.opinion.predict(faces), alone.predict(faces), atol=1e-4)
+    np.testing.assert_allclose(model.predict(faces), plain.predict(faces), atol=1e-4)
+    net, _ = load_network(joined)
+    assert not isinstance(net, SecondOpinionNetwork)
+
+
+def test_combine_refuses_a_second_opinion_given_by_halves(joined, one_part_model, tmp_path, capsys):
+    """The network without its veto, the veto without a network, a veto past its range, and a
+    joined model averaged with another: each refused with its reason, nothing written."""
+    from minorage.cli import main
+
+    out = str(tmp_path / "x.safetensors")
+    for args, reason in ((["--veto", "25"], "go together"), (["--second-opinion", str(one_part_model)], "go together"),
+                         (["--second-opinion", str(one_part_model), "--veto", "200"], "within its range")):
+        assert main(["combine", DEFAULT, *args, "--out", out]) == 2
+        assert reason in capsys.readouterr().err
+    assert main(["combine", str(joined), str(joined), "--out", out]) == 2
+    assert "cannot be averaged" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def _reading(minor_above=None):
+    from minorage.model.calibration import Calibrations
+    from minorage.triage.pipeline import Reading
+
+    calibration = None
+    if minor_above is not None:
+        from minorage.model.card import read_card
+
+        calibration = Calibrations.from_dict(read_card(Path(DEFAULT)).calibration)
+    return Reading(17.5, calibration=calibration, minor_above=minor_above, second_opinion={"veto": 25.0, "raise": 1.8})
+
+
+def test_the_verdict_applies_the_veto_and_the_raise_by_hand():
+    """Flag 17.5, veto 25, raise 1.8. Age 16 with the second opinion at 30: lifted. Age 19 with
+    it at 20: flagged at the raised 19.3. Age 19 with no second opinion (NaN): not flagged, at
+    17.5. Eye-barred: the opinion is not read, neither veto nor raise."""
+    reading = _reading()
+    lifted = reading.verdict(16.0, opinion=30.0)
+    assert lifted["minor"] is False and lifted["flag_lifted"] is True and lifted["second_opinion_age"] == 30.0
+    raised = reading.verdict(19.0, opinion=20.0)
+    assert raised["minor"] is True and raised["minor_below"] == pytest.approx(19.3) and raised["flag_lifted"] is False
+    unread = reading.verdict(19.0)
+    assert unread["minor"] is False and unread["second_opinion_age"] is None and unread["minor_below"] == 17.5
+    barred = reading.verdict(16.0, eyes_barred=True, opinion=30.0)
+    assert barred["minor"] is True and barred["flag_lifted"] is False and barred["second_opinion_age"] is None
+    assert reading.verdict(30.0, opinion=40.0)["flag_lifted"] is False  # not flagged, so nothing lifted
+
+
+def test_flagged_by_p_minor_only_the_veto_counts():
+    reading = _reading(minor_above=0.5)
+    young = reading.verdict(5.0, opinion=20.0)
+    assert young["minor"] is True and young["flag_lifted"] is False
+    assert reading.verdict(5.0, opinion=30.0)["minor"] is False  # lifted
+    assert reading.verdict(18.9, opinion=20.0)["minor"] is False  # p_minor decides; no raise
+
+
+def test_the_estimators_flags_and_the_verdict_agree(joined):
+    """Many random faces: `AgeEstimator.flags` (what `evaluate` reads) and `Reading.verdict`
+    (what `predict` and `scan` write) flag the same ones."""
+    from minorage import AgeEstimator
+    from minorage.triage.pipeline import Reading
+
+    model = AgeEstimator.from_pretrained(str(joined))
+    reading = Reading.of(model)
+    rng = np.random.default_rng(1)
+    n = 400
+    ages, opinions = rng.uniform(10, 30, n), np.where(rng.random(n) < 0.2, np.nan, rng.uniform(10, 40, n))
+    barred, filled = rng.random(n) < 0.3, rng.random(n) < 0.3
+    by_estimator = ages < model.flags(filled, barred, opinions)
+    by_verdict = [reading.verdict(a, b, f, o)["minor"] for a, b, f, o in zip(ages, barred, filled, opinions)]
+    assert by_estimator.tolist() == by_verdict
+    assert 0 < by_estimator.sum() < n
+
+
+def test_predict_and_scan_read_the_second_opinion_on_real_faces(joined, some_faces, tmp_path, capsys):
+    """Real photos: every face found gets the second opinion's age (the same network's on its
+    aligned chip), its flag follows the veto, and `scan` stores the same flags."""
+    import json
+    import sqlite3
+
+    from minorage import AgeEstimator
+    from minorage.cli import main
+    from minorage.triage.pipeline import Reading
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, photo in enumerate(some_faces[6:16]):
+        chip = cv2.imread(str(photo))
+        cv2.imwrite(str(folder / f"photo{k}.png"), cv2.copyMakeBorder(chip, 120, 120, 120, 120, cv2.BORDER_CONSTANT, value=(90, 110, 130)))
+    assert main(["predict", str(folder), "--model", str(joined), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["status"] == "ok"]
+    assert len(rows) >= 8
+    reading = Reading.of(AgeEstimator.from_pretrained(str(joined)))
+    for r in rows:
+        assert r["eyes_occluded"] or r["second_opinion_age"] is not None
+        assert r["minor"] == reading.verdict(r["age"], r["eyes_occluded"], opinion=r["second_opinion_age"] or np.nan)["minor"]
+        assert r["flag_lifted"] == (not r["minor"] and r["age"] < r["minor_below"])
+    assert main(["predict", str(folder), "--model", str(joined), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(",second_opinion_age,flag_lifted")
+    assert main(["predict", str(folder), "--format", "csv"]) == 0
+    assert "second_opinion" not in capsys.readouterr().out.splitlines()[0]
+    case = tmp_path / "case"
+    assert main(["scan", str(folder), "--out", str(case), "--model", str(joined), "--workers", "1"]) == 0
+    db = sqlite3.connect(case / "case.sqlite")
+    stored = dict(db.execute("SELECT files.path, minor FROM faces JOIN files ON files.id = faces.file_id WHERE faces.face = 0").fetchall())
+    assert {r["path"]: int(r["minor"]) for r in rows if r["face"] == 0} == stored
+    settings = json.loads(db.execute("SELECT value FROM case_info WHERE key = 'settings'").fetchone()[0])
+    assert settings["second_opinion"] == {"veto": 20.0, "raise": 1.0}
+
+
+@pytest.mark.slow
+def test_evaluate_in_scenes_applies_the_second_opinion(joined, small_dataset, capsys):
+    """`evaluate --scenes`: the second opinion reads the normal faces found (not those the
+    eye-bar test calls barred), and its veto changes no age, only flags."""
+    import json
+
+    from minorage.cli import main
+
+    _, data, _, _ = small_dataset
+    results = []
+    for model in (DEFAULT, str(joined)):
+        assert main(["evaluate", "--model", model, "--data", str(data), "--scenes", "16", "--format", "json", "--bootstrap", "0"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    plain, second = results
+    assert "second_opinion" not in plain["org"]
+    assert second["org"]["second_opinion"]["read"] > 0.9 and second["ocl"]["second_opinion"]["read"] < 0.2
+    for variant in ("org", "ocl"):
+        assert second[variant]["MAE"] == pytest.approx(plain[variant]["MAE"])
+        assert second[variant]["scenes"]["found"] == plain[variant]["scenes"]["found"]

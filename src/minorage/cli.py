@@ -86,13 +86,7 @@ class _Counter:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from minorage.triage.predict import (
-        CROP_COLUMNS,
-        FACE_COLUMNS,
-        PredictOptions,
-        Predictor,
-        check_outputs,
-    )
+    from minorage.triage.predict import PredictOptions, Predictor, check_outputs, columns
 
     check_outputs(args.paths, [args.output if args.output != "-" else None])  # --annotate: the Predictor checks it
     options = PredictOptions(
@@ -110,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(_estimator(args), _detector(args), options)
     counter = _Counter()
     with output_stream(args.output) as stream:
-        write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, CROP_COLUMNS if args.crops else FACE_COLUMNS)
+        write_rows(counter(predictor.run(args.paths, _progress_wanted())), args.format, stream, columns(args.crops, predictor.estimator))
     if not counter.seen():
         print(f"minorage predict: no image or video file found in {printable(' '.join(args.paths))} "
               f"(folders are searched for {', '.join(sorted(predictor.suffixes))})", file=sys.stderr)
@@ -281,13 +275,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_combine(args: argparse.Namespace) -> int:
     from minorage.model.checkpoint import load_checkpoint, save_checkpoint
-    from minorage.model.ensemble import attach_edge, attach_grayscale
+    from minorage.model.ensemble import attach_edge, attach_grayscale, attach_second_opinion
     from minorage.paper.ensembles import make_ensemble
 
     name = args.name or Path(args.out).stem
     if not 0 <= args.keep_start < 1:
         raise ValueError(f"--keep-start is a share from 0 up to, not including, 1; got {args.keep_start}")
-    if (args.grayscale or args.edge or args.align_faces or args.minor_below is not None or args.minor_below_barred is not None) \
+    if (args.second_opinion is None) != (args.veto is None) or (args.raise_by and not args.second_opinion):
+        raise ValueError("--second-opinion MODEL and --veto YEARS go together (and --raise with them)")
+    if (args.grayscale or args.edge or args.second_opinion or args.align_faces or args.minor_below is not None
+            or args.minor_below_barred is not None) \
             and len(args.models) == 1 and not (
             args.mirror or args.data or args.choose is not None or args.keep_start):
         net, card = load_checkpoint(Path(args.models[0]))  # kept whole: its flag and calibration too
@@ -310,9 +307,12 @@ def cmd_combine(args: argparse.Namespace) -> int:
         raise ValueError("--edge-above routes faces to the model given by --edge: give it too")
     if args.edge:
         net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge, args.edge_above)
+    if args.second_opinion:
+        net, card = attach_second_opinion(net, card, *load_checkpoint(Path(args.second_opinion)), args.second_opinion, args.veto, args.raise_by)
     path = save_checkpoint(net, card, Path(args.out))
     routed = (f", black-and-white faces to {args.grayscale}" if args.grayscale else "") + \
-        (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "")
+        (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "") + \
+        (f", flags on open eyes lifted where {args.second_opinion} says {args.veto:g} or more" if args.second_opinion else "")
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
     return 0
 
@@ -583,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-above", type=float, default=Framings._field_defaults["edge_above"], metavar="SHARE",
                    help="with --edge: only faces more than this share of whose frame lies past the photo go to it; faces cut "
                         "a little by the photo's border stay with the main model (default: %(default)s, any)")
+    p.add_argument("--second-opinion", metavar="MODEL", help="a second age network (dlib's, imported by scripts/import_resnet_age.py) "
+                   "that reads each detected face with open eyes on dlib's aligned chip: a flag stands only where it says "
+                   "less than --veto (docs/model-history.md, step 23)")
+    p.add_argument("--veto", type=float, metavar="YEARS", help="with --second-opinion: the age from which it lifts the flag")
+    p.add_argument("--raise", dest="raise_by", type=float, default=0.0, metavar="YEARS",
+                   help="with --second-opinion: years added to the flag on the faces it reads (default: %(default)s)")
     p.set_defaults(func=cmd_combine)
 
     exp = sub.add_parser("experiment", help="the paper's experiment grid: run it, report Tables 2-3 and Figures 3, 5, 6")

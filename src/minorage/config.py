@@ -147,11 +147,13 @@ class Framing:
 class Framings(NamedTuple):
     """How a model frames its faces (`AgeEstimator.framings`): for its main part, and for its edge
     part where it has one, which reads the faces more than `edge_above` of whose frame (at the
-    edge part's margin) lies past the image."""
+    edge part's margin) lies past the image; with a second opinion, also a `chip` px chip aligned
+    to dlib's template (`framing.template_chip`) for it."""
 
     main: Framing
     edge: Framing | None = None
     edge_above: float = 0.0
+    chip: int = 0
 
 
 #: Whatever a video's container claims about its frame rate, at least one frame in this many

@@ -42,6 +42,9 @@ class ModelCard:
     # its "members" and "mirror", and its own card's name, data, training and metrics
     edge: dict | None = None  # the whole card (with its "source") of the part that reads the faces
     # whose frame leaves the photo (`framing.frame_routed`), with its own framing, flags and calibration
+    second_opinion: dict | None = None  # the whole card (with its "source") of a network that may lift the
+    # flag on faces with open eyes, its "veto" (the age from which it lifts it) and "raise" (years
+    # added to the flag on the faces it reads)
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +62,7 @@ class ModelCard:
             **({"calibration": self.calibration} if self.calibration else {}),
             **({"grayscale": self.grayscale} if self.grayscale else {}),
             **({"edge": self.edge} if self.edge else {}),
+            **({"second_opinion": self.second_opinion} if self.second_opinion else {}),
         }
 
     @classmethod
@@ -83,6 +87,7 @@ class ModelCard:
             calibration=data.get("calibration"),
             grayscale=data.get("grayscale"),
             edge=data.get("edge"),
+            second_opinion=data.get("second_opinion"),
         )
 
 

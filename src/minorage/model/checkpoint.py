@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from minorage.model.card import CHECKPOINT_FORMAT, ModelCard, card_path, read_card, weights_file
-from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, build_network
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, SecondOpinionNetwork, build_network
 
 
 def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
@@ -18,16 +18,27 @@ def save_checkpoint(net: nn.Module, card: ModelCard, path: Path) -> Path:
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(net, ByFrameNetwork):
-        edge_card = ModelCard.from_dict(card.edge)
-        net = ByFrameNetwork(_shaped(net.main, card), _shaped(net.edge, edge_card))
-        card.edge = {**card.edge, **edge_card.to_dict()}
+    if isinstance(net, SecondOpinionNetwork):
+        opinion_card = ModelCard.from_dict(card.second_opinion)
+        net = SecondOpinionNetwork(_routed_shape(net.model, card), _shaped(net.opinion, opinion_card))
+        card.second_opinion = {**card.second_opinion, **opinion_card.to_dict()}
     else:
-        net, card.edge = _shaped(net, card), None
+        net, card.second_opinion = _routed_shape(net, card), None
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT})
     card_path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return path
+
+
+def _routed_shape(net: nn.Module, card: ModelCard) -> nn.Module:
+    """A model, with its edge part where it has one, in the shape it loads back in."""
+    if isinstance(net, ByFrameNetwork):
+        edge_card = ModelCard.from_dict(card.edge)
+        net = ByFrameNetwork(_shaped(net.main, card), _shaped(net.edge, edge_card))
+        card.edge = {**card.edge, **edge_card.to_dict()}
+        return net
+    card.edge = None
+    return _shaped(net, card)
 
 
 def _shaped(net: nn.Module, card: ModelCard) -> nn.Module:
@@ -73,6 +84,8 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
     net = _built(card)
     if card.edge:
         net = ByFrameNetwork(net, _built(ModelCard.from_dict(card.edge)))
+    if card.second_opinion:
+        net = SecondOpinionNetwork(net, _built(ModelCard.from_dict(card.second_opinion)))
     missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
     real_missing = [m for m in missing if not m.endswith("num_batches_tracked")]
     if real_missing or unexpected:
@@ -81,10 +94,13 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, ModelCard]:
 
 
 def load_network(path: Path, member: int = 0) -> tuple[nn.Module, ModelCard]:
-    """One network of a checkpoint and its card: of a model with an edge part, its main part; of
-    a model that routes black-and-white faces, its colour networks; of an ensemble, its `member`-th (a shipped default's members have no
+    """One network of a checkpoint and its card: of a model with a second opinion, the model's; of
+    a model with an edge part, its main part; of a model that routes black-and-white faces, its
+    colour networks; of an ensemble, its `member`-th (a shipped default's members have no
     checkpoints of their own)."""
     net, card = load_checkpoint(path)
+    if isinstance(net, SecondOpinionNetwork):
+        net = net.model
     if isinstance(net, ByFrameNetwork):
         net = net.main
     if isinstance(net, ByLookNetwork):

@@ -11,7 +11,7 @@ from torch import nn
 from minorage import groups
 from minorage.model.card import ModelCard
 from minorage.model.checkpoint import load_checkpoint, load_network
-from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, SecondOpinionNetwork
 
 
 def toward_start(net: nn.Module, card: ModelCard, share: float) -> nn.Module:
@@ -44,6 +44,8 @@ def combine_checkpoints(paths: list[Path], mirror: bool, name: str, keep_start: 
     if any(isinstance(net, ByLookNetwork) for net, _ in loaded):
         raise ValueError("a model that already routes black-and-white faces cannot be averaged with others: "
                          "average the colour models, then add the specialist (--grayscale)")
+    if any(isinstance(net, SecondOpinionNetwork) for net, _ in loaded):
+        raise ValueError("a model with a second opinion cannot be averaged with others: average the models, then add it (--second-opinion)")
     if any(isinstance(net, ByFrameNetwork) for net, _ in loaded):
         raise ValueError("a model with an edge part cannot be averaged with others: average the main models, then add the part (--edge)")
     members = [m for net, _ in loaded for m in (net.members if isinstance(net, AveragedNetwork) else [net])]
@@ -75,7 +77,7 @@ def attach_grayscale(colour: nn.Module, card: ModelCard, grayscale: nn.Module, g
     """A model whose black-and-white faces go to a grayscale specialist: the colour model's card
     kept whole (its flag, calibration and measures), the specialist's name, data, training and
     metrics recorded in it, with `source`, where it was read from."""
-    if any(isinstance(net, (ByLookNetwork, ByFrameNetwork)) for net in (colour, grayscale)):
+    if any(isinstance(net, (ByLookNetwork, ByFrameNetwork, SecondOpinionNetwork)) for net in (colour, grayscale)):
         raise ValueError("a model that already routes faces (by look or by frame) cannot take a grayscale specialist")
     if grayscale_card.framing != card.framing or grayscale_card.max_age != card.max_age:
         raise ValueError(f"{source} frames faces or reports ages differently from the colour model")
@@ -92,6 +94,8 @@ def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: Mo
     `ByFrameNetwork`."""
     if not 0 <= above < 1:
         raise ValueError(f"the share of a frame past the photo that routes a face is from 0 up to, not including, 1; got {above}")
+    if any(isinstance(net, SecondOpinionNetwork) for net in (main, edge)):
+        raise ValueError("give the edge part before the second opinion: a model with a second opinion takes no edge part")
     if isinstance(main, ByFrameNetwork) or isinstance(edge, ByFrameNetwork):
         raise ValueError("a model that already has an edge part cannot take another")
     if edge_card.max_age != card.max_age:
@@ -100,6 +104,23 @@ def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: Mo
         raise ValueError(f"{source} takes faces of another size than the main model")
     card.edge, card.edge_above = {"source": source, **edge_card.to_dict()}, above
     return ByFrameNetwork(main, edge), card
+
+
+def attach_second_opinion(model: nn.Module, card: ModelCard, opinion: nn.Module, opinion_card: ModelCard, source: str,
+                          veto: float, raise_by: float = 0.0) -> tuple[SecondOpinionNetwork, ModelCard]:
+    """A model whose flag on a face with open eyes stands only where `opinion` (read on its own
+    aligned chip) puts the face below `veto` years, the flag on those faces raised by `raise_by`
+    years: the model's card kept whole, the opinion's whole card in it, with `source`, where it
+    was read from, and the two ages. Why: see `SecondOpinionNetwork`."""
+    if any(isinstance(n, SecondOpinionNetwork) for n in (model, opinion)) or isinstance(opinion, (ByFrameNetwork, ByLookNetwork)):
+        raise ValueError("a second opinion is one network (or ensemble) beside a model that has none yet")
+    top = opinion.cfg.V - 1
+    if not 0 < veto <= top:
+        raise ValueError(f"the second opinion's veto is an age within its range (0, {top}], got {veto}")
+    if not 0 <= raise_by <= 10:
+        raise ValueError(f"the flag's raise on the faces the second opinion reads is 0 to 10 years, got {raise_by}")
+    card.second_opinion = {"source": source, "veto": veto, "raise": raise_by, **opinion_card.to_dict()}
+    return SecondOpinionNetwork(model, opinion), card
 
 
 def _member_entries(path: Path, card: ModelCard) -> list[dict]:

@@ -2,7 +2,9 @@
 
 A model with an edge part (`ByFrameNetwork`) is two estimators: its main part, and `edge`, an
 estimator of its own (its framing, flags and calibration) for the faces whose frame leaves the
-photo; `predict` takes each face's route from the caller, who framed it.
+photo; `predict` takes each face's route from the caller, who framed it. A model with a second
+opinion (`SecondOpinionNetwork`) carries it as `opinion`, an estimator of its own that reads
+chips aligned to dlib's template, and `flags` applies its veto given its ages.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from minorage.model.calibration import Calibrations
 from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.keras import load_pretrained_network
-from minorage.model.network import ByFrameNetwork
+from minorage.model.network import ByFrameNetwork, SecondOpinionNetwork
 from minorage.model.runtime import predict_ages, runtime_for
 
 
@@ -26,6 +28,9 @@ class AgeEstimator:
     """An age network (SSR-Net, or the residual network) with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
 
     def __init__(self, net: nn.Module, card: ModelCard, source: str = "", minor_below: float | None = None):
+        self.opinion = AgeEstimator(net.opinion, ModelCard.from_dict(card.second_opinion), source) \
+            if isinstance(net, SecondOpinionNetwork) else None
+        net = net.model if isinstance(net, SecondOpinionNetwork) else net
         self.net = net.eval()
         self.card = card
         self.source = source
@@ -60,7 +65,8 @@ class AgeEstimator:
     @property
     def framings(self) -> Framings:
         """How faces are framed for the main part, and for the edge part where there is one."""
-        return Framings(self.framing, self.edge.framing, self.card.edge_above) if self.edge else Framings(self.framing)
+        chip = self.opinion.net.cfg.image_size if self.opinion else 0
+        return Framings(self.framing, self.edge.framing if self.edge else None, self.card.edge_above, chip)
 
     @property
     def minor_below(self) -> float:
@@ -75,12 +81,16 @@ class AgeEstimator:
             return self.card.minor_below_barred
         return self.minor_below
 
-    def flags(self, edge_filled: np.ndarray, eyes_barred: np.ndarray | bool) -> np.ndarray:
+    def flags(self, edge_filled: np.ndarray, eyes_barred: np.ndarray | bool, opinions: np.ndarray | None = None) -> np.ndarray:
         """Each face's flag: its part's (the edge part's for the faces `edge_filled` marks, where
-        the model has one), for its kind, as `predict` and `scan` read it out."""
+        the model has one), for its kind, as `predict` and `scan` read it out; with the second
+        opinion's ages (NaN where it read none), its veto and raise (`with_second_opinion`)."""
         edge = self.edge or self
-        return np.where(edge_filled, np.where(eyes_barred, edge.flag(True), edge.flag(False)),
-                        np.where(eyes_barred, self.flag(True), self.flag(False)))
+        below = np.where(edge_filled, np.where(eyes_barred, edge.flag(True), edge.flag(False)),
+                         np.where(eyes_barred, self.flag(True), self.flag(False)))
+        if self.opinion is None or opinions is None:
+            return below
+        return with_second_opinion(below, opinions, eyes_barred, self.card.second_opinion)
 
     @property
     def calibration(self) -> Calibrations | None:
@@ -118,10 +128,23 @@ class AgeEstimator:
     def bulk(self) -> None:
         """Trace every part's frozen copy now (for a caller that would rather wait before its
         first batch than inside it)."""
-        self.runtime.bulk()
-        if self.edge:
-            self.edge.bulk()
+        for part in (self, self.edge, self.opinion):
+            if part is not None:
+                part.runtime.bulk()
 
     def describe(self) -> dict:
         """What `minorage info` shows: size, parameters, range, framing and the model card."""
         return describe(self.card, self.source, sum(p.numel() for p in self.net.parameters()), self.age_range)
+
+
+
+def with_second_opinion(below: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,
+                        second_opinion: dict) -> np.ndarray:
+    """Flags (an estimate below is flagged) with a second opinion (a card's `second_opinion`): on
+    a face with open eyes that it read, raised by its "raise", and minus infinity (never flagged)
+    where it says "veto" years or more. Eye-barred faces are left alone: the network reads a bar
+    as an adult (docs/model-history.md, step 23)."""
+    opinions = np.asarray(opinions, float)
+    reads = ~np.asarray(eyes_barred, bool) & np.isfinite(opinions)
+    raised = np.asarray(below, float) + np.where(reads, second_opinion["raise"], 0.0)
+    return np.where(reads & (np.nan_to_num(opinions) >= second_opinion["veto"]), -np.inf, raised)

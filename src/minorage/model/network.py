@@ -185,6 +185,22 @@ class ByFrameNetwork(nn.Module):
         return self.main(x)
 
 
+class SecondOpinionNetwork(nn.Module):
+    """A model and a second age network that may lift its flag on faces with open eyes. Why: a
+    network trained on other photos, reading faces aligned as it learnt them, clears many of the
+    adults the model flags in photos (docs/model-history.md, step 23). It reads its own chips
+    (`framing.template_chip`), so `AgeEstimator` runs it apart; called on faces alone, the model
+    reads them."""
+
+    def __init__(self, model: nn.Module, opinion: nn.Module):
+        super().__init__()
+        self.model, self.opinion = model, opinion
+        self.cfg = model.cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def build_network(cfg: SSRNetConfig | ResNetConfig) -> nn.Module:
     """An untrained network of the architecture a configuration describes."""
     return AgeResNet(cfg) if isinstance(cfg, ResNetConfig) else SSRNet(cfg)

@@ -121,9 +121,9 @@ def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = 
     """The model's calibrations, fit on one half of the data set's test split (the calibration
     half; `half=CHECK` swaps the halves, to judge the same procedure the other way round), and
     the out-of-fold tables of the bands chosen for each kind of face (`choose_band`)."""
-    if estimator.edge is not None:
-        raise ValueError("a model with an edge part is calibrated part by part: calibrate each model, then join them "
-                         "(minorage combine MODEL --edge EDGE_MODEL)")
+    if estimator.edge is not None or estimator.opinion is not None:
+        raise ValueError("a joined model is calibrated part by part: calibrate each model, then join them "
+                         "(minorage combine MODEL --edge EDGE_MODEL, then --second-opinion)")
     exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
     fitted, counts, tables = {}, {}, {}
     for variant, kind in VARIANT_KIND.items():

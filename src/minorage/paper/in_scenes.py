@@ -30,7 +30,7 @@ from tqdm import tqdm
 from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, iou
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.faces.framing import frame_routed
+from minorage.faces.framing import frame_routed, template_chip
 from minorage.faces.occlusion import eyes_occluded, occlude
 from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
@@ -78,7 +78,9 @@ def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
     return faces[best] if overlap[best] >= MIN_IOU else None
 
 
-Framed = tuple[np.ndarray, bool] | None  # a face's model input and whether it goes to the edge part; None where missed
+#: a face's model input, whether it goes to the edge part, and its chip for the model's second
+#: opinion where it has one (`framing.template_chip`); None where the detector missed the face
+Framed = tuple[np.ndarray, bool, np.ndarray | None] | None
 
 
 def scene_faces(rows: list[dict], barred: bool, detector: FaceDetector, seed: int = 0,
@@ -104,7 +106,8 @@ def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings
         kinds.append(kind)
         seen_barred.append(face is not None and eyes_occluded(scene.image, face))
         for pair, framed in zip(framings, crops):
-            framed.append(None if face is None else frame_routed(scene.image, face.box, pair, face.eyes))
+            chip = template_chip(scene.image, face.points, pair.chip) if face is not None and pair.chip else None
+            framed.append(None if face is None else (*frame_routed(scene.image, face.box, pair, face.eyes), chip))
     return crops, kinds, np.array(seen_barred, bool)
 
 
@@ -124,16 +127,19 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
     return results
 
 
-def estimates(estimator: AgeEstimator, crops: list[Framed]) -> tuple[np.ndarray, np.ndarray]:
-    """The age of each framed face, infinite where the detector missed it (never flagged), and
-    whether the model's edge part read it."""
+def estimates(estimator: AgeEstimator, crops: list[Framed]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The age of each framed face, infinite where the detector missed it (never flagged),
+    whether the model's edge part read it, and its second opinion's age (NaN where none)."""
     found = [c for c in crops if c is not None]
     mask = np.array([c is not None for c in crops], bool)
-    pred, filled = np.full(len(crops), np.inf), np.zeros(len(crops), bool)
+    pred, filled, opinions = np.full(len(crops), np.inf), np.zeros(len(crops), bool), np.full(len(crops), np.nan)
     if found:
-        filled[mask] = [f for _, f in found]
-        pred[mask] = estimator.predict(np.stack([c for c, _ in found]), edge_filled=filled[mask])
-    return pred, filled
+        filled[mask] = [f for _, f, _ in found]
+        pred[mask] = estimator.predict(np.stack([c for c, _, _ in found]), edge_filled=filled[mask])
+        read = [i for i, (_, _, chip) in zip(np.flatnonzero(mask), found) if chip is not None]
+        if estimator.opinion is not None and read:
+            opinions[read] = estimator.opinion.predict(np.stack([crops[i][2] for i in read]))
+    return pred, filled, opinions
 
 
 def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDetector, data_dir: Path, exclude: Iterable[str] = (),
@@ -153,8 +159,8 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
     for barred in (False, True):
         (own, ref), _, seen_barred = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
         mine.append(estimates(estimator, own)[0][minors])
-        pred, filled = estimates(reference, ref)
-        theirs.append((pred < reference.flags(filled, seen_barred))[minors])
+        pred, filled, opinions = estimates(reference, ref)
+        theirs.append((pred < reference.flags(filled, seen_barred, opinions))[minors])
     mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs)))
     below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
     return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
@@ -166,10 +172,13 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
 def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, true: np.ndarray, crops: list[Framed],
               kinds: np.ndarray, people: list[tuple[str, str]], resamples: int) -> dict:
     """The age measures over the faces found, and what was found, overall and by group; each
-    face flagged at its part's flag for the kind the eye-bar test says it is."""
+    face flagged at its part's flag for the kind the eye-bar test says it is (with the model's
+    second opinion where it has one)."""
     found = np.array([c is not None for c in crops])
-    pred, filled = estimates(estimator, crops)
-    below = estimator.flags(filled, seen_barred)
+    pred, filled, opinions = estimates(estimator, crops)
+    below = estimator.flags(filled, seen_barred, opinions)
+    unvetoed = estimator.flags(filled, seen_barred, np.where(np.isnan(opinions), np.nan, 0.0))  # raised, never lifted
+    lifted = np.isneginf(below) & (pred < unvetoed)
     if below.size and np.all(below == below.flat[0]):
         below = float(below.flat[0])  # one flag for every face: recorded as the model's flag
     seen = metrics.picked(below, found)
@@ -179,6 +188,9 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
         out["minor_below"] = estimator.flag(barred)
     if estimator.edge is not None:
         out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0, edge_minor_below=estimator.edge.flag(barred))
+    if estimator.opinion is not None and found.any():  # of the faces found: read by it, and flags it lifted
+        out["second_opinion"] = {"read": float((np.isfinite(opinions) & ~seen_barred)[found].mean()),
+                                 "flags_lifted": float(lifted[found].mean())}
     if resamples:
         out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], seen, resamples)
     labels = {key: np.array([p[i] for p in people]) for i, key in enumerate(FAIRNESS_KEYS)}

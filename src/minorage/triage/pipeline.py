@@ -4,7 +4,9 @@ An image's faces are found and each framed as the model expects (`find_faces`); 
 several files are aged in one network pass and the ages handed back file by file
 (`ages_by_item`); each age becomes the reported group and flag (`Reading.verdict`). A model with
 an edge part reads the faces whose frame leaves the image with it, and reads them out by its own
-flags and calibration (`FramedFace.edge_filled`). `predict` runs the whole path in one process;
+flags and calibration (`FramedFace.edge_filled`). A model with a second opinion also gets each
+detected face's chip aligned to dlib's template (`FramedFace.chip`), read apart
+(`opinions_by_item`), and the verdict applies its veto. `predict` runs the whole path in one process;
 `scan` finds faces in its worker processes and ages them in the main one, so that its batches
 stay large.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, main_face
-from minorage.faces.framing import crop_box, frame_routed
+from minorage.faces.framing import crop_box, frame_routed, template_chip
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
 from minorage.model.calibration import Calibrations
 from minorage.model.estimator import AgeEstimator
@@ -30,11 +32,13 @@ class FramedFace:
     face: Face | None
     crop: np.ndarray
     edge_filled: bool = False  # framed for the model's edge part (its frame leaves the image)
+    chip: np.ndarray | None = None  # for a model's second opinion: the face on dlib's template (detected faces only)
 
 
 def _framed(image: np.ndarray, face: Face | None, box: tuple[float, float, float, float], framings: Framings) -> FramedFace:
     crop, filled = frame_routed(image, box, framings, face.eyes if face else None)
-    return FramedFace(face, crop, filled)
+    chip = template_chip(image, face.points, framings.chip) if framings.chip and face is not None else None
+    return FramedFace(face, crop, filled, chip)
 
 
 def find_faces(image: np.ndarray, detector: FaceDetector, framings: Framings) -> list[FramedFace]:
@@ -56,8 +60,23 @@ def ages_by_item(faces: list[list[FramedFace]], estimator: AgeEstimator) -> list
     flat = [face for item in faces for face in item]
     ages = estimator.predict(np.stack([f.crop for f in flat]), edge_filled=np.array([f.edge_filled for f in flat])) \
         if flat else np.zeros(0, np.float32)
+    return _split(ages, faces)
+
+
+def opinions_by_item(faces: list[list[FramedFace]], estimator: AgeEstimator) -> list[np.ndarray]:
+    """The second opinion's ages of several files' faces (NaN where it reads none: no second
+    opinion, or a crop taken whole), from one network pass, split back per file."""
+    flat = [face for item in faces for face in item]
+    ages = np.full(len(flat), np.nan, np.float32)
+    read = [i for i, f in enumerate(flat) if f.chip is not None]
+    if estimator.opinion is not None and read:
+        ages[read] = estimator.opinion.predict(np.stack([flat[i].chip for i in read]))
+    return _split(ages, faces)
+
+
+def _split(values: np.ndarray, faces: list[list[FramedFace]]) -> list[np.ndarray]:
     bounds = np.cumsum([0, *(len(item) for item in faces)])
-    return [ages[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    return [values[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,8 @@ class Reading:
       `age_high`; a top past the ceiling means "or older"), each fit on normal or on eye-barred
       faces as the face is.
     - A face read by a model's edge part is read out by that part's own `edge` reading.
+    - With a model's `second_opinion` (its card's) and that network's age for a face with open
+      eyes: the age flag raised by its "raise", and any flag lifted where it says "veto" or more.
     """
 
     minor_below: float
@@ -82,6 +103,7 @@ class Reading:
     minor_above: float | None = None
     barred_below: float | None = None
     edge: "Reading | None" = None
+    second_opinion: dict | None = None
 
     def __post_init__(self):
         if self.minor_above is not None:
@@ -96,7 +118,7 @@ class Reading:
         top = estimator.age_range[1]
         edge = cls.of(estimator.edge, minor_above) if estimator.edge else None
         return cls(estimator.minor_below, float(top) if top <= YOUNG_ADULT_MAX else None, estimator.calibration, minor_above,
-                   estimator.flag(eyes_barred=True), edge)
+                   estimator.flag(eyes_barred=True), edge, estimator.card.second_opinion if estimator.opinion else None)
 
     def shown(self, age: float, edge_filled: bool = False) -> str:
         """The age as a person reads it: "25+" at the ceiling, else to a tenth of a year."""
@@ -110,9 +132,25 @@ class Reading:
             return self.edge.flag_below(eyes_barred)
         return self.barred_below if eyes_barred and self.barred_below is not None else self.minor_below
 
-    def verdict(self, age: float, eyes_barred: bool = False, edge_filled: bool = False) -> dict:
+    def verdict(self, age: float, eyes_barred: bool = False, edge_filled: bool = False, opinion: float = np.nan) -> dict:
         """What every output says of one face's age: its group, the "probably a minor" flag and,
-        for a calibrated model, p_minor and the 90 % interval."""
+        for a calibrated model, p_minor and the 90 % interval; with a second opinion, its age
+        and whether it lifted the flag."""
+        said = self._own_verdict(age, eyes_barred, edge_filled)
+        if self.second_opinion is None:
+            return said
+        read = not eyes_barred and bool(np.isfinite(opinion))
+        if self.minor_above is None:  # flagged by age: the flag raised on the faces it reads
+            said["minor_below"] = self.flag_below(eyes_barred, edge_filled) + (self.second_opinion["raise"] if read else 0.0)
+            would = is_minor(age, said["minor_below"])
+        else:  # flagged by p_minor: only the veto counts
+            would = said["minor"]
+        lifted = would and read and opinion >= self.second_opinion["veto"]
+        said.update(minor=bool(would and not lifted), second_opinion_age=round(float(opinion), 1) if read else None,
+                    flag_lifted=bool(lifted))
+        return said
+
+    def _own_verdict(self, age: float, eyes_barred: bool, edge_filled: bool) -> dict:
         if edge_filled and self.edge is not None:
             return self.edge.verdict(age, eyes_barred)
         adult = self.ceiling is not None and age >= self.ceiling

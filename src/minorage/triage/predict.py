@@ -38,11 +38,17 @@ from minorage.evidence.sources import Entry, named_or_suffixed, real_sources, wa
 from minorage.faces.detection import FaceDetector
 from minorage.faces.occlusion import eyes_occluded
 from minorage.model.estimator import AgeEstimator
-from minorage.triage.pipeline import FramedFace, Reading, ages_by_item, find_faces, frame_crop
+from minorage.triage.pipeline import FramedFace, Reading, ages_by_item, find_faces, frame_crop, opinions_by_item
 
 VERDICT_COLUMNS = ("age", "group", "minor", "minor_below", "p_minor", "age_low", "age_high")
 CROP_COLUMNS = ("path", *VERDICT_COLUMNS, "eyes_occluded", "framing", "box", "status", "error")
 FACE_COLUMNS = ("path", "frame_time", "face", *VERDICT_COLUMNS, "eyes_occluded", "score", "box", "eyes", "status", "error", "annotated")
+OPINION_COLUMNS = ("second_opinion_age", "flag_lifted")  # a model with a second opinion adds these
+
+
+def columns(crops: bool, estimator: AgeEstimator) -> tuple[str, ...]:
+    """The CSV columns of `predict`'s rows for the mode and the model."""
+    return (CROP_COLUMNS if crops else FACE_COLUMNS) + (OPINION_COLUMNS if estimator.opinion else ())
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,12 @@ class _Image:
 
 
 def _face_row(item: _Image, index: int | None, framed: FramedFace, frame_time: float | None, barred: bool, age: float,
-              reading: Reading) -> dict:
+              opinion: float, reading: Reading) -> dict:
     face = framed.face
-    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred, framed.edge_filled),
+    row = {"path": display_path(item.path), "age": float(age), **reading.verdict(age, barred, framed.edge_filled, opinion),
            "eyes_occluded": barred, "status": "ok"}
-    if reading.minor_above is None:  # the age the flag was read at: the model's own per part and kind of face
-        row["minor_below"] = reading.flag_below(barred, framed.edge_filled)
+    if reading.minor_above is None:  # the age the flag was read at: the model's own per part and kind of face (raised
+        row.setdefault("minor_below", reading.flag_below(barred, framed.edge_filled))  # by a second opinion that read it)
     if frame_time is not None:
         row["frame_time"] = frame_time
     if face is not None:
@@ -97,25 +103,26 @@ def _face_row(item: _Image, index: int | None, framed: FramedFace, frame_time: f
     return row
 
 
-def _rows(item: _Image, ages: Iterator[float], crops_mode: bool, reading: Reading) -> list[dict]:
+def _rows(item: _Image, ages: np.ndarray, opinions: np.ndarray, crops_mode: bool, reading: Reading) -> list[dict]:
     if item.error is not None:
         return [{"path": display_path(item.path), "status": item.error.status, "error": str(item.error)}]
     if not item.framed:
         return [{"path": display_path(item.path), "face": None, "status": "no_face", "error": "no face found"}]
     return [
-        _face_row(item, None if crops_mode else i, framed, frame_time, barred, next(ages), reading)
-        for i, (framed, frame_time, barred) in enumerate(zip(item.framed, item.frame_times, item.barred))
+        _face_row(item, None if crops_mode else i, framed, frame_time, barred, float(age), float(opinion), reading)
+        for i, (framed, frame_time, barred, age, opinion) in enumerate(zip(item.framed, item.frame_times, item.barred, ages, opinions))
     ]
 
 
-def annotate(image: np.ndarray, faces: list[FramedFace], ages: list[float], barred: list[bool], reading: Reading) -> np.ndarray:
-    """A copy with each face's box and estimated age drawn (like the paper's Figure 4)."""
+def annotate(image: np.ndarray, faces: list[FramedFace], ages: list[float], barred: list[bool], reading: Reading,
+             opinions: list[float] | None = None) -> np.ndarray:
+    """A copy with each face's box and estimated age drawn (like the paper's Figure 4), red where flagged."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 400))
-    for framed, age, eyes_barred in zip(faces, ages, barred):
+    for framed, age, eyes_barred, opinion in zip(faces, ages, barred, opinions or [np.nan] * len(faces)):
         face = framed.face
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        colour = (0, 0, 255) if reading.verdict(age, eyes_barred, framed.edge_filled)["minor"] else (0, 200, 0)
+        colour = (0, 0, 255) if reading.verdict(age, eyes_barred, framed.edge_filled, opinion)["minor"] else (0, 200, 0)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         label = reading.shown(age, framed.edge_filled)
         scale = max(0.4, face.width / 160)
@@ -182,14 +189,15 @@ class Predictor:
 
     def finish(self, batch: list[_Image]) -> Iterator[dict]:
         """Estimate the ages of a batch of images' faces and turn them into rows."""
-        for item, mine in zip(batch, ages_by_item([item.framed for item in batch], self.estimator)):
+        framed = [item.framed for item in batch]
+        for item, mine, opinions in zip(batch, ages_by_item(framed, self.estimator), opinions_by_item(framed, self.estimator)):
             if item.image is not None and item.framed:
-                self.write_annotation(item, [float(a) for a in mine])
-            yield from _rows(item, iter(mine), self.options.crops, self.reading)
+                self.write_annotation(item, [float(a) for a in mine], [float(o) for o in opinions])
+            yield from _rows(item, mine, opinions, self.options.crops, self.reading)
 
-    def write_annotation(self, item: _Image, ages: list[float]) -> None:
+    def write_annotation(self, item: _Image, ages: list[float], opinions: list[float]) -> None:
         """A copy with boxes and ages under the file's relative path; never over an existing file."""
-        drawn = annotate(item.image, item.framed, ages, item.barred, self.reading)
+        drawn = annotate(item.image, item.framed, ages, item.barred, self.reading, opinions)
         item.annotated = display_path(write_image(self.options.annotate_dir / item.relative, drawn))
 
     def wanted(self, entry: Entry, roots: list[str]) -> bool:

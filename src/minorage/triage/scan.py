@@ -58,7 +58,7 @@ from minorage.triage.case import (
     open_case,
     prepare_folder,
 )
-from minorage.triage.pipeline import FramedFace, Framings, Reading, ages_by_item, find_faces
+from minorage.triage.pipeline import FramedFace, Framings, Reading, ages_by_item, find_faces, opinions_by_item
 from minorage.triage.workers import Failed, Supervisor
 
 #: Every status a file, folder or link can have in a case, and what it means.
@@ -98,6 +98,7 @@ class FoundFace:
     eyes_occluded: bool
     thumbnail: bytes
     edge_filled: bool = False  # framed for the model's edge part (`pipeline.FramedFace`)
+    chip: np.ndarray | None = None  # for the model's second opinion (`pipeline.FramedFace`)
 
 
 @dataclass
@@ -206,7 +207,7 @@ def _faces_in(image: np.ndarray, frame_time: float | None, seconds: dict[str, fl
     cfg: ScanConfig = _worker["cfg"]
     started = time.perf_counter()
     out = [FoundFace(f.face.to_dict(), frame_time, index, f.crop, eyes_occluded(image, f.face), _thumbnail(image, f.face, cfg.thumbnail),
-                     f.edge_filled)
+                     f.edge_filled, f.chip)
            for index, f in enumerate(find_faces(image, _worker["detector"], _worker["framings"]))]
     seconds["detect"] = seconds.get("detect", 0.0) + time.perf_counter() - started
     return out
@@ -261,6 +262,7 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
         "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
         "minor_below": estimator.minor_below, "minor_above": reading.minor_above,
         **({"routes": _routes(estimator)} if estimator.edge or estimator.card.minor_below_barred is not None else {}),
+        **({"second_opinion": {k: estimator.card.second_opinion[k] for k in ("veto", "raise")}} if estimator.opinion else {}),
         "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
         "thresholds": list(detector_cfg.thresholds), "yunet_threshold": detector_cfg.yunet_threshold,
@@ -307,7 +309,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 bar.update()
             elif entry.status is not None:  # the walk's own verdict: nothing to read
                 result = FileResult.of_entry(entry)
-                if _store(db, result, np.zeros(0), reading, run_id) is not None:
+                if _store(db, result, np.zeros(0), np.zeros(0), reading, run_id) is not None:
                     summary.add(result, [])
                 bar.update()
             else:
@@ -367,25 +369,26 @@ def _batches(results: Iterator[FileResult], faces: int, seconds: float = 0.5) ->
 def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, reading: Reading, summary: ScanSummary, run_id: int) -> None:
     """Ages for a batch of files' faces in one pass, then each file committed on its own."""
     started = time.perf_counter()
-    ages = ages_by_item([[FramedFace(None, f.crop, f.edge_filled) for f in r.faces] for r in batch], estimator)
+    framed = [[FramedFace(None, f.crop, f.edge_filled, f.chip) for f in r.faces] for r in batch]
+    ages, opinions = ages_by_item(framed, estimator), opinions_by_item(framed, estimator)
     share = (time.perf_counter() - started) / max(1, sum(len(r.faces) for r in batch))
-    for result, mine in zip(batch, ages):
+    for result, mine, theirs in zip(batch, ages, opinions):
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
-        flags = _store(db, result, mine, reading, run_id)
+        flags = _store(db, result, mine, theirs, reading, run_id)
         result.seconds["store"] = time.perf_counter() - t0
         if flags is not None:
             summary.add(result, flags)
 
 
-def _store(db, result: FileResult, ages: np.ndarray, reading: Reading, run_id: int) -> list[bool] | None:
-    """One file and all its faces, in one transaction; the faces' flags, or None if the file was
-    already there."""
+def _store(db, result: FileResult, ages: np.ndarray, opinions: np.ndarray, reading: Reading, run_id: int) -> list[bool] | None:
+    """One file and all its faces, in one transaction; the faces' flags (after a second
+    opinion's veto, whose age the case does not keep), or None if the file was already there."""
     faces, flags = [], []
-    for found, age in zip(result.faces, ages):
+    for found, age, opinion in zip(result.faces, ages, opinions):
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
         age = round(float(age), 2)  # as stored: the verdict is the stored age's, read again the same
-        said = reading.verdict(age, found.eyes_occluded, found.edge_filled)
+        said = reading.verdict(age, found.eyes_occluded, found.edge_filled, float(opinion))
         flags.append(said["minor"])
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
                       age, said["group"], int(said["minor"]), said.get("p_minor"), said.get("age_low"), said.get("age_high"),
