@@ -271,3 +271,34 @@ def test_evaluate_in_scenes_applies_the_second_opinion(joined, small_dataset, ca
     for variant in ("org", "ocl"):
         assert second[variant]["MAE"] == pytest.approx(plain[variant]["MAE"])
         assert second[variant]["scenes"]["found"] == plain[variant]["scenes"]["found"]
+
+
+@pytest.mark.slow
+def test_evaluate_on_stored_faces_finds_them_again_for_the_second_opinion(joined, small_dataset, capsys):
+    """`evaluate` on the stored faces: each normal face is found again in its photo for the
+    second opinion's chip, the barred ones are not read; the ages are the model's own."""
+    import json
+
+    from minorage.cli import main
+
+    _, data, _, _ = small_dataset
+    results = []
+    for model in (DEFAULT, str(joined)):
+        assert main(["evaluate", "--model", model, "--data", str(data), "--format", "json", "--bootstrap", "0"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    plain, second = results
+    assert second["org"]["second_opinion"]["read"] > 0.95 and "second_opinion" not in second["ocl"]
+    assert second["org"]["MAE"] == pytest.approx(plain["org"]["MAE"])
+    assert second["ocl"]["minor_recall"] == pytest.approx(plain["ocl"]["minor_recall"])
+    assert main(["evaluate", "--model", str(joined), "--data", str(data), "--bootstrap", "0", "--variant", "org"]) == 0
+    assert "Org (normal faces)" in capsys.readouterr().out  # the Markdown report takes the extra entry
+
+
+def test_points_placed_in_a_known_box_are_the_detectors_own(some_faces, detector):
+    """Real photos: O-Net's points in the box the detector found lie within a tenth of the face's
+    width of the points the whole detection gave."""
+    for path in some_faces[:8]:
+        photo = cv2.imread(str(path))
+        face = main_face(detector.detect(photo), photo.shape)
+        placed = detector.points_at(photo, np.array(face.box))[0]
+        assert np.abs(placed - face.points).max() < 0.1 * face.width, path.name

@@ -350,6 +350,16 @@ class FaceDetector:
             faces += self.output(patches, found, onet)
         return merged(faces) if len(self.pairs) > 1 else faces
 
+    @torch.inference_mode()
+    def points_at(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The five points (N, 5, 2) the first pair's O-Net places in each given box of a BGR
+        image: for faces whose box is known already (a data set's stored faces), without
+        detecting them again."""
+        squares = squared(np.asarray(boxes, float).reshape(-1, 4))
+        points = self.pairs[0][1](normalise(cut_patches(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), squares, 48)))[2].numpy()
+        size = squares[:, 2:4] - squares[:, :2]
+        return squares[:, None, :2] + np.stack([points[:, :5], points[:, 5:]], axis=2) * size[:, None, :]
+
     def detect_padded(self, image: np.ndarray) -> list[Face]:
         """The cascade on the image inside a black border of `crop_padding` of its side: on
         tight face crops MTCNN otherwise misses faces and its eye points drift upwards."""
@@ -364,6 +374,17 @@ class FaceDetector:
         if self.cfg.crop_padding > 0 and (not faces or any(touches_edge(f, image.shape) for f in faces)):
             return self.detect_padded(image)
         return faces
+
+
+def face_at(image: np.ndarray, box: tuple[float, float, float, float], detector: FaceDetector, min_iou: float = 0.3) -> Face | None:
+    """The face `detector` finds in a BGR image that is the one at `box` (the best overlap, if its
+    IoU is at least `min_iou`), or None where it finds no such face."""
+    faces = detector.detect(image)
+    if not faces:
+        return None
+    overlap = iou(np.array([f.box for f in faces]), np.asarray(box, float))
+    best = int(np.argmax(overlap))
+    return faces[best] if overlap[best] >= min_iou else None
 
 
 def merged(faces: list[Face], overlap: float = 0.7) -> list[Face]:

@@ -92,6 +92,12 @@ class AgeEstimator:
             return below
         return with_second_opinion(below, opinions, eyes_barred, self.card.second_opinion)
 
+    def lifted(self, ages: np.ndarray, edge_filled: np.ndarray, eyes_barred: np.ndarray | bool, opinions: np.ndarray) -> np.ndarray:
+        """The faces whose flag the second opinion lifted: flagged at the raised flag, then vetoed."""
+        below, second = self.flags(edge_filled, eyes_barred), self.card.second_opinion
+        raised = with_second_opinion(below, opinions, eyes_barred, {**second, "veto": np.inf})
+        return (np.asarray(ages) < raised) & np.isneginf(with_second_opinion(below, opinions, eyes_barred, second))
+
     @property
     def calibration(self) -> Calibrations | None:
         """The card's calibrated p_minor and age interval (None for a model never calibrated)."""

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from minorage import groups
+from minorage.config import DetectorConfig
+from minorage.faces.detection import FaceDetector
+from minorage.faces.framing import template_chip
 from minorage.faces.wild import LUMA_BGR, jpeg_round_trip, sepia
 from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
 from minorage.paper.readers import UNKNOWN
-from minorage.paper.store import FaceSet, frames_left_photo, load_faces, photo_demographics
+from minorage.paper.store import FaceSet, frames_left_photo, load_faces, photo_demographics, source_image
 
 VARIANT_LABELS = {"org": "Org (normal faces)", "ocl": "Ocl (eye-barred faces)"}
 
@@ -51,20 +56,42 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
     """Every measure of `metrics.evaluate` per variant of the split, with the model's flag (and,
     given `resamples`, the bootstrap intervals of the headline measures); `look` one of `LOOKS`.
     A model with an edge part reads the stored faces whose frame left their photo with that part,
-    each face flagged by its own part's flag for its kind (eye-barred for "ocl")."""
+    each face flagged by its own part's flag for its kind (eye-barred for "ocl"); a model with a
+    second opinion has it read the normal faces (`second_opinions`) and lift their flags."""
     change = LOOKS[look]
 
     def read(faces: FaceSet, variant: str) -> tuple[np.ndarray, metrics.Below, dict]:
         shown = faces.faces if change is None else change(faces.faces)
         barred = variant == "ocl"
-        if estimator.edge is None:
+        if estimator.edge is None and estimator.opinion is None:
             return estimator.predict(shown), estimator.flag(barred), {}
-        filled = frames_left_photo(data_dir, faces.ids, estimator.framings.edge_above)
-        return estimator.predict(shown, edge_filled=filled), estimator.flags(filled, barred), {
-            "routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
-            "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)}
+        filled = frames_left_photo(data_dir, faces.ids, estimator.framings.edge_above) if estimator.edge else np.zeros(len(faces), bool)
+        opinions = second_opinions(estimator, data_dir, faces.ids, change) if estimator.opinion and not barred else None
+        ages, below = estimator.predict(shown, edge_filled=filled), estimator.flags(filled, barred, opinions)
+        noted = {"routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
+                 "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)} if estimator.edge else {}
+        if opinions is not None:
+            noted["second_opinion"] = {"read": float(np.isfinite(opinions).mean()) if len(opinions) else 0.0,
+                                       "flags_lifted": float(np.mean(estimator.lifted(ages, filled, barred, opinions)))}
+        return ages, below, noted
 
     return evaluate_reader(read, data_dir, variants, split, per_age, resamples, exclude)
+
+
+def second_opinions(estimator: AgeEstimator, data_dir: Path, ids: np.ndarray,
+                    change: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The second opinion's age of each stored face, on the chip aligned from the eye and nose
+    points O-Net places in the stored box (the build kept no nose point), given the same look."""
+    rows = {r["id"]: r for r in csv.DictReader((Path(data_dir) / "manifest.csv").open()) if r["variant"] == "org"}
+    detector, size = FaceDetector(DetectorConfig()), estimator.opinion.net.cfg.image_size
+    chips = []
+    for photo in tqdm(ids.tolist(), desc="second opinion", unit="photo", leave=False):
+        image = source_image(rows[photo])
+        chips.append(template_chip(image, detector.points_at(image, np.array(json.loads(rows[photo]["box"])))[0], size))
+    if not chips:
+        return np.zeros(0)
+    chips = np.stack(chips)
+    return estimator.opinion.predict(chips if change is None else change(chips)).astype(float)
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"),

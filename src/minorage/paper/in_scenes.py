@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minorage.config import Framings
-from minorage.faces.detection import Face, FaceDetector, iou
+from minorage.faces.detection import Face, FaceDetector, face_at
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_routed, template_chip
 from minorage.faces.occlusion import eyes_occluded, occlude
@@ -70,12 +70,7 @@ def scene_of(row: dict, barred: bool, background: np.ndarray, degradation: str, 
 
 def face_in(scene: WildPhoto, detector: FaceDetector) -> Face | None:
     """The detected face that is the pasted one, or None where the detector missed it."""
-    faces = detector.detect(scene.image)
-    if not faces:
-        return None
-    overlap = iou(np.array([f.box for f in faces]), np.array(scene.box))
-    best = int(np.argmax(overlap))
-    return faces[best] if overlap[best] >= MIN_IOU else None
+    return face_at(scene.image, scene.box, detector, MIN_IOU)
 
 
 #: a face's model input, whether it goes to the edge part, and its chip for the model's second
@@ -177,8 +172,6 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
     found = np.array([c is not None for c in crops])
     pred, filled, opinions = estimates(estimator, crops)
     below = estimator.flags(filled, seen_barred, opinions)
-    unvetoed = estimator.flags(filled, seen_barred, np.where(np.isnan(opinions), np.nan, 0.0))  # raised, never lifted
-    lifted = np.isneginf(below) & (pred < unvetoed)
     if below.size and np.all(below == below.flat[0]):
         below = float(below.flat[0])  # one flag for every face: recorded as the model's flag
     seen = metrics.picked(below, found)
@@ -190,7 +183,7 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
         out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0, edge_minor_below=estimator.edge.flag(barred))
     if estimator.opinion is not None and found.any():  # of the faces found: read by it, and flags it lifted
         out["second_opinion"] = {"read": float((np.isfinite(opinions) & ~seen_barred)[found].mean()),
-                                 "flags_lifted": float(lifted[found].mean())}
+                                 "flags_lifted": float(estimator.lifted(pred, filled, seen_barred, opinions)[found].mean())}
     if resamples:
         out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], seen, resamples)
     labels = {key: np.array([p[i] for p in people]) for i, key in enumerate(FAIRNESS_KEYS)}
