@@ -120,11 +120,11 @@ DEFAULT = "src/minorage/weights/default.safetensors"
 
 @pytest.fixture(scope="module")
 def joined(tmp_path_factory, one_part_model) -> Path:
-    """The shipped model with its one-part form as a second opinion: veto 20, raise 1."""
+    """The shipped model with its one-part form as a second opinion: veto 12, raise 1 (low, so that real faces get their flags lifted)."""
     from minorage.cli import main
 
     out = tmp_path_factory.mktemp("second_opinion") / "joined.safetensors"
-    assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--veto", "20", "--raise", "1",
+    assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--veto", "12", "--raise", "1",
                  "--name", "joined", "--out", str(out)]) == 0
     return out
 
@@ -136,7 +136,7 @@ def test_a_joined_model_loads_back_with_its_second_opinion(joined, one_part_mode
 
     model, plain, alone = (AgeEstimator.from_pretrained(str(p)) for p in (joined, DEFAULT, one_part_model))
     assert model.opinion is not None and plain.opinion is None
-    assert model.card.second_opinion["veto"] == 20 and model.card.second_opinion["raise"] == 1
+    assert model.card.second_opinion["veto"] == 12 and model.card.second_opinion["raise"] == 1
     assert model.card.second_opinion["source"] == str(one_part_model)
     assert model.framings.chip == 64 and plain.framings.chip == 0
     assert model.framings[:3] == plain.framings[:3]  # the model's own framing, route and flags are kept
@@ -217,8 +217,8 @@ def test_the_estimators_flags_and_the_verdict_agree(joined):
 
 
 def test_predict_and_scan_read_the_second_opinion_on_real_faces(joined, some_faces, tmp_path, capsys):
-    """Real photos: every face found gets the second opinion's age (the same network's on its
-    aligned chip), its flag follows the veto, and `scan` stores the same flags."""
+    """Real photos: every face found with open eyes gets the second opinion's age and its flag
+    follows the veto, in `predict`'s rows and in `scan`'s case, whose report exports both."""
     import json
     import sqlite3
 
@@ -228,7 +228,7 @@ def test_predict_and_scan_read_the_second_opinion_on_real_faces(joined, some_fac
 
     folder = tmp_path / "photos"
     folder.mkdir()
-    for k, photo in enumerate(some_faces[6:16]):
+    for k, photo in enumerate(some_faces[1:11]):
         chip = cv2.imread(str(photo))
         cv2.imwrite(str(folder / f"photo{k}.png"), cv2.copyMakeBorder(chip, 120, 120, 120, 120, cv2.BORDER_CONSTANT, value=(90, 110, 130)))
     assert main(["predict", str(folder), "--model", str(joined), "--format", "json"]) == 0
@@ -246,10 +246,38 @@ def test_predict_and_scan_read_the_second_opinion_on_real_faces(joined, some_fac
     case = tmp_path / "case"
     assert main(["scan", str(folder), "--out", str(case), "--model", str(joined), "--workers", "1"]) == 0
     db = sqlite3.connect(case / "case.sqlite")
-    stored = dict(db.execute("SELECT files.path, minor FROM faces JOIN files ON files.id = faces.file_id WHERE faces.face = 0").fetchall())
-    assert {r["path"]: int(r["minor"]) for r in rows if r["face"] == 0} == stored
+    assert {Path(p).name for (p,) in db.execute("SELECT files.path FROM faces JOIN files ON files.id = faces.file_id")} == \
+        {Path(r["path"]).name for r in rows}  # the same photos' faces (found at `scan`'s own pyramid)
     settings = json.loads(db.execute("SELECT value FROM case_info WHERE key = 'settings'").fetchone()[0])
-    assert settings["second_opinion"] == {"veto": 20.0, "raise": 1.0}
+    assert settings["second_opinion"] == {"veto": 12.0, "raise": 1.0}
+    kept = db.execute("SELECT faces.age, faces.minor, faces.eyes_occluded, second_opinions.age, second_opinions.flag_lifted FROM faces "
+                      "LEFT JOIN second_opinions ON second_opinions.face_id = faces.id").fetchall()
+    assert kept and all((opinion is None) == bool(barred) for _, _, barred, opinion, _ in kept)  # every open-eyed face read
+    for age, minor, barred, opinion, lifted in kept:  # the stored verdict is the stored ages' (`scan` finds faces at its own pyramid)
+        said = reading.verdict(age, bool(barred), opinion=np.nan if opinion is None else opinion)
+        assert minor == said["minor"] and (lifted is None or lifted == said["flag_lifted"])
+    assert main(["report", str(case), "--format", "csv", "-o", str(tmp_path / "faces.csv")]) == 0
+    header, *lines = (tmp_path / "faces.csv").read_text().splitlines()
+    assert header.endswith(",second_opinion_age,flag_lifted") and len(lines) == len(kept)
+    from minorage.triage.review import create_app
+
+    lifted = sum(1 for *_, flag in kept if flag)
+    assert lifted  # the veto at 12 lifts some of these faces' flags
+    grid = create_app(case, "examiner", "tok3n", 5000).test_client().get("/tok3n/", headers={"Host": "127.0.0.1:5000"})
+    html = grid.get_data(as_text=True)
+    assert grid.status_code == 200 and html.count("second opinion ") == sum(o is not None for *_, o, _ in kept)
+    assert html.count("flag lifted") == lifted
+    plain = tmp_path / "plain"
+    assert main(["scan", str(folder), "--out", str(plain), "--workers", "1"]) == 0
+    assert main(["report", str(plain), "--format", "csv", "-o", str(tmp_path / "plain.csv")]) == 0
+    assert "second_opinion" not in (tmp_path / "plain.csv").read_text().splitlines()[0]
+    older = sqlite3.connect(plain / "case.sqlite")
+    older.execute("DROP TABLE second_opinions")  # as a case of minorage before 0.6 is
+    older.commit()
+    older.close()
+    grid = create_app(plain, "examiner", "tok3n", 5000).test_client().get("/tok3n/", headers={"Host": "127.0.0.1:5000"})
+    assert grid.status_code == 200 and "second opinion" not in grid.get_data(as_text=True)
+    assert main(["report", str(plain), "--format", "json", "-o", str(tmp_path / "plain.json")]) == 0
 
 
 @pytest.mark.slow

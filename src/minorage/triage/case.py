@@ -6,6 +6,9 @@ its read-only opening.
   odd, can stop a scan or hide a file behind another.
 - A file and all its faces are committed in one transaction (WAL journal), so after a crash or a
   `kill -9` a file is in the case whole or not at all.
+- A model's second opinion on a face with open eyes (its age, and whether it lifted the flag)
+  has a row in `second_opinions`; a case scanned with a model that has none, or by an earlier
+  minorage, has none.
 - `case_info` holds every setting that changes results; a resume with other settings is
   refused, naming each difference. `runs` records each run: sources, times, outcome, and
   whether access times were preserved.
@@ -77,6 +80,11 @@ CREATE TABLE IF NOT EXISTS faces (
     UNIQUE (file_id, frame_time, face)
 );
 CREATE INDEX IF NOT EXISTS faces_by_age ON faces (minor DESC, age);
+CREATE TABLE IF NOT EXISTS second_opinions (  -- a model's second network on a face with open eyes
+    face_id INTEGER PRIMARY KEY REFERENCES faces(id),
+    age REAL NOT NULL,
+    flag_lifted INTEGER NOT NULL  -- 1: the face was flagged by its age and this lifted the flag
+);
 CREATE TABLE IF NOT EXISTS reviews (  -- an examiner's decisions; append-only: the latest per face counts
     id INTEGER PRIMARY KEY,
     face_id INTEGER NOT NULL REFERENCES faces(id),
@@ -187,6 +195,11 @@ def case_info(db: sqlite3.Connection) -> dict[str, str]:
     return dict(db.execute("SELECT key, value FROM case_info"))
 
 
+def has_second_opinions(db: sqlite3.Connection) -> bool:
+    """Whether the case can hold a second opinion's ages (a case of minorage before 0.6 cannot)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'second_opinions'").fetchone() is not None
+
+
 @contextmanager
 def writing(db: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """A transaction whose failure (full disk, I/O error) is a `CaseError` naming the case."""
@@ -256,9 +269,11 @@ def known_path(db: sqlite3.Connection, path: str) -> bool:
     return db.execute("SELECT 1 FROM files WHERE path_bytes = ?", (os.fsencode(path),)).fetchone() is not None
 
 
-def insert_file(db: sqlite3.Connection, row: dict, faces: list[tuple], run_id: int) -> bool:
-    """One file and all its faces, in one transaction; False if the file was already there
-    (named twice by overlapping sources: kept once)."""
+def insert_file(db: sqlite3.Connection, row: dict, faces: list[tuple], run_id: int,
+                opinions: list[tuple[float, bool] | None] | None = None) -> bool:
+    """One file and all its faces (with each face's second opinion, where `opinions` gives one),
+    in one transaction; False if the file was already there (named twice by overlapping
+    sources: kept once)."""
     with writing(db, f"the file {display_path(row['path'])}"):
         cursor = db.execute(
             "INSERT OR IGNORE INTO files (path, path_bytes, size, sha256, sha1, md5, media, status, error, link_target, frames, faces, "
@@ -268,9 +283,13 @@ def insert_file(db: sqlite3.Connection, row: dict, faces: list[tuple], run_id: i
         )
         if cursor.rowcount == 0:
             return False
-        db.executemany("INSERT INTO faces (file_id, face, frame_time, x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, right_eye_y, "
-                       "score, age, age_group, minor, p_minor, age_low, age_high, eyes_occluded, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       [(cursor.lastrowid, *face) for face in faces])
+        file_id = cursor.lastrowid
+        for face, opinion in zip(faces, opinions or [None] * len(faces)):
+            face_id = db.execute("INSERT INTO faces (file_id, face, frame_time, x1, y1, x2, y2, left_eye_x, left_eye_y, right_eye_x, "
+                                 "right_eye_y, score, age, age_group, minor, p_minor, age_low, age_high, eyes_occluded, thumbnail) "
+                                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (file_id, *face)).lastrowid
+            if opinion is not None:
+                db.execute("INSERT INTO second_opinions (face_id, age, flag_lifted) VALUES (?, ?, ?)", (face_id, opinion[0], int(opinion[1])))
     return True
 
 

@@ -26,21 +26,35 @@ FACE_COLUMNS = ("path", "sha256", "sha1", "md5", "media", "frame_time", "face", 
                 "eyes_occluded", "score", "review", "review_note", "reviewer", "reviewed_at",
                 "x1", "y1", "x2", "y2", "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y")
 _REVIEW_COLUMNS = {"review": "decision", "review_note": "note", "reviewer": "reviewer", "reviewed_at": "at"}
+#: with a case scanned by a model with a second opinion: its age of each face it read, and whether it lifted the flag
+OPINION_COLUMNS = ("second_opinion_age", "flag_lifted")
 FILE_COLUMNS = ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames", "faces", "scanned_at")
 
 
 def faces(db: sqlite3.Connection, limit: int | None = None, thumbnails: bool = False) -> list[dict]:
     """Every face with its file's identity and its latest review, youngest estimate first
     (probable minors on top)."""
-    columns = ", ".join(_select(c) for c in FACE_COLUMNS)
+    columns = ", ".join(_select(c) for c in face_columns(db))
+    opinions = " LEFT JOIN second_opinions ON second_opinions.face_id = faces.id" if _with_second_opinion(db) else ""
     query = (f"SELECT {columns}{', faces.thumbnail' if thumbnails else ''} FROM faces JOIN files ON files.id = faces.file_id "
-             "LEFT JOIN decisions ON decisions.face_id = faces.id ORDER BY faces.age, files.path, faces.frame_time, faces.face")
+             f"LEFT JOIN decisions ON decisions.face_id = faces.id{opinions} ORDER BY faces.age, files.path, faces.frame_time, faces.face")
     rows = db.execute(query + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
     return [dict(r) for r in rows]
 
 
+def face_columns(db: sqlite3.Connection) -> tuple[str, ...]:
+    """The face export's columns: a second opinion's too where the case was scanned with one."""
+    return FACE_COLUMNS + (OPINION_COLUMNS if _with_second_opinion(db) else ())
+
+
+def _with_second_opinion(db: sqlite3.Connection) -> bool:
+    return "second_opinion" in json.loads(case_info(db).get("settings", "{}"))
+
+
 def _select(column: str) -> str:
     """A face export column as the case stores it (the group under the name `predict` gives it)."""
+    if column in OPINION_COLUMNS:
+        return f"second_opinions.{'age' if column == 'second_opinion_age' else column} AS {column}"
     if column in ("path", "sha256", "sha1", "md5", "media"):
         return f"files.{column}"
     if column in _REVIEW_COLUMNS:
@@ -72,7 +86,7 @@ def write_report(case_dir: Path, fmt: str, stream: TextIO, max_faces: int | None
     try:
         if fmt == "csv":
             rows = faces(db, max_faces)
-            writer = csv.DictWriter(stream, FACE_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(stream, face_columns(db), lineterminator="\n")
             writer.writeheader()
             writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         elif fmt == "vics":

@@ -37,7 +37,16 @@ from werkzeug.serving import make_server
 from minorage.evidence.io import ImageReadError, decode_image, open_evidence, read_capped, video_frames
 from minorage.evidence.paths import display_path
 from minorage.groups import ALL_GROUPS, shown_age, shown_interval, shown_probability
-from minorage.triage.case import DECISIONS, CaseError, add_review, case_info, connect_read_only, open_for_review, review_progress
+from minorage.triage.case import (
+    DECISIONS,
+    CaseError,
+    add_review,
+    case_info,
+    connect_read_only,
+    has_second_opinions,
+    open_for_review,
+    review_progress,
+)
 
 HOST = "127.0.0.1"
 PER_PAGE, MAX_PER_PAGE = 60, 500
@@ -120,23 +129,35 @@ def _int(value, default: int) -> int:
 _FROM = "FROM faces JOIN files ON files.id = faces.file_id LEFT JOIN decisions ON decisions.face_id = faces.id"
 
 
+def _faces_from(db: sqlite3.Connection) -> tuple[str, str]:
+    """The face columns and FROM clause of this case: with a second opinion's age and verdict
+    where the case can hold them (a case of an earlier minorage has no such table)."""
+    if not has_second_opinions(db):
+        return _FACE_COLUMNS, _FROM
+    return (f"{_FACE_COLUMNS}, second_opinions.age AS second_opinion_age, second_opinions.flag_lifted",
+            f"{_FROM} LEFT JOIN second_opinions ON second_opinions.face_id = faces.id")
+
+
 def face_page(db: sqlite3.Connection, query: FaceQuery) -> tuple[list[dict], int]:
     """(the faces of the asked page, how many faces match the filters)."""
     where, values = query.where()
+    columns, tables = _faces_from(db)
     matching = db.execute(f"SELECT COUNT(*) {_FROM}{where}", values).fetchone()[0]
-    rows = db.execute(f"SELECT {_FACE_COLUMNS} {_FROM}{where} ORDER BY {SORTS[query.sort]}, faces.id LIMIT ? OFFSET ?",
+    rows = db.execute(f"SELECT {columns} {tables}{where} ORDER BY {SORTS[query.sort]}, faces.id LIMIT ? OFFSET ?",
                       [*values, query.per_page, (query.page - 1) * query.per_page]).fetchall()
     return [_shown(dict(r)) for r in rows], matching
 
 
 def _shown(face: dict) -> dict:
     """A face with its age, interval and probability as a person reads them."""
-    return {**face, "age_shown": shown_age(face["age"], face["age_group"]), "interval": shown_interval(face["age_low"], face["age_high"]),
-            "probability": shown_probability(face["p_minor"]), "name": os.path.basename(face["path"])}
+    return {"second_opinion_age": None, "flag_lifted": None, **face, "age_shown": shown_age(face["age"], face["age_group"]),
+            "interval": shown_interval(face["age_low"], face["age_high"]), "probability": shown_probability(face["p_minor"]),
+            "name": os.path.basename(face["path"])}
 
 
 def file_faces(db: sqlite3.Connection, file_id: int) -> list[dict]:
-    return [_shown(dict(r)) for r in db.execute(f"SELECT {_FACE_COLUMNS} {_FROM} WHERE faces.file_id = ? ORDER BY faces.frame_time, faces.face",
+    columns, tables = _faces_from(db)
+    return [_shown(dict(r)) for r in db.execute(f"SELECT {columns} {tables} WHERE faces.file_id = ? ORDER BY faces.frame_time, faces.face",
                                                 (file_id,))]
 
 

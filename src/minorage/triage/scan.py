@@ -382,16 +382,17 @@ def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, re
 
 
 def _store(db, result: FileResult, ages: np.ndarray, opinions: np.ndarray, reading: Reading, run_id: int) -> list[bool] | None:
-    """One file and all its faces, in one transaction; the faces' flags (after a second
-    opinion's veto, whose age the case does not keep), or None if the file was already there."""
-    faces, flags = [], []
+    """One file and all its faces (and a second opinion's age where the model has one), in one
+    transaction; the faces' flags, or None if the file was already there."""
+    faces, flags, seconds = [], [], []
     for found, age, opinion in zip(result.faces, ages, opinions):
         (x1, y1, x2, y2), ((lx, ly), (rx, ry)) = found.face["box"], found.face["eyes"]
-        age = round(float(age), 2)  # as stored: the verdict is the stored age's, read again the same
-        said = reading.verdict(age, found.eyes_occluded, found.edge_filled, float(opinion))
+        age, opinion = round(float(age), 2), round(float(opinion), 2)  # as stored: the verdict is the stored ages', read again the same
+        said = reading.verdict(age, found.eyes_occluded, found.edge_filled, opinion)
         flags.append(said["minor"])
         faces.append((found.index, found.frame_time, x1, y1, x2, y2, lx, ly, rx, ry, found.face["score"],
                       age, said["group"], int(said["minor"]), said.get("p_minor"), said.get("age_low"), said.get("age_high"),
                       int(found.eyes_occluded), found.thumbnail))
+        seconds.append((opinion, said["flag_lifted"]) if said.get("second_opinion_age") is not None else None)
     row = {k: getattr(result, k) for k in ("path", "size", "sha256", "sha1", "md5", "media", "status", "error", "link_target", "frames")}
-    return flags if insert_file(db, row, faces, run_id) else None
+    return flags if insert_file(db, row, faces, run_id, seconds) else None
