@@ -38,6 +38,7 @@ from minorage.faces.detection import FaceDetector
 from minorage.faces.framing import frame_routed, template_chip
 from minorage.faces.occlusion import eyes_occluded
 from minorage.groups import MINOR_LIMIT
+from minorage.model.estimator import with_second_opinion
 from minorage.paper.in_scenes import scene_faces
 
 RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
@@ -67,11 +68,11 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
 
 
 def flagged(read: dict[str, np.ndarray], veto: float, raise_by: float = 0.0) -> np.ndarray:
-    """The model's flags with the second opinion: on a face the eye-bar test does not call barred,
-    the flag raised by `raise_by` and lifted where the teacher says `veto` or more."""
-    opinion = read["found"] & ~read["barred"]
-    below = read["flag"] + np.where(opinion, raise_by, 0.0)
-    return (read["age"] < below) & ~(opinion & (read["teacher"] >= veto))
+    """The model's flags with the second opinion as a joined model applies it
+    (`estimator.with_second_opinion`): on a face the eye-bar test does not call barred, the flag
+    raised by `raise_by` and lifted where the teacher says `veto` or more (a missed face has no
+    age, so is never flagged)."""
+    return read["age"] < with_second_opinion(read["flag"], read["teacher"], read["barred"], {"veto": veto, "raise": raise_by})
 
 
 def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, veto: float) -> float:
