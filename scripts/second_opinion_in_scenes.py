@@ -35,36 +35,25 @@ from routes_in_scenes import KINDS, add_photo_options, choosing_then_judging, me
 from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
-from minorage.faces.framing import frame_routed, template_chip
-from minorage.faces.occlusion import eyes_occluded
 from minorage.groups import MINOR_LIMIT
 from minorage.model.estimator import with_second_opinion
-from minorage.paper.in_scenes import scene_faces
+from minorage.paper.in_scenes import estimates, scene_crops
 
 RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
 
 
 def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: AgeEstimator, teacher: AgeEstimator) -> dict[str, np.ndarray]:
-    """Per photo in its scene: found, taken as barred by the eye-bar test, the model's age and
-    flag as `predict` gives them (inf where missed), and the teacher's age on the aligned chip."""
-    found, seen_barred, crops, filled, chips = [], [], [], [], []
-    for scene, face, _ in scene_faces(rows, barred, detector, progress=False):
-        found.append(face is not None)
-        seen_barred.append(face is not None and eyes_occluded(scene.image, face))
-        if face is not None:
-            crop, edge = frame_routed(scene.image, face.box, model.framings, face.eyes)
-            crops.append(crop)
-            filled.append(edge)
-            chips.append(template_chip(scene.image, face.points, teacher.net.cfg.image_size))
-    found_mask, barred_mask = np.array(found), np.array(seen_barred)
-    age, teacher_age = np.full(len(rows), np.inf), np.full(len(rows), np.inf)
-    edge_filled = np.zeros(len(rows), bool)
-    if crops:
-        edge_filled[found_mask] = filled
-        age[found_mask] = model.predict(np.stack(crops), edge_filled=edge_filled[found_mask])
-        teacher_age[found_mask] = teacher.predict(np.stack(chips))
-    return {"found": found_mask, "barred": barred_mask, "age": age, "flag": model.flags(edge_filled, barred_mask),
-            "teacher": teacher_age}
+    """Per photo in its scene (`in_scenes.scene_crops`): found, taken as barred by the eye-bar
+    test, the model's age and flag as `predict` gives them (inf where missed), and the teacher's
+    age on the aligned chip (inf where missed)."""
+    framings = model.framings._replace(chip=teacher.net.cfg.image_size)
+    (crops,), _, seen_barred = scene_crops(rows, barred, detector, [framings], progress=False)
+    age, filled, _ = estimates(model, crops)
+    found = np.isfinite(age)
+    teacher_age = np.full(len(rows), np.inf)
+    if found.any():
+        teacher_age[found] = teacher.predict(np.stack([chip for _, _, chip in filter(None, crops)]))
+    return {"found": found, "barred": seen_barred, "age": age, "flag": model.flags(filled, seen_barred), "teacher": teacher_age}
 
 
 def flagged(read: dict[str, np.ndarray], veto: float, raise_by: float = 0.0) -> np.ndarray:
@@ -86,9 +75,8 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, vetoes:
     out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, np.inf), people),
            "taken_as_barred": float(read["barred"][read["found"]].mean())}
     for veto, raise_by in vetoes.items():
-        opinion = read["found"] & ~read["barred"]
         out[f"veto_{veto:g}"] = {
-            "minors_vetoed": float(np.mean((opinion & (read["teacher"] >= veto) & (read["age"] < read["flag"]))[minors])),
+            "minors_vetoed": float(np.mean((flagged(read, np.inf) & ~flagged(read, veto))[minors])),
             "at_model_flags": measures(ages, read["found"], read["age"], flagged(read, veto), people),
             f"flag_raised_{raise_by:g}": measures(ages, read["found"], read["age"], flagged(read, veto, raise_by), people)}
     return out

@@ -143,7 +143,6 @@ class AgeEstimator:
         return describe(self.card, self.source, sum(p.numel() for p in self.net.parameters()), self.age_range)
 
 
-
 def with_second_opinion(below: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,
                         second_opinion: dict) -> np.ndarray:
     """Flags (an estimate below is flagged) with a second opinion (a card's `second_opinion`): on
