@@ -135,3 +135,9 @@ def template_chip(image: np.ndarray, points: np.ndarray, size: int = 64, padding
         image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         matrix = matrix @ np.diag([1 / shrink, 1 / shrink, 1.0])
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def opinion_chip(image: np.ndarray, points: np.ndarray | None, framings: Framings) -> np.ndarray | None:
+    """A detected face's chip for its model's second opinion (`framings.chip` px, on dlib's
+    template), or None where the model has none or no face was detected (a crop taken whole)."""
+    return template_chip(image, points, framings.chip) if framings.chip and points is not None else None

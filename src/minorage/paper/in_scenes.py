@@ -30,7 +30,7 @@ from tqdm import tqdm
 from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, face_at
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
-from minorage.faces.framing import frame_routed, template_chip
+from minorage.faces.framing import frame_routed, opinion_chip
 from minorage.faces.occlusion import eyes_occluded, occlude
 from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
@@ -101,8 +101,8 @@ def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings
         kinds.append(kind)
         seen_barred.append(face is not None and eyes_occluded(scene.image, face))
         for pair, framed in zip(framings, crops):
-            chip = template_chip(scene.image, face.points, pair.chip) if face is not None and pair.chip else None
-            framed.append(None if face is None else (*frame_routed(scene.image, face.box, pair, face.eyes), chip))
+            framed.append(None if face is None else (*frame_routed(scene.image, face.box, pair, face.eyes),
+                                                      opinion_chip(scene.image, face.points, pair)))
     return crops, kinds, np.array(seen_barred, bool)
 
 

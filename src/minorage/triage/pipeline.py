@@ -6,9 +6,9 @@ several files are aged in one network pass and the ages handed back file by file
 an edge part reads the faces whose frame leaves the image with it, and reads them out by its own
 flags and calibration (`FramedFace.edge_filled`). A model with a second opinion also gets each
 detected face's chip aligned to dlib's template (`FramedFace.chip`), read apart
-(`opinions_by_item`), and the verdict applies its veto. `predict` runs the whole path in one process;
-`scan` finds faces in its worker processes and ages them in the main one, so that its batches
-stay large.
+(`opinions_by_item`), and the verdict applies its veto. `predict` runs the whole path in one
+process; `scan` finds faces in its worker processes and ages them in the main one, so that its
+batches stay large.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from minorage.config import Framings
 from minorage.faces.detection import Face, FaceDetector, main_face
-from minorage.faces.framing import crop_box, frame_routed, template_chip
+from minorage.faces.framing import crop_box, frame_routed, opinion_chip
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
 from minorage.model.calibration import Calibrations
 from minorage.model.estimator import AgeEstimator
@@ -37,8 +37,7 @@ class FramedFace:
 
 def _framed(image: np.ndarray, face: Face | None, box: tuple[float, float, float, float], framings: Framings) -> FramedFace:
     crop, filled = frame_routed(image, box, framings, face.eyes if face else None)
-    chip = template_chip(image, face.points, framings.chip) if framings.chip and face is not None else None
-    return FramedFace(face, crop, filled, chip)
+    return FramedFace(face, crop, filled, opinion_chip(image, face.points if face else None, framings))
 
 
 def find_faces(image: np.ndarray, detector: FaceDetector, framings: Framings) -> list[FramedFace]:
