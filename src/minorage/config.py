@@ -135,13 +135,19 @@ class Framing:
     size: int = 64
     border: str = "replicate"  # or "constant" (black)
     align: bool = False  # turn the face upright by its eye line first (UTKFace's chips are upright)
+    template: bool = False  # instead of the box: the detector's eyes and nose placed on dlib's five-point
+    # template, `margin` its border (`framing.template_chip`), for a network trained on dlib's chips
 
     def to_dict(self) -> dict:
-        return {"margin": self.margin, "size": self.size, "border": self.border, "align": self.align}
+        """The framing as cards and data sets record it (`template` only where set, so the
+        framings recorded before it read and hash as they did)."""
+        out = {"margin": self.margin, "size": self.size, "border": self.border, "align": self.align}
+        return {**out, "template": True} if self.template else out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Framing":
-        return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]), align=bool(data.get("align", False)))
+        return cls(margin=float(data["margin"]), size=int(data["size"]), border=str(data["border"]),
+                   align=bool(data.get("align", False)), template=bool(data.get("template", False)))
 
 
 class Framings(NamedTuple):

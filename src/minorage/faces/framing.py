@@ -14,15 +14,20 @@ model's main part on frames that hold the photo's own surroundings.
 `template_chip` frames a face another way, for a network trained on dlib's aligned chips (its
 age network, measured as a second opinion by `scripts/second_opinion_in_scenes.py`): the
 detector's eye and nose points placed where dlib's five-point template puts the eyes and the
-base of the nose.
+base of the nose. A data set built with a `template` framing stores such chips (`frame_detected`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from minorage.config import Framing, Framings
+
+if TYPE_CHECKING:
+    from minorage.faces.detection import Face
 
 _BORDERS = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 
@@ -74,6 +79,9 @@ def cut(image: np.ndarray, square: tuple[int, int, int, int], border: str) -> np
 def frame_face(image: np.ndarray, box: tuple[float, float, float, float], framing: Framing, eyes: np.ndarray | None = None) -> np.ndarray:
     """The model's input (size, size, 3) uint8 BGR for one face box in a BGR image; turned
     upright by `eyes` (the image-left eye, then the image-right one) when the framing aligns."""
+    if framing.template:
+        raise ValueError("this framing places a face on dlib's template, which needs the detector's five points: "
+                         "a network trained on it reads faces as a second opinion (`minorage combine --second-opinion`)")
     square = framed_square(box, framing.margin)
     if framing.align and eyes is not None:
         crop = upright(image, box, eyes, square[2] - square[0], framing.border)
@@ -135,6 +143,14 @@ def template_chip(image: np.ndarray, points: np.ndarray, size: int = 64, padding
         image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         matrix = matrix @ np.diag([1 / shrink, 1 / shrink, 1.0])
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def frame_detected(image: np.ndarray, face: "Face", framing: Framing) -> np.ndarray:
+    """A detected face's input as a data set stores it: on dlib's template where the framing
+    says so (its margin the template's border), otherwise its box framed (`frame_face`)."""
+    if framing.template:
+        return template_chip(image, face.points, framing.size, framing.margin)
+    return frame_face(image, face.box, framing, face.eyes)
 
 
 def opinion_chip(image: np.ndarray, points: np.ndarray | None, framings: Framings) -> np.ndarray | None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from minorage.config import DatasetConfig, DetectorConfig, Framing
 from minorage.evidence.io import ImageReadError, read_image
 from minorage.faces.detection import FaceDetector, main_face
-from minorage.faces.framing import frame_face
+from minorage.faces.framing import frame_detected
 from minorage.faces.occlusion import occlude
 from minorage.paper.cleaning import (
     Photo,
@@ -108,7 +108,7 @@ def prepare_face(image: np.ndarray, detector: FaceDetector, framing: Framing) ->
     if face is None:
         return None
     barred, _ = occlude(image, face)
-    return PreparedFace(face.box, face.eyes, frame_face(image, face.box, framing, face.eyes), frame_face(barred, face.box, framing, face.eyes))
+    return PreparedFace(face.box, face.eyes, frame_detected(image, face, framing), frame_detected(barred, face, framing))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class _Cache:
 
 def _config_key(cfg: DatasetConfig) -> str:
     """Face preparation depends on framing and detector only: the cache is keyed by them."""
-    spec = json.dumps({"framing": asdict(cfg.framing), "detector": asdict(cfg.detector)}, sort_keys=True)
+    spec = json.dumps({"framing": cfg.framing.to_dict(), "detector": asdict(cfg.detector)}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
