@@ -330,3 +330,27 @@ def test_points_placed_in_a_known_box_are_the_detectors_own(some_faces, detector
         face = main_face(detector.detect(photo), photo.shape)
         placed = detector.points_at(photo, np.array(face.box))[0]
         assert np.abs(placed - face.points).max() < 0.1 * face.width, path.name
+
+
+def test_a_template_data_set_stores_chips_on_dlibs_template(some_faces, detector):
+    """`dataset build --template`: each real face and its eye-barred twin are stored as the chip
+    the detector's own points give (the bar darkening the eyes' band of the chip only), the
+    framing survives a card's round trip, and framed boxes refuse it with a message that says why."""
+    from minorage.config import Framing
+    from minorage.faces.framing import frame_face
+    from minorage.faces.occlusion import occlude
+    from minorage.paper.build import prepare_face
+
+    framing = Framing(margin=0.2, template=True)
+    assert Framing.from_dict(framing.to_dict()) == framing and "template" not in Framing(margin=0.2).to_dict()
+    eye_row = round((0.2 + TEMPLATE_POINTS[0, 1]) / 1.4 * 64)
+    for path in some_faces[:4]:
+        photo = cv2.imread(str(path))
+        face = main_face(detector.detect(photo), photo.shape)
+        prepared = prepare_face(photo, detector, framing)
+        assert np.array_equal(prepared.org, template_chip(photo, face.points))
+        assert np.array_equal(prepared.ocl, template_chip(occlude(photo, face)[0], face.points))
+        band = np.abs(prepared.org.astype(float) - prepared.ocl).mean(axis=(1, 2))
+        assert prepared.ocl[eye_row].mean() < 0.5 * prepared.org[eye_row].mean() and band[54:].max() < 1.0, path.name
+    with pytest.raises(ValueError, match="five points"):
+        frame_face(photo, face.box, framing, face.eyes)
