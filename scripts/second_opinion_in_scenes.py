@@ -1,6 +1,7 @@
 """A second opinion on the faces with open eyes, measured in scenes: dlib's age network (by
-Cydral Technology, CC0-1.0, imported unchanged by `scripts/import_resnet_age.py`) reads each face
-the eye-bar test does not call barred, on a chip aligned to dlib's five-point template
+Cydral Technology, CC0-1.0, imported by `scripts/import_resnet_age.py`, as it is or fine-tuned on
+a data set stored on its template, `dataset build --template`) reads each face the eye-bar test
+does not call barred, on a chip aligned to dlib's five-point template
 (`framing.template_chip`), and the model's flag on such a face stands only where that network
 puts it below a veto age.
 
@@ -85,14 +86,14 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, vetoes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="the model whose flags the second opinion may lift (default: the shipped one)")
-    parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py)")
+    parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py, or trained on from it)")
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
     add_photo_options(parser, "the veto")
     parser.add_argument("--save-reads", type=Path, metavar="NPZ",
                         help="also keep each face's reads (found, taken as barred, both ages, the flag) for the analysis of a next step")
     args = parser.parse_args()
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
-    model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher)
+    model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher).over_whole_range()
     report: dict = {}
     kept: dict[str, np.ndarray] = {}
     for part, rows, ages, people in choosing_then_judging(args):

@@ -147,6 +147,24 @@ def test_a_joined_model_loads_back_with_its_second_opinion(joined, one_part_mode
     assert not isinstance(net, SecondOpinionNetwork)
 
 
+def test_the_second_opinion_reads_its_networks_whole_range(joined, one_part_model, utkface_files):
+    """A veto compares the second network's own estimate: on real faces of people aged 60+, the
+    opinion inside a joined model gives ages past the card's cap of 25 (its network's range is
+    0-30), the same ones its network gives uncapped, where the network read as a model of its
+    own reports them as 25."""
+    from minorage import AgeEstimator
+    from minorage.model.runtime import predict_ages
+    from .conftest import utkface_age
+
+    model, alone = AgeEstimator.from_pretrained(str(joined)), AgeEstimator.from_pretrained(str(one_part_model))
+    assert alone.age_range == (0, 25) and model.opinion.age_range == (0, 30)
+    elders = [p for p in utkface_files if utkface_age(p) >= 60][:40]
+    faces = np.stack([cv2.resize(cv2.imread(str(p)), (64, 64), interpolation=cv2.INTER_AREA) for p in elders])
+    ages = model.opinion.predict(faces)
+    np.testing.assert_allclose(ages, predict_ages(alone.runtime, faces, 64, None), atol=1e-4)
+    assert (ages > 25).any() and alone.predict(faces).max() <= 25
+
+
 def test_combine_refuses_a_second_opinion_given_by_halves(joined, one_part_model, tmp_path, capsys):
     """The network without its veto, the veto without a network, a veto past its range, and a
     joined model averaged with another: each refused with its reason, nothing written."""

@@ -9,6 +9,8 @@ chips aligned to dlib's template, and `flags` applies its veto given its ages.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ class AgeEstimator:
     """An age network (SSR-Net, or the residual network) with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
 
     def __init__(self, net: nn.Module, card: ModelCard, source: str = "", minor_below: float | None = None):
-        self.opinion = AgeEstimator(net.opinion, ModelCard.from_dict(card.second_opinion), source) \
+        self.opinion = AgeEstimator(net.opinion, ModelCard.from_dict(card.second_opinion), source).over_whole_range() \
             if isinstance(net, SecondOpinionNetwork) else None
         net = net.model if isinstance(net, SecondOpinionNetwork) else net
         self.net = net.eval()
@@ -41,6 +43,13 @@ class AgeEstimator:
         if minor_below is not None and not 0 < minor_below <= top:
             raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
         self._minor_below = minor_below  # the user's operating point, else the card's
+
+    def over_whole_range(self) -> "AgeEstimator":
+        """This estimator reading its network's whole range, its card's cap lifted (in place).
+        Why: a second opinion's veto compares the network's own estimate, which a network
+        trained with adults beyond 25 would otherwise report as 25, so no veto above it could fire."""
+        self.card = dataclasses.replace(self.card, max_age=None)
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, minor_below: float | None = None) -> "AgeEstimator":
