@@ -10,7 +10,6 @@ chips aligned to dlib's template, and `flags` applies its veto given its ages.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
