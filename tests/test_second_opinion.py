@@ -154,6 +154,7 @@ def test_the_second_opinion_reads_its_networks_whole_range(joined, one_part_mode
     own reports them as 25."""
     from minorage import AgeEstimator
     from minorage.model.runtime import predict_ages
+
     from .conftest import utkface_age
 
     model, alone = AgeEstimator.from_pretrained(str(joined)), AgeEstimator.from_pretrained(str(one_part_model))

@@ -43,7 +43,7 @@ class AgeEstimator:
             raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
         self._minor_below = minor_below  # the user's operating point, else the card's
 
-    def over_whole_range(self) -> "AgeEstimator":
+    def over_whole_range(self) -> AgeEstimator:
         """This estimator reading its network's whole range, its card's cap lifted (in place).
         Why: a second opinion's veto compares the network's own estimate, which a network
         trained with adults beyond 25 would otherwise report as 25, so no veto above it could fire."""
