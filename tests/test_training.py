@@ -276,6 +276,13 @@ def test_teacher_targets_blend_the_unbarred_twins_estimate(small_dataset, tmp_pa
     full = teacher_targets(fit, np.where(young, fit.ages, 30.0).astype(np.float32), replace(with_adults, teacher_young_only=False))
     np.testing.assert_allclose(anchored[young], full[young])
     assert np.abs(full[~young] - 30.0).max() > 0  # without it, the teacher moves adults' targets too
+    # adults only: the young keep their labels, the adults are blended as without either option
+    kept = teacher_targets(fit, np.where(young, fit.ages, 30.0).astype(np.float32),
+                           replace(with_adults, teacher_young_only=False, teacher_adults_only=True))
+    np.testing.assert_array_equal(kept[young], fit.ages[young])
+    np.testing.assert_allclose(kept[~young], full[~young])
+    with pytest.raises(ValueError, match="exclude each other"):
+        replace(with_adults, teacher_adults_only=True)
 
 
 def test_augmentation_keeps_shape_and_range():

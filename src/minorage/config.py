@@ -319,6 +319,8 @@ class TrainConfig:
     teacher_centred: bool = False  # first take off the teacher's mean error at each target age
     teacher_young_only: bool = False  # the blend only for faces within the range; adults keep their
     # target: a model's own estimates anchor the young while its view of adults is retaught
+    teacher_adults_only: bool = False  # the blend only for adults; the young keep their labels: a
+    # network's own view of adults kept (learning without forgetting) while it learns the young
     boundary_weight: float = 0.0  # weight of a hinge that pushes minors' estimates below the flag
     boundary_margin: float = 1.0  # threshold and adults' above it by this many years (`boundary_loss`)
     mirror_consistency: float = 0.0  # weight of |estimate - estimate of the mirrored face|; each
@@ -336,6 +338,8 @@ class TrainConfig:
         """Refuse options that contradict each other before any data is loaded."""
         if self.val_fraction == 0 and self.minor_recall:
             raise ValueError("minor_recall calibrates on validation photos: it needs val_fraction > 0")
+        if self.teacher_young_only and self.teacher_adults_only:
+            raise ValueError("teacher_young_only and teacher_adults_only exclude each other")
         if self.loss == "dldl" and self.mirror_consistency:
             raise ValueError("the dldl loss and mirror_consistency cannot be combined")
 

@@ -71,8 +71,11 @@ def teacher_targets(fit: FaceSet, plain: np.ndarray, cfg: TrainConfig) -> np.nda
     if cfg.teacher_centred:
         estimates = estimates - mean_error_per_target(estimates, plain)
     blended = (1 - cfg.teacher_weight) * plain + cfg.teacher_weight * estimates
+    adults = fit.ages > cfg.max_age
     if cfg.teacher_young_only:  # adults keep their own target: the teacher's view of them is what is retaught
-        blended = np.where(fit.ages > cfg.max_age, plain, blended)
+        blended = np.where(adults, plain, blended)
+    if cfg.teacher_adults_only:  # the young learn their labels, the adults keep what the teacher sees
+        blended = np.where(adults, blended, plain)
     return blended.astype(np.float32)
 
 
