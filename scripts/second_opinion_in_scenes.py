@@ -43,10 +43,12 @@ from minorage.paper.in_scenes import estimates, scene_crops
 RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
 
 
-def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: AgeEstimator, teacher: AgeEstimator) -> dict[str, np.ndarray]:
+def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: AgeEstimator, teacher: AgeEstimator,
+                read_barred: bool = False) -> dict[str, np.ndarray]:
     """Per photo in its scene (`in_scenes.scene_crops`): found, taken as barred by the eye-bar
-    test, the model's age and flag as `predict` gives them (inf where missed), and the teacher's
-    age on the aligned chip (inf where missed)."""
+    test, the model's age and flag as `predict` gives them (inf where missed), the teacher's
+    age on the aligned chip (inf where missed), and the faces the teacher's veto leaves alone:
+    those taken as barred, or with `read_barred` those taken as open-eyed."""
     framings = model.framings._replace(chip=teacher.net.cfg.image_size)
     (crops,), _, seen_barred = scene_crops(rows, barred, detector, [framings], progress=False)
     age, filled, _ = estimates(model, crops)
@@ -54,15 +56,16 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
     teacher_age = np.full(len(rows), np.inf)
     if found.any():
         teacher_age[found] = teacher.predict(np.stack([chip for _, _, chip in filter(None, crops)]))
-    return {"found": found, "barred": seen_barred, "age": age, "flag": model.flags(filled, seen_barred), "teacher": teacher_age}
+    return {"found": found, "barred": seen_barred, "age": age, "flag": model.flags(filled, seen_barred), "teacher": teacher_age,
+            "unread": ~seen_barred if read_barred else seen_barred}
 
 
 def flagged(read: dict[str, np.ndarray], veto: float, raise_by: float = 0.0) -> np.ndarray:
     """The model's flags with the second opinion as a joined model applies it
-    (`estimator.with_second_opinion`): on a face the eye-bar test does not call barred, the flag
-    raised by `raise_by` and lifted where the teacher says `veto` or more (a missed face has no
-    age, so is never flagged)."""
-    return read["age"] < with_second_opinion(read["flag"], read["teacher"], read["barred"], {"veto": veto, "raise": raise_by})
+    (`estimator.with_second_opinion`): on a face the teacher reads (by default those the eye-bar
+    test does not call barred), the flag raised by `raise_by` and lifted where the teacher says
+    `veto` or more (a missed face has no age, so is never flagged)."""
+    return read["age"] < with_second_opinion(read["flag"], read["teacher"], read["unread"], {"veto": veto, "raise": raise_by})
 
 
 def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, veto: float) -> float:
@@ -87,6 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="the model whose flags the second opinion may lift (default: the shipped one)")
     parser.add_argument("--teacher", required=True, help="dlib's age network as a minorage checkpoint (scripts/import_resnet_age.py, or trained on from it)")
+    parser.add_argument("--read-barred", action="store_true",
+                        help="the veto reads the faces the eye-bar test calls barred instead of the open-eyed ones "
+                             "(and is chosen on the barred faces): a measurement; a joined model reads open eyes only")
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
     add_photo_options(parser, "the veto")
     parser.add_argument("--save-reads", type=Path, metavar="NPZ",
@@ -98,13 +104,14 @@ def main() -> None:
     kept: dict[str, np.ndarray] = {}
     for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
-        reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher) for barred in (False, True))))
+        reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher, args.read_barred) for barred in (False, True))))
         kept.update({f"{part}/ids": np.array([r["id"] for r in rows]), f"{part}/ages": ages,
                      **{f"{part}/{kind}/{key}": values for kind, read in reads.items() for key, values in read.items()}})
         if part == "chosen_on":
-            raises = {v: matched_raise(reads["normal"], minors, v) for v in args.vetoes}
-            women = {v: measures(ages, reads["normal"]["found"], reads["normal"]["age"], flagged(reads["normal"], v, r), people)
-                     ["female_26+_called_minors"] for v, r in raises.items()}
+            read = reads["barred" if args.read_barred else "normal"]  # the kind of face the veto is chosen on
+            raises = {v: matched_raise(read, minors, v) for v in args.vetoes}
+            women = {v: measures(ages, read["found"], read["age"], flagged(read, v, r), people)["female_26+_called_minors"]
+                     for v, r in raises.items()}
             chosen = min(sorted(women, reverse=True), key=women.get)
             shown, report[part] = raises, {"photos": len(rows), "veto_chosen": chosen, "raise_chosen": raises[chosen]}
         else:

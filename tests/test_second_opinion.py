@@ -80,21 +80,23 @@ def test_a_large_face_is_shrunk_without_aliasing(some_faces, detector):
         assert np.abs(chip - from_large).mean() < 0.25 * np.abs(chip - sampled).mean(), path.name
 
 
-def _read(age, teacher, barred, flag=17.5):
-    n = len(age)
-    return {"found": np.ones(n, bool), "barred": np.array(barred, bool), "age": np.array(age, float),
-            "flag": np.full(n, flag), "teacher": np.array(teacher, float)}
+def _read(age, teacher, barred, flag=17.5, read_barred=False):
+    n, barred = len(age), np.array(barred, bool)
+    return {"found": np.ones(n, bool), "barred": barred, "age": np.array(age, float),
+            "flag": np.full(n, flag), "teacher": np.array(teacher, float), "unread": ~barred if read_barred else barred}
 
 
 def test_the_veto_lifts_a_flag_only_on_open_eyes():
     """By hand: four faces the model calls 16. The network says 35 of the first two and 20 of
     the others; the second is taken as barred, so only the first's flag is lifted at a veto of 30,
-    and none at 40."""
+    and none at 40; measured on barred faces instead (`--read-barred`), only the second's."""
     script = _script()
     read = _read([16, 16, 16, 16], [35, 35, 20, 20], [False, True, False, True])
     assert script.flagged(read, 30.0).tolist() == [False, True, True, True]
     assert script.flagged(read, 40.0).tolist() == [True, True, True, True]
     assert script.flagged(read, np.inf).tolist() == [True, True, True, True]
+    on_bars = _read([16, 16, 16, 16], [35, 35, 20, 20], [False, True, False, True], read_barred=True)
+    assert script.flagged(on_bars, 30.0).tolist() == [True, False, True, True]  # `--read-barred`: the second face's instead
 
 
 def test_the_raise_matches_the_minors_the_model_flags_alone():
