@@ -16,9 +16,12 @@ Each test photo (and its eye-barred copy) is pasted into a scene as `evaluate --
 with the same scenes for the same photos, and the detector `predict` uses finds the face once.
 For each veto age, the model's flag on the faces the teacher reads is raised, in tenths of a
 year, until as many normal minors are flagged (a missed face unflagged) as the model alone
-flags; the veto age whose matched flags call the fewest women aged 26+ minors is chosen on the
-photos past `--choose-skip` (ties to the older veto), then the model alone, the chosen veto at
-the model's own flags and at the matched raise are judged on the first `--judge-photos`.
+flags (plus `--margin`); the veto age whose matched flags call the fewest women aged 26+ minors
+is chosen on the photos past `--choose-skip` (ties to the older veto), then the model alone, the
+chosen veto at the model's own flags and at the matched raise are judged on the first
+`--judge-photos`. With `--weights`, the candidates are instead the teacher's shares in the age
+of the faces it reads, with no veto (ties to the smaller share). `--reads` takes the reads an
+earlier run kept, so that a next candidate is measured on the same faces in seconds.
 
     .venv/bin/python scripts/second_opinion_in_scenes.py --teacher runs/resnet-age/model.safetensors \\
         --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
@@ -37,7 +40,7 @@ from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
 from minorage.groups import MINOR_LIMIT
-from minorage.model.estimator import with_second_opinion
+from minorage.model.estimator import blended_ages, with_second_opinion
 from minorage.paper.in_scenes import estimates, scene_crops
 
 RAISES = [round(0.1 * k, 1) for k in range(31)]  # the model's flag raised by up to 3 years
@@ -47,7 +50,7 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
                 read_barred: bool = False) -> dict[str, np.ndarray]:
     """Per photo in its scene (`in_scenes.scene_crops`): found, taken as barred by the eye-bar
     test, the model's age and flag as `predict` gives them (inf where missed), the teacher's
-    age on the aligned chip (inf where missed), and the faces the teacher's veto leaves alone:
+    age on the aligned chip (inf where missed), and the faces the second opinion leaves alone:
     those taken as barred, or with `read_barred` those taken as open-eyed."""
     framings = model.framings._replace(chip=teacher.net.cfg.image_size)
     (crops,), _, seen_barred = scene_crops(rows, barred, detector, [framings], progress=False)
@@ -60,30 +63,60 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
             "unread": ~seen_barred if read_barred else seen_barred}
 
 
-def flagged(read: dict[str, np.ndarray], veto: float, raise_by: float = 0.0) -> np.ndarray:
-    """The model's flags with the second opinion as a joined model applies it
-    (`estimator.with_second_opinion`): on a face the teacher reads (by default those the eye-bar
-    test does not call barred), the flag raised by `raise_by` and lifted where the teacher says
-    `veto` or more (a missed face has no age, so is never flagged)."""
-    return read["age"] < with_second_opinion(read["flag"], read["teacher"], read["unread"], {"veto": veto, "raise": raise_by})
+def kept_reads(path: Path, part: str, rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """The reads of one part kept by an earlier run's `--save-reads`, checked to be of the same photos."""
+    kept = np.load(path)
+    if kept[f"{part}/ids"].tolist() != [r["id"] for r in rows]:
+        raise ValueError(f"{path} kept the reads of other photos than these {part}: run with the photo options it was made with")
+    reads = {kind: {key.split("/")[-1]: kept[key] for key in kept.files if key.startswith(f"{part}/{kind}/")} for kind in KINDS}
+    for read in reads.values():
+        read.setdefault("unread", read["barred"])  # kept before `--read-barred`: the open-eyed faces were read
+    return reads
 
 
-def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, veto: float) -> float:
-    """The smallest raise at which the veto keeps as many minors flagged as the model alone."""
-    wanted = np.mean(flagged(read, np.inf)[minors])
-    return next((r for r in RAISES if np.mean(flagged(read, veto, r)[minors]) >= wanted), RAISES[-1])
+def opinion(veto: float | None, weight: float = 0.0, raise_by: float = 0.0) -> dict:
+    """A second opinion as a joined model's card holds it (`estimator.with_second_opinion`)."""
+    return {"veto": veto, "weight": weight, "raise": raise_by}
 
 
-def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, vetoes: dict[float, float]) -> dict:
-    """The measures of the model alone and of each veto at the model's flags and at its raise."""
-    out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, np.inf), people),
+def ages_of(read: dict[str, np.ndarray], second: dict) -> np.ndarray:
+    """The ages a joined model reports: the teacher's weight in those of the faces it reads."""
+    return blended_ages(read["age"], read["teacher"], read["unread"], second)
+
+
+def flagged(read: dict[str, np.ndarray], second: dict) -> np.ndarray:
+    """The model's flags with the second opinion as a joined model applies it: on a face the
+    teacher reads (by default those the eye-bar test does not call barred), the age blended by its
+    weight, the flag raised by its raise and lifted where it says its veto or more (a missed face
+    has no age, so is never flagged)."""
+    return ages_of(read, second) < with_second_opinion(read["flag"], read["teacher"], read["unread"], second)
+
+
+def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, second: dict, margin: float) -> float:
+    """The smallest raise at which the second opinion flags as many minors as the model alone, plus `margin`."""
+    wanted = np.mean(flagged(read, opinion(None))[minors]) + margin
+    return next((r for r in RAISES if np.mean(flagged(read, {**second, "raise": r})[minors]) >= wanted), RAISES[-1])
+
+
+def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candidates: dict[str, dict]) -> dict:
+    """The measures of the model alone and of each candidate at the model's flags and at its raise."""
+    alone = opinion(None)
+    out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, alone), people),
            "taken_as_barred": float(read["barred"][read["found"]].mean())}
-    for veto, raise_by in vetoes.items():
-        out[f"veto_{veto:g}"] = {
-            "minors_vetoed": float(np.mean((flagged(read, np.inf) & ~flagged(read, veto))[minors])),
-            "at_model_flags": measures(ages, read["found"], read["age"], flagged(read, veto), people),
-            f"flag_raised_{raise_by:g}": measures(ages, read["found"], read["age"], flagged(read, veto, raise_by), people)}
+    for name, second in candidates.items():
+        unraised = {**second, "raise": 0.0}
+        out[name] = {
+            "minors_vetoed": float(np.mean((flagged(read, alone) & ~flagged(read, unraised))[minors])),
+            "at_model_flags": measures(ages, read["found"], ages_of(read, unraised), flagged(read, unraised), people),
+            f"flag_raised_{second['raise']:g}": measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)}
     return out
+
+
+def candidates_of(args: argparse.Namespace) -> dict[str, dict]:
+    """The second opinions to choose among: the weights (no veto) where given, else the vetoes."""
+    if args.weights:
+        return {f"weight_{w:g}": opinion(None, w) for w in args.weights}
+    return {f"veto_{v:g}": opinion(v) for v in args.vetoes}
 
 
 def main() -> None:
@@ -94,28 +127,38 @@ def main() -> None:
                         help="the veto reads the faces the eye-bar test calls barred instead of the open-eyed ones "
                              "(and is chosen on the barred faces): a measurement; a joined model reads open eyes only")
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
-    add_photo_options(parser, "the veto")
+    parser.add_argument("--weights", type=float, nargs="+",
+                        help="instead of vetoes, the teacher's shares in the age of the faces it reads to choose among (no veto)")
+    parser.add_argument("--margin", type=float, default=0.0, metavar="SHARE",
+                        help="the raise is matched to the model's share of minors flagged plus this share (default: %(default)s)")
+    add_photo_options(parser, "the second opinion")
     parser.add_argument("--save-reads", type=Path, metavar="NPZ",
                         help="also keep each face's reads (found, taken as barred, both ages, the flag) for the analysis of a next step")
+    parser.add_argument("--reads", type=Path, metavar="NPZ",
+                        help="the reads an earlier run kept with --save-reads (the same model, teacher and photos), instead of reading the scenes again")
     args = parser.parse_args()
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
-    model, teacher = AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher).over_whole_range()
+    model, teacher = (None, None) if args.reads else (
+        AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher).over_whole_range())
     report: dict = {}
     kept: dict[str, np.ndarray] = {}
+    candidates = candidates_of(args)
     for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
-        reads = dict(zip(KINDS, (read_scenes(rows, barred, detector, model, teacher, args.read_barred) for barred in (False, True))))
+        reads = kept_reads(args.reads, part, rows) if args.reads else dict(zip(KINDS, (
+            read_scenes(rows, barred, detector, model, teacher, args.read_barred) for barred in (False, True))))
         kept.update({f"{part}/ids": np.array([r["id"] for r in rows]), f"{part}/ages": ages,
                      **{f"{part}/{kind}/{key}": values for kind, read in reads.items() for key, values in read.items()}})
         if part == "chosen_on":
-            read = reads["barred" if args.read_barred else "normal"]  # the kind of face the veto is chosen on
-            raises = {v: matched_raise(read, minors, v) for v in args.vetoes}
-            women = {v: measures(ages, read["found"], read["age"], flagged(read, v, r), people)["female_26+_called_minors"]
-                     for v, r in raises.items()}
-            chosen = min(sorted(women, reverse=True), key=women.get)
-            shown, report[part] = raises, {"photos": len(rows), "veto_chosen": chosen, "raise_chosen": raises[chosen]}
+            read = reads["barred" if args.read_barred else "normal"]  # the kind of face the second opinion is chosen on
+            for second in candidates.values():
+                second["raise"] = matched_raise(read, minors, second, args.margin)
+            women = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)["female_26+_called_minors"]
+                     for name, second in candidates.items()}
+            chosen = min(women, key=women.get) if args.weights else min(reversed(list(women)), key=women.get)  # ties: least weight, oldest veto
+            shown, report[part] = candidates, {"photos": len(rows), "chosen": chosen, **candidates[chosen]}
         else:
-            shown, report[part] = {chosen: raises[chosen]}, {"photos": len(rows)}
+            shown, report[part] = {chosen: candidates[chosen]}, {"photos": len(rows)}
         for kind, read in reads.items():
             report[part][kind] = arms(read, minors, ages, people, shown)
         print(json.dumps({part: report[part]}, indent=1), flush=True)

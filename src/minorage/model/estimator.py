@@ -4,7 +4,8 @@ A model with an edge part (`ByFrameNetwork`) is two estimators: its main part, a
 estimator of its own (its framing, flags and calibration) for the faces whose frame leaves the
 photo; `predict` takes each face's route from the caller, who framed it. A model with a second
 opinion (`SecondOpinionNetwork`) carries it as `opinion`, an estimator of its own that reads
-chips aligned to dlib's template, and `flags` applies its veto given its ages.
+chips aligned to dlib's template: `blended` takes its share of the age of open-eyed faces, and
+`flags` applies its raise and veto given its ages.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class AgeEstimator:
             return below
         return with_second_opinion(below, opinions, eyes_barred, self.card.second_opinion)
 
+    def blended(self, ages: np.ndarray, eyes_barred: np.ndarray | bool, opinions: np.ndarray | None) -> np.ndarray:
+        """The ages this model reports, given its networks' ages and its second opinion's
+        (`blended_ages`; the ages unchanged for a model without one)."""
+        if self.opinion is None or opinions is None:
+            return np.asarray(ages, float)
+        return blended_ages(ages, opinions, eyes_barred, self.card.second_opinion)
+
     def lifted(self, ages: np.ndarray, edge_filled: np.ndarray, eyes_barred: np.ndarray | bool, opinions: np.ndarray) -> np.ndarray:
         """The faces whose flag the second opinion lifted: flagged at the raised flag, then vetoed."""
         below, second = self.flags(edge_filled, eyes_barred), self.card.second_opinion
@@ -155,9 +163,25 @@ def with_second_opinion(below: np.ndarray | float, opinions: np.ndarray | float,
                         second_opinion: dict) -> np.ndarray:
     """Flags (an estimate below is flagged) with a second opinion (a card's `second_opinion`): on
     a face with open eyes that it read, raised by its "raise", and minus infinity (never flagged)
-    where it says "veto" years or more. Eye-barred faces are left alone: the network reads a bar
-    as an adult (docs/model-history.md, step 23)."""
-    opinions = np.asarray(opinions, float)
-    reads = ~np.asarray(eyes_barred, bool) & np.isfinite(opinions)
+    where it says "veto" years or more (a veto of None lifts no flag). Eye-barred faces are left
+    alone: the network reads a bar as an adult (docs/model-history.md, step 23)."""
+    opinions, reads = np.asarray(opinions, float), _reads(opinions, eyes_barred)
     raised = np.asarray(below, float) + np.where(reads, second_opinion["raise"], 0.0)
-    return np.where(reads & (np.nan_to_num(opinions) >= second_opinion["veto"]), -np.inf, raised)
+    veto = second_opinion.get("veto")
+    return raised if veto is None else np.where(reads & (np.nan_to_num(opinions) >= veto), -np.inf, raised)
+
+
+def blended_ages(ages: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,
+                 second_opinion: dict) -> np.ndarray:
+    """The ages a model with a second opinion reports: on a face with open eyes that it read, its
+    "weight" of the second network's age and the rest of the model's own (a weight of 0, or none,
+    leaves the model's ages). Why: the second network reads open-eyed faces in photos with far
+    fewer adults below 18 at the same share of minors (docs/model-history.md, step 27)."""
+    weight = second_opinion.get("weight", 0.0)
+    return np.where(_reads(opinions, eyes_barred), (1 - weight) * np.asarray(ages, float) + weight * np.nan_to_num(
+        np.asarray(opinions, float)), np.asarray(ages, float))
+
+
+def _reads(opinions: np.ndarray | float, eyes_barred: np.ndarray | bool) -> np.ndarray:
+    """The faces a second opinion speaks on: those with open eyes that it read."""
+    return ~np.asarray(eyes_barred, bool) & np.isfinite(np.asarray(opinions, float))
