@@ -20,7 +20,8 @@ flags (plus `--margin`); the veto age whose matched flags call the fewest women 
 is chosen on the photos past `--choose-skip` (ties to the older veto), then the model alone, the
 chosen veto at the model's own flags and at the matched raise are judged on the first
 `--judge-photos`. With `--weights`, the candidates are instead the teacher's shares in the age
-of the faces it reads, with no veto (ties to the smaller share). `--reads` takes the reads an
+of the faces it reads, with no veto, among those whose ages are no further from the truth than
+the model's own (MAE averaged over ages 0-25; ties to the smaller share). `--reads` takes the reads an
 earlier run kept, so that a next candidate is measured on the same faces in seconds.
 
     .venv/bin/python scripts/second_opinion_in_scenes.py --teacher runs/resnet-age/model.safetensors \\
@@ -112,6 +113,13 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candida
     return out
 
 
+def no_worse_ages(measured: dict, read: dict, ages: np.ndarray, people: list) -> bool:
+    """Whether a candidate's ages have an MAE averaged over ages 0-25 no larger than the model's
+    alone (a veto leaves the ages, so it always has)."""
+    alone = measures(ages, read["found"], read["age"], flagged(read, opinion(None)), people)
+    return measured["MAE_averaged_over_ages"] <= alone["MAE_averaged_over_ages"]
+
+
 def candidates_of(args: argparse.Namespace) -> dict[str, dict]:
     """The second opinions to choose among: the weights (no veto) where given, else the vetoes."""
     if args.weights:
@@ -153,8 +161,11 @@ def main() -> None:
             read = reads["barred" if args.read_barred else "normal"]  # the kind of face the second opinion is chosen on
             for second in candidates.values():
                 second["raise"] = matched_raise(read, minors, second, args.margin)
-            women = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)["female_26+_called_minors"]
-                     for name, second in candidates.items()}
+            measured = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)
+                        for name, second in candidates.items()}
+            women = {name: m["female_26+_called_minors"] for name, m in measured.items() if no_worse_ages(m, read, ages, people)}
+            if not women:
+                raise SystemExit(f"no candidate's ages are as close as the model's own: {json.dumps(measured)}")
             chosen = min(women, key=women.get) if args.weights else min(reversed(list(women)), key=women.get)  # ties: least weight, oldest veto
             shown, report[part] = candidates, {"photos": len(rows), "chosen": chosen, **candidates[chosen]}
         else:
