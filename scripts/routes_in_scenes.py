@@ -37,7 +37,7 @@ from minorage.faces.framing import filled_share, frame_face
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.paper import metrics
 from minorage.paper.evaluation import photo_ids
-from minorage.paper.in_scenes import photos_of_test_split, scene_faces
+from minorage.paper.in_scenes import photos_of_split, scene_faces
 from minorage.paper.store import frame_shares_past_photo, load_faces, photo_demographics
 
 KINDS = ("normal", "barred")  # each photo as it is, then eye-barred
@@ -159,20 +159,25 @@ def add_photo_options(parser: argparse.ArgumentParser, chosen: str) -> None:
     """The options naming the data set's test photos in scenes that choose and that judge."""
     parser.add_argument("--data", required=True, help="a data set from `minorage dataset build`")
     parser.add_argument("--exclude", help="a file of photo names or ids to leave out")
+    parser.add_argument("--choose-on", choices=("test", "validation"), default="test",
+                        help=f"{chosen} is chosen on the test split's photos after --choose-skip (default), or on the training "
+                             "photos training sets aside to validate (then --choose-skip counts those)")
     parser.add_argument("--choose-skip", type=int, required=True, help=f"{chosen} is chosen on the photos after the first K")
     parser.add_argument("--choose-photos", type=int, default=0, help="at most this many of them (default: all)")
     parser.add_argument("--judge-photos", type=int, default=0, help="then judged on the first N photos (default: none)")
 
 
 def choosing_then_judging(args: argparse.Namespace) -> Iterator[tuple[str, list[dict], np.ndarray, list[tuple[str, str]]]]:
-    """("chosen_on", ...) for the photos past `--choose-skip`, then ("judged_on", ...) for the
+    """("chosen_on", ...) for the photos past `--choose-skip` (of the test split, or of the
+    validation part with `--choose-on validation`), then ("judged_on", ...) for the test split's
     first `--judge-photos` where asked: each part's manifest rows, true ages and (sex, ethnicity)."""
     data, left_out = Path(args.data), (Path(args.exclude).read_text().split() if args.exclude else [])
     known = photo_demographics(data)
-    for part, (photos, skip) in (("chosen_on", (args.choose_photos, args.choose_skip)), ("judged_on", (args.judge_photos, 0))):
+    for part, (photos, skip, split) in (("chosen_on", (args.choose_photos, args.choose_skip, args.choose_on)),
+                                        ("judged_on", (args.judge_photos, 0, "test"))):
         if part == "judged_on" and not args.judge_photos:
             return
-        rows = photos_of_test_split(data, left_out, photos, skip)
+        rows = photos_of_split(data, left_out, photos, skip, split)
         yield part, rows, np.array([float(r["age"]) for r in rows]), [known[r["id"]] for r in rows]
 
 

@@ -21,8 +21,9 @@ is chosen on the photos past `--choose-skip` (ties to the older veto), then the 
 chosen veto at the model's own flags and at the matched raise are judged on the first
 `--judge-photos`. With `--weights`, the candidates are instead the teacher's shares in the age
 of the faces it reads, with no veto, among those whose ages are no further from the truth than
-the model's own (MAE averaged over ages 0-25; ties to the smaller share). `--reads` takes the reads an
-earlier run kept, so that a next candidate is measured on the same faces in seconds.
+the model's own (MAE averaged over ages 0-25, less `--mae-margin`; ties to the smaller share). `--reads` takes the reads an
+earlier run kept, so that a next candidate is measured on the same faces in seconds, and
+`--choose-on validation` chooses on the training photos set aside to validate.
 
     .venv/bin/python scripts/second_opinion_in_scenes.py --teacher runs/resnet-age/model.safetensors \\
         --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt --choose-skip 1500 --judge-photos 1500
@@ -31,6 +32,7 @@ earlier run kept, so that a next candidate is measured on the same faces in seco
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -64,14 +66,19 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
             "unread": ~seen_barred if read_barred else seen_barred}
 
 
-def kept_reads(path: Path, part: str, rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-    """The reads of one part kept by an earlier run's `--save-reads`, checked to be of the same photos."""
+def kept_reads(path: Path, rows: list[dict]) -> dict[str, dict[str, np.ndarray]] | None:
+    """The reads of these photos kept by an earlier run's `--save-reads`, wherever in it they were
+    kept (None unless it holds every one of them)."""
     kept = np.load(path)
-    if kept[f"{part}/ids"].tolist() != [r["id"] for r in rows]:
-        raise ValueError(f"{path} kept the reads of other photos than these {part}: run with the photo options it was made with")
-    reads = {kind: {key.split("/")[-1]: kept[key] for key in kept.files if key.startswith(f"{part}/{kind}/")} for kind in KINDS}
-    for read in reads.values():
-        read.setdefault("unread", read["barred"])  # kept before `--read-barred`: the open-eyed faces were read
+    where = {photo: (part, i) for part in ("chosen_on", "judged_on") if f"{part}/ids" in kept.files
+             for i, photo in enumerate(kept[f"{part}/ids"].tolist())}
+    if any(r["id"] not in where for r in rows):
+        return None
+    reads = {}
+    for kind in KINDS:
+        keys = {key.split("/")[-1] for key in kept.files if key.count("/") == 2 and key.split("/")[1] == kind}
+        reads[kind] = {key: np.array([kept[f"{where[r['id']][0]}/{kind}/{key}"][where[r["id"]][1]] for r in rows]) for key in keys}
+        reads[kind].setdefault("unread", reads[kind]["barred"])  # kept before `--read-barred`: the open-eyed faces were read
     return reads
 
 
@@ -113,11 +120,11 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candida
     return out
 
 
-def no_worse_ages(measured: dict, read: dict, ages: np.ndarray, people: list) -> bool:
-    """Whether a candidate's ages have an MAE averaged over ages 0-25 no larger than the model's
-    alone (a veto leaves the ages, so it always has)."""
+def no_worse_ages(measured: dict, read: dict, ages: np.ndarray, people: list, margin: float = 0.0) -> bool:
+    """Whether a candidate's ages have an MAE averaged over ages 0-25 at least `margin` years
+    below the model's alone (a veto leaves the ages, so with no margin it always has)."""
     alone = measures(ages, read["found"], read["age"], flagged(read, opinion(None)), people)
-    return measured["MAE_averaged_over_ages"] <= alone["MAE_averaged_over_ages"]
+    return measured["MAE_averaged_over_ages"] <= alone["MAE_averaged_over_ages"] - margin
 
 
 def candidates_of(args: argparse.Namespace) -> dict[str, dict]:
@@ -139,22 +146,24 @@ def main() -> None:
                         help="instead of vetoes, the teacher's shares in the age of the faces it reads to choose among (no veto)")
     parser.add_argument("--margin", type=float, default=0.0, metavar="SHARE",
                         help="the raise is matched to the model's share of minors flagged plus this share (default: %(default)s)")
+    parser.add_argument("--mae-margin", type=float, default=0.0, metavar="YEARS",
+                        help="only a candidate whose MAE averaged over ages is this much below the model's is chosen (default: %(default)s)")
     add_photo_options(parser, "the second opinion")
     parser.add_argument("--save-reads", type=Path, metavar="NPZ",
                         help="also keep each face's reads (found, taken as barred, both ages, the flag) for the analysis of a next step")
     parser.add_argument("--reads", type=Path, metavar="NPZ",
-                        help="the reads an earlier run kept with --save-reads (the same model, teacher and photos), instead of reading the scenes again")
+                        help="the reads an earlier run kept with --save-reads (the same model and teacher): photos it holds are not read again")
     args = parser.parse_args()
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
-    model, teacher = (None, None) if args.reads else (
-        AgeEstimator.from_pretrained(args.model), AgeEstimator.from_pretrained(args.teacher).over_whole_range())
+    model = AgeEstimator.from_pretrained(args.model)
+    teacher = functools.cache(lambda: AgeEstimator.from_pretrained(args.teacher).over_whole_range())
     report: dict = {}
     kept: dict[str, np.ndarray] = {}
     candidates = candidates_of(args)
     for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
-        reads = kept_reads(args.reads, part, rows) if args.reads else dict(zip(KINDS, (
-            read_scenes(rows, barred, detector, model, teacher, args.read_barred) for barred in (False, True))))
+        reads = (kept_reads(args.reads, rows) if args.reads else None) or dict(zip(KINDS, (
+            read_scenes(rows, barred, detector, model, teacher(), args.read_barred) for barred in (False, True))))
         kept.update({f"{part}/ids": np.array([r["id"] for r in rows]), f"{part}/ages": ages,
                      **{f"{part}/{kind}/{key}": values for kind, read in reads.items() for key, values in read.items()}})
         if part == "chosen_on":
@@ -163,7 +172,7 @@ def main() -> None:
                 second["raise"] = matched_raise(read, minors, second, args.margin)
             measured = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)
                         for name, second in candidates.items()}
-            women = {name: m["female_26+_called_minors"] for name, m in measured.items() if no_worse_ages(m, read, ages, people)}
+            women = {name: m["female_26+_called_minors"] for name, m in measured.items() if no_worse_ages(m, read, ages, people, args.mae_margin)}
             if not women:
                 raise SystemExit(f"no candidate's ages are as close as the model's own: {json.dumps(measured)}")
             chosen = min(women, key=women.get) if args.weights else min(reversed(list(women)), key=women.get)  # ties: least weight, oldest veto

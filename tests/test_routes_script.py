@@ -79,11 +79,11 @@ def test_a_route_between_one_model_and_itself_reads_as_that_model(small_dataset,
     """Real photos in scenes: with the same model on both routes the route's ages are that model's,
     and its flag stays the model's own."""
     routes = _script()
-    from minorage.paper.in_scenes import photos_of_test_split
+    from minorage.paper.in_scenes import photos_of_split
 
     _, data, _, _ = small_dataset
     model = AgeEstimator.from_pretrained(str(one_part_model))
-    rows = [r for r in photos_of_test_split(data) if float(r["age"]) < 18][:6] + photos_of_test_split(data, photos=6)
+    rows = [r for r in photos_of_split(data) if float(r["age"]) < 18][:6] + photos_of_split(data, photos=6)
     read = routes.read_scenes(rows, False, FaceDetector(), model, model)
     assert read["found"].sum() >= 10
     assert ((read["share"] >= 0) & (read["share"] < 1)).all()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minorage.config import Framings
+from minorage.config import Framings, TrainConfig
 from minorage.faces.detection import Face, FaceDetector, face_at
 from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.faces.framing import frame_routed, opinion_chip
@@ -39,18 +39,26 @@ from minorage.paper import metrics
 from minorage.paper.evaluation import FAIRNESS_KEYS, photo_ids
 from minorage.paper.readers import UNKNOWN
 from minorage.paper.store import photo_demographics, source_image
+from minorage.paper.training import validation_mask
 
 MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
 
 
-def photos_of_test_split(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0, skip: int = 0) -> list[dict]:
+def photos_of_split(data_dir: Path, exclude: Iterable[str] = (), photos: int = 0, skip: int = 0, split: str = "test") -> list[dict]:
     """The test split's photos of a data set (one manifest row each, with the box and eyes the
     build found), without those `exclude` names, in order of id: past the first `skip`, the
-    next `photos` when set."""
+    next `photos` when set. `split` "validation" takes instead the training photos that training
+    sets aside to validate (`training.validation_mask`, the recipe's defaults): photos no
+    judgement in scenes uses, for choosing."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"the photos in scenes are the test split's or the validation part's, not {split!r}")
     left_out, _ = photo_ids(data_dir, exclude)
     rows = [r for r in csv.DictReader((Path(data_dir) / "manifest.csv").open())
-            if r["split"] == "test" and r["variant"] == "org" and r["id"] not in left_out]
-    rows.sort(key=lambda r: r["id"])
+            if r["split"] == ("test" if split == "test" else "train") and r["variant"] == "org"]
+    if split == "validation":  # chosen among every training photo, as a recipe that trains on them all does
+        held = validation_mask(np.array([r["id"] for r in rows]), TrainConfig.val_fraction, TrainConfig.val_seed)
+        rows = [r for r, kept in zip(rows, held) if kept]
+    rows = sorted((r for r in rows if r["id"] not in left_out), key=lambda r: r["id"])
     return rows[skip : skip + photos] if photos else rows[skip:]
 
 
@@ -111,7 +119,7 @@ def evaluate_in_scenes(estimator: AgeEstimator, detector: FaceDetector, data_dir
                        progress: bool = True, skip: int = 0) -> dict[str, dict]:
     """Per variant: `metrics.evaluate` over the faces found (per sex and ethnicity too), and
     under "scenes" the share found and the minors' recall with misses counted as unflagged."""
-    rows = photos_of_test_split(data_dir, exclude, photos, skip)
+    rows = photos_of_split(data_dir, exclude, photos, skip)
     known = photo_demographics(data_dir)
     people = [known.get(r["id"], (UNKNOWN, UNKNOWN)) for r in rows]
     ages = np.array([float(r["age"]) for r in rows])
@@ -147,7 +155,7 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
     is then chosen on scenes of photos no judgement uses (`skip` the ones that judge). The
     reference flags each face as `predict` would (its part's flag for the kind the eye-bar test
     says); the flag chosen is one for every face of `estimator`."""
-    rows = photos_of_test_split(data_dir, exclude, photos, skip)
+    rows = photos_of_split(data_dir, exclude, photos, skip)
     ages = np.array([float(r["age"]) for r in rows])
     minors = np.rint(ages) < MINOR_LIMIT
     mine, theirs = [], []
