@@ -92,24 +92,86 @@ def test_the_veto_lifts_a_flag_only_on_open_eyes():
     and none at 40; measured on barred faces instead (`--read-barred`), only the second's."""
     script = _script()
     read = _read([16, 16, 16, 16], [35, 35, 20, 20], [False, True, False, True])
-    assert script.flagged(read, 30.0).tolist() == [False, True, True, True]
-    assert script.flagged(read, 40.0).tolist() == [True, True, True, True]
-    assert script.flagged(read, np.inf).tolist() == [True, True, True, True]
+    assert script.flagged(read, script.opinion(30.0)).tolist() == [False, True, True, True]
+    assert script.flagged(read, script.opinion(40.0)).tolist() == [True, True, True, True]
+    assert script.flagged(read, script.opinion(None)).tolist() == [True, True, True, True]
     on_bars = _read([16, 16, 16, 16], [35, 35, 20, 20], [False, True, False, True], read_barred=True)
-    assert script.flagged(on_bars, 30.0).tolist() == [True, False, True, True]  # `--read-barred`: the second face's instead
+    assert script.flagged(on_bars, script.opinion(30.0)).tolist() == [True, False, True, True]  # `--read-barred`: the second face's instead
 
 
 def test_the_raise_matches_the_minors_the_model_flags_alone():
     """By hand, three minors: the model flags two (16.0, 17.0; 18.2 not). A veto at 30 lifts the
     first (the network says 31) and the raised flag must reach the third: 18.2 < 17.5 + 0.8. The
-    raise does not reach faces taken as barred."""
+    raise does not reach faces taken as barred. With a margin of a third of the minors, the
+    model alone's share is two thirds plus a third: every minor, so the raise must reach 18.2."""
     script = _script()
     read = _read([16.0, 17.0, 18.2], [31, 20, 20], [False, False, False])
     minors = np.ones(3, bool)
-    assert script.matched_raise(read, minors, 30.0) == 0.8
-    assert script.matched_raise(read, minors, np.inf) == 0.0
+    assert script.matched_raise(read, minors, script.opinion(30.0), 0.0) == 0.8
+    assert script.matched_raise(read, minors, script.opinion(None), 0.0) == 0.0
+    assert script.matched_raise(read, minors, script.opinion(None), 1 / 3) == 0.8
     barred = _read([16.0, 17.0, 18.2], [31, 20, 20], [False, False, True])
-    assert script.matched_raise(barred, minors, 30.0) == 3.0  # never matched: the last of the raises
+    assert script.matched_raise(barred, minors, script.opinion(30.0), 0.0) == 3.0  # never matched: the last of the raises
+
+
+def test_a_blend_moves_the_age_of_open_eyed_faces_by_its_weight():
+    """By hand, weight 0.25: a face the model calls 16 and the network 24 is read at 18 and not
+    flagged at 17.5; raised by 0.6 it is (18 < 18.1). A barred face and a face the network did not
+    read (inf, missed) keep the model's 16, flagged at the model's flag; no veto lifts anything."""
+    script = _script()
+    read = _read([16.0, 16.0, 16.0], [24.0, 24.0, np.inf], [False, True, False])
+    second = script.opinion(None, 0.25)
+    assert script.ages_of(read, second).tolist() == [18.0, 16.0, 16.0]
+    assert script.flagged(read, second).tolist() == [False, True, True]
+    assert script.flagged(read, {**second, "raise": 0.6}).tolist() == [True, True, True]
+    assert script.matched_raise(read, np.ones(3, bool), second, 0.0) == 0.6
+
+
+def test_a_blend_is_chosen_only_with_ages_no_further_from_the_truth():
+    """Two children of 5 and 10 the model reads exactly: a blend with a network that says 9 and
+    14 reads them 2 years off at weight 0.5, so it is no candidate; at weight 0 it is. (Two adults
+    of 40, read 40 by both, are there so that every measure has someone to count.)"""
+    script = _script()
+    read = _read([5.0, 10.0, 40.0, 40.0], [9.0, 14.0, 40.0, 40.0], [False] * 4)
+    ages, people = np.array([5.0, 10.0, 40.0, 40.0]), [("female", "Asian"), ("male", "White")] * 2
+    for weight, kept in ((0.5, False), (0.0, True)):
+        second = script.opinion(None, weight)
+        measured = script.measures(ages, read["found"], script.ages_of(read, second), script.flagged(read, second), people)
+        assert script.no_worse_ages(measured, read, ages, people) is kept
+    second = script.opinion(None, 0.0)
+    measured = script.measures(ages, read["found"], script.ages_of(read, second), script.flagged(read, second), people)
+    assert script.no_worse_ages(measured, read, ages, people, margin=0.1) is False  # not 0.1 years better
+
+
+def test_kept_reads_are_found_by_photo_wherever_they_were_kept(tmp_path):
+    """Reads kept for a choosing and a judging part give back any photos of either, in the order
+    asked; a photo they do not hold means the scenes are read again (None)."""
+    script = _script()
+    kept = {"chosen_on/ids": np.array(["c", "d"]), "judged_on/ids": np.array(["a", "b"])}
+    for part, ages in (("chosen_on", [30.0, 40.0]), ("judged_on", [10.0, 20.0])):
+        for kind in script.KINDS:
+            kept.update({f"{part}/{kind}/age": np.array(ages), f"{part}/{kind}/barred": np.array([False, kind == "barred"])})
+    np.savez(tmp_path / "reads.npz", **kept)
+    reads = script.kept_reads(tmp_path / "reads.npz", [{"id": i} for i in ("d", "a", "b")])
+    assert reads["normal"]["age"].tolist() == [40.0, 10.0, 20.0]
+    assert reads["barred"]["unread"].tolist() == [True, False, True]  # kept before `--read-barred`: the barred were unread
+    assert script.kept_reads(tmp_path / "reads.npz", [{"id": "a"}, {"id": "e"}]) is None
+
+
+def test_the_validation_photos_in_scenes_are_those_training_sets_aside(small_dataset):
+    """The photos `--choose-on validation` chooses on are the training photos a recipe that
+    trains on them all validates on, and none of the test split's."""
+    from minorage.config import TrainConfig
+    from minorage.paper.in_scenes import photos_of_split
+    from minorage.paper.training import fit_and_validation
+
+    _, data, _, _ = small_dataset
+    rows = photos_of_split(data, split="validation")
+    _, val = fit_and_validation(data, TrainConfig(adult_own_age=True))
+    assert rows and {r["id"] for r in rows} == set(val.ids.tolist())
+    assert not {r["id"] for r in rows} & {r["id"] for r in photos_of_split(data)}
+    with pytest.raises(ValueError, match="test split's or the validation"):
+        photos_of_split(data, split="train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +231,96 @@ def test_the_second_opinion_reads_its_networks_whole_range(joined, one_part_mode
 
 
 def test_combine_refuses_a_second_opinion_given_by_halves(joined, one_part_model, tmp_path, capsys):
-    """The network without its veto, the veto without a network, a veto past its range, and a
-    joined model averaged with another: each refused with its reason, nothing written."""
+    """The network without its veto or weight, either without a network, a veto past its range, a
+    weight past one, and a joined model averaged with another: each refused with its reason,
+    nothing written."""
     from minorage.cli import main
 
     out = str(tmp_path / "x.safetensors")
-    for args, reason in ((["--veto", "25"], "go together"), (["--second-opinion", str(one_part_model)], "go together"),
-                         (["--second-opinion", str(one_part_model), "--veto", "200"], "within its range")):
+    for args, reason in ((["--veto", "25"], "goes with"), (["--second-opinion", str(one_part_model)], "goes with"),
+                         (["--weight", "0.5"], "goes with"),
+                         (["--second-opinion", str(one_part_model), "--veto", "200"], "within its range"),
+                         (["--second-opinion", str(one_part_model), "--weight", "1.5"], "share from 0 to 1")):
         assert main(["combine", DEFAULT, *args, "--out", out]) == 2
         assert reason in capsys.readouterr().err
     assert main(["combine", str(joined), str(joined), "--out", out]) == 2
     assert "cannot be averaged" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+@pytest.fixture(scope="module")
+def blended(tmp_path_factory, one_part_model) -> Path:
+    """The shipped model with its one-part form as a second opinion that reads half of each
+    open-eyed face's age, its flag raised by 1, no veto."""
+    from minorage.cli import main
+
+    out = tmp_path_factory.mktemp("blended") / "blended.safetensors"
+    assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--weight", "0.5", "--raise", "1",
+                 "--name", "blended", "--out", str(out)]) == 0
+    return out
+
+
+def test_blended_ages_by_hand():
+    """Weight 0.25: 16 and 24 give 18 on open eyes; a barred face, a face the network did not
+    read (NaN) and a face the detector missed (inf) keep the model's age; with no weight (a card
+    of 0.6.0) nothing moves."""
+    from minorage.model.estimator import blended_ages
+
+    ages, opinions = [16.0, 16.0, 16.0, np.inf], [24.0, 24.0, np.nan, np.nan]
+    barred = [False, True, False, False]
+    assert blended_ages(ages, opinions, barred, {"weight": 0.25}).tolist() == [18.0, 16.0, 16.0, np.inf]
+    assert blended_ages(ages, opinions, False, {"weight": 1.0}).tolist() == [24.0, 24.0, 16.0, np.inf]
+    assert blended_ages(ages, opinions, barred, {"veto": 25.0, "raise": 0.0}).tolist() == ages
+
+
+def test_predict_and_scan_report_the_blended_age_of_open_eyed_faces(blended, some_faces, tmp_path, capsys):
+    """Real photos read by the shipped model and by the same with a second opinion at weight 0.5:
+    each open-eyed face's age is halfway between the model's and the second opinion's, a barred
+    face's the model's own, in `predict`'s rows and in `scan`'s case, each flagged at the flag
+    raised by 1 where read; nothing is vetoed."""
+    import json
+    import sqlite3
+
+    from minorage.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, photo in enumerate(some_faces[1:9]):
+        chip = cv2.imread(str(photo))
+        if k % 3 == 0:  # some faces under a bar, which the second opinion does not read
+            chip[chip.shape[0] // 3 : chip.shape[0] // 2, chip.shape[1] // 6 : -chip.shape[1] // 6] = 0
+        cv2.imwrite(str(folder / f"photo{k}.png"), cv2.copyMakeBorder(chip, 120, 120, 120, 120, cv2.BORDER_CONSTANT, value=(90, 110, 130)))
+
+    def rows_of(*model: str) -> dict:
+        assert main(["predict", str(folder), *model, "--format", "json"]) == 0
+        return {(Path(r["path"]).name, r["face"]): r for r in json.loads(capsys.readouterr().out) if r["status"] == "ok"}
+
+    mine, plain = rows_of("--model", str(blended)), rows_of()
+    assert mine.keys() == plain.keys() and len(mine) >= 6
+    assert any(r["eyes_occluded"] for r in mine.values()) and not all(r["eyes_occluded"] for r in mine.values())
+    for key, r in mine.items():
+        if r["eyes_occluded"]:
+            assert r["age"] == pytest.approx(plain[key]["age"], abs=1e-4) and r["second_opinion_age"] is None
+        else:
+            assert r["age"] == pytest.approx((plain[key]["age"] + r["second_opinion_age"]) / 2, abs=0.06)  # its age shown to a tenth
+            assert r["minor_below"] == pytest.approx(plain[key]["minor_below"] + 1)
+        assert r["minor"] == (r["age"] < r["minor_below"]) and r["flag_lifted"] is False
+
+    def stored(*model: str) -> list:
+        case = tmp_path / f"case{len(model)}"
+        assert main(["scan", str(folder), "--out", str(case), *model, "--workers", "1"]) == 0
+        db = sqlite3.connect(case / "case.sqlite")
+        settings = json.loads(db.execute("SELECT value FROM case_info WHERE key = 'settings'").fetchone()[0])
+        opinions = "second_opinions.age" if model else "NULL"
+        joined = " LEFT JOIN second_opinions ON second_opinions.face_id = faces.id" if model else ""
+        return settings, db.execute(f"SELECT faces.age, faces.eyes_occluded, {opinions} FROM faces JOIN files ON files.id = faces.file_id"
+                                    f"{joined} ORDER BY files.path, faces.face").fetchall()
+
+    (settings, kept), (_, alone) = stored("--model", str(blended)), stored()
+    assert settings["second_opinion"] == {"veto": None, "raise": 1.0, "weight": 0.5}
+    assert len(kept) == len(alone) >= 6
+    for (age, barred, opinion), (own, _, _) in zip(kept, alone):
+        assert age == pytest.approx(own if barred else (own + opinion) / 2, abs=0.02)
 
 
 def _reading(minor_above=None):

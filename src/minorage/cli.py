@@ -281,8 +281,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
     name = args.name or Path(args.out).stem
     if not 0 <= args.keep_start < 1:
         raise ValueError(f"--keep-start is a share from 0 up to, not including, 1; got {args.keep_start}")
-    if (args.second_opinion is None) != (args.veto is None) or (args.raise_by and not args.second_opinion):
-        raise ValueError("--second-opinion MODEL and --veto YEARS go together (and --raise with them)")
+    if bool(args.second_opinion) != (args.veto is not None or bool(args.weight)) or (args.raise_by and not args.second_opinion):
+        raise ValueError("--second-opinion MODEL goes with --veto YEARS, --weight SHARE or both (and --raise with them)")
     if (args.grayscale or args.edge or args.second_opinion or args.align_faces or args.minor_below is not None
             or args.minor_below_barred is not None) \
             and len(args.models) == 1 and not (
@@ -308,11 +308,12 @@ def cmd_combine(args: argparse.Namespace) -> int:
     if args.edge:
         net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge, args.edge_above)
     if args.second_opinion:
-        net, card = attach_second_opinion(net, card, *load_checkpoint(Path(args.second_opinion)), args.second_opinion, args.veto, args.raise_by)
+        net, card = attach_second_opinion(net, card, *load_checkpoint(Path(args.second_opinion)), args.second_opinion, args.veto,
+                                          args.raise_by, args.weight)
     path = save_checkpoint(net, card, Path(args.out))
     routed = (f", black-and-white faces to {args.grayscale}" if args.grayscale else "") + \
         (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "") + \
-        (f", flags on open eyes lifted where {args.second_opinion} says {args.veto:g} or more" if args.second_opinion else "")
+        (f", faces with open eyes read by {args.second_opinion} too" if args.second_opinion else "")
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
     return 0
 
@@ -586,10 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-above", type=float, default=Framings._field_defaults["edge_above"], metavar="SHARE",
                    help="with --edge: only faces more than this share of whose frame lies past the photo go to it; faces cut "
                         "a little by the photo's border stay with the main model (default: %(default)s, any)")
-    p.add_argument("--second-opinion", metavar="MODEL", help="a second age network (dlib's, imported by scripts/import_resnet_age.py) "
-                   "that reads each detected face with open eyes on dlib's aligned chip: a flag stands only where it says "
-                   "less than --veto (docs/model-history.md, step 23)")
-    p.add_argument("--veto", type=float, metavar="YEARS", help="with --second-opinion: the age from which it lifts the flag")
+    p.add_argument("--second-opinion", metavar="MODEL", help="a second age network (dlib's, imported by scripts/import_resnet_age.py, "
+                   "or trained on from it) that reads each detected face with open eyes on dlib's aligned chip, with --veto, "
+                   "--weight or both (docs/model-history.md, steps 23 and 27)")
+    p.add_argument("--veto", type=float, metavar="YEARS", help="with --second-opinion: a flag stands only where it says less than this")
+    p.add_argument("--weight", type=float, default=0.0, metavar="SHARE",
+                   help="with --second-opinion: its share in the age of the faces it reads, the model's own the rest (default: %(default)s)")
     p.add_argument("--raise", dest="raise_by", type=float, default=0.0, metavar="YEARS",
                    help="with --second-opinion: years added to the flag on the faces it reads (default: %(default)s)")
     p.set_defaults(func=cmd_combine)

@@ -42,9 +42,9 @@ class ModelCard:
     # its "members" and "mirror", and its own card's name, data, training and metrics
     edge: dict | None = None  # the whole card (with its "source") of the part that reads the faces
     # whose frame leaves the photo (`framing.frame_routed`), with its own framing, flags and calibration
-    second_opinion: dict | None = None  # the whole card (with its "source") of a network that may lift the
-    # flag on faces with open eyes, its "veto" (the age from which it lifts it) and "raise" (years
-    # added to the flag on the faces it reads)
+    second_opinion: dict | None = None  # the whole card (with its "source") of a network that reads faces
+    # with open eyes: its "weight" (its share in their age; absent in cards before it, 0), its "veto"
+    # (the age from which it lifts the flag; None for none) and "raise" (years added to their flag)
 
     def to_dict(self) -> dict:
         return {

@@ -177,9 +177,11 @@ def blended_ages(ages: np.ndarray | float, opinions: np.ndarray | float, eyes_ba
     "weight" of the second network's age and the rest of the model's own (a weight of 0, or none,
     leaves the model's ages). Why: the second network reads open-eyed faces in photos with far
     fewer adults below 18 at the same share of minors (docs/model-history.md, step 27)."""
-    weight = second_opinion.get("weight", 0.0)
-    return np.where(_reads(opinions, eyes_barred), (1 - weight) * np.asarray(ages, float) + weight * np.nan_to_num(
-        np.asarray(opinions, float)), np.asarray(ages, float))
+    weight, opinions = second_opinion.get("weight", 0.0), np.asarray(opinions, float)
+    reads = _reads(opinions, eyes_barred)
+    blended = np.array(np.broadcast_to(np.asarray(ages, float), reads.shape))
+    blended[reads] = (1 - weight) * blended[reads] + weight * np.broadcast_to(opinions, reads.shape)[reads]
+    return blended
 
 
 def _reads(opinions: np.ndarray | float, eyes_barred: np.ndarray | bool) -> np.ndarray:

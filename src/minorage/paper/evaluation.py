@@ -67,7 +67,8 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
             return estimator.predict(shown), estimator.flag(barred), {}
         filled = frames_left_photo(data_dir, faces.ids, estimator.framings.edge_above) if estimator.edge else np.zeros(len(faces), bool)
         opinions = second_opinions(estimator, data_dir, faces.ids, change) if estimator.opinion and not barred else None
-        ages, below = estimator.predict(shown, edge_filled=filled), estimator.flags(filled, barred, opinions)
+        ages = estimator.blended(estimator.predict(shown, edge_filled=filled), barred, opinions)
+        below = estimator.flags(filled, barred, opinions)
         noted = {"routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
                  "minor_below": estimator.flag(barred), "edge_minor_below": estimator.edge.flag(barred)} if estimator.edge else {}
         if opinions is not None:

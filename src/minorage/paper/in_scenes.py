@@ -163,7 +163,7 @@ def flag_like(estimator: AgeEstimator, reference: AgeEstimator, detector: FaceDe
         (own, ref), _, seen_barred = scene_crops(rows, barred, detector, [estimator.framings, reference.framings], seed, progress)
         mine.append(estimates(estimator, own)[0][minors])
         pred, filled, opinions = estimates(reference, ref)
-        theirs.append((pred < reference.flags(filled, seen_barred, opinions))[minors])
+        theirs.append((reference.blended(pred, seen_barred, opinions) < reference.flags(filled, seen_barred, opinions))[minors])
     mine_all, wanted = np.concatenate(mine), float(np.mean(np.concatenate(theirs)))
     below = metrics.calibrate_minor_threshold(np.tile(ages[minors], 2), mine_all, wanted)
     return {"photos": len(rows), "minors": int(minors.sum()), "reference_flagged": wanted, "minor_below": below,
@@ -179,7 +179,7 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
     second opinion where it has one)."""
     found = np.array([c is not None for c in crops])
     pred, filled, opinions = estimates(estimator, crops)
-    below = estimator.flags(filled, seen_barred, opinions)
+    pred, below = estimator.blended(pred, seen_barred, opinions), estimator.flags(filled, seen_barred, opinions)
     if below.size and np.all(below == below.flat[0]):
         below = float(below.flat[0])  # one flag for every face: recorded as the model's flag
     seen = metrics.picked(below, found)

@@ -6,7 +6,8 @@ several files are aged in one network pass and the ages handed back file by file
 an edge part reads the faces whose frame leaves the image with it, and reads them out by its own
 flags and calibration (`FramedFace.edge_filled`). A model with a second opinion also gets each
 detected face's chip aligned to dlib's template (`FramedFace.chip`), read apart
-(`opinions_by_item`), and the verdict applies its veto. `predict` runs the whole path in one
+(`opinions_by_item`), its share blended into their ages (`AgeEstimator.blended`), and the
+verdict applies its raise and veto. `predict` runs the whole path in one
 process; `scan` finds faces in its worker processes and ages them in the main one, so that its
 batches stay large.
 """
@@ -94,6 +95,8 @@ class Reading:
     - A face read by a model's edge part is read out by that part's own `edge` reading.
     - With a model's `second_opinion` (its card's) and that network's age for a face with open
       eyes: the age flag raised by its "raise", and any flag lifted where it says "veto" or more.
+      The age read out is the model's (`AgeEstimator.blended`: with its "weight" of the second
+      network's age in it).
     """
 
     minor_below: float
@@ -144,7 +147,8 @@ class Reading:
             would = is_minor(age, said["minor_below"])
         else:  # flagged by p_minor: only the veto counts
             would = said["minor"]
-        lifted = would and read and opinion >= self.second_opinion["veto"]
+        veto = self.second_opinion.get("veto")
+        lifted = would and read and veto is not None and opinion >= veto
         said.update(minor=bool(would and not lifted), second_opinion_age=round(float(opinion), 1) if read else None,
                     flag_lifted=bool(lifted))
         return said

@@ -191,6 +191,7 @@ class Predictor:
         """Estimate the ages of a batch of images' faces and turn them into rows."""
         framed = [item.framed for item in batch]
         for item, mine, opinions in zip(batch, ages_by_item(framed, self.estimator), opinions_by_item(framed, self.estimator)):
+            mine = self.estimator.blended(mine, item.barred, opinions)
             if item.image is not None and item.framed:
                 self.write_annotation(item, [float(a) for a in mine], [float(o) for o in opinions])
             yield from _rows(item, mine, opinions, self.options.crops, self.reading)

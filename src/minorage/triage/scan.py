@@ -254,6 +254,12 @@ class ScanSummary:
                 f"access times {'preserved' if self.atime_kept else 'NOT preserved (O_NOATIME refused)'}{replaced}")
 
 
+def _second_opinion(second: dict) -> dict:
+    """What a second opinion changes in a case: its veto and raise, and its weight where it has
+    one (so that a case scanned before weights still resumes)."""
+    return {"veto": second["veto"], "raise": second["raise"], **({"weight": second["weight"]} if second.get("weight") else {})}
+
+
 def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: DetectorConfig, cfg: ScanConfig) -> dict:
     """Every setting that changes what a case holds: a resume must use the same."""
     source = Path(estimator.source)
@@ -262,7 +268,7 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
         "model_sha256": file_sha256(source) if source.is_file() else estimator.source,
         "minor_below": estimator.minor_below, "minor_above": reading.minor_above,
         **({"routes": _routes(estimator)} if estimator.edge or estimator.card.minor_below_barred is not None else {}),
-        **({"second_opinion": {k: estimator.card.second_opinion[k] for k in ("veto", "raise")}} if estimator.opinion else {}),
+        **({"second_opinion": _second_opinion(estimator.card.second_opinion)} if estimator.opinion else {}),
         "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
         "thresholds": list(detector_cfg.thresholds), "yunet_threshold": detector_cfg.yunet_threshold,
@@ -373,6 +379,7 @@ def _estimate_and_store(db, batch: list[FileResult], estimator: AgeEstimator, re
     ages, opinions = ages_by_item(framed, estimator), opinions_by_item(framed, estimator)
     share = (time.perf_counter() - started) / max(1, sum(len(r.faces) for r in batch))
     for result, mine, theirs in zip(batch, ages, opinions):
+        mine = estimator.blended(mine, [f.eyes_occluded for f in result.faces], theirs)
         result.seconds["age"] = share * len(mine)
         t0 = time.perf_counter()
         flags = _store(db, result, mine, theirs, reading, run_id)
