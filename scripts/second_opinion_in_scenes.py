@@ -87,6 +87,12 @@ def opinion(veto: float | None, weight: float = 0.0, raise_by: float = 0.0) -> d
     return {"veto": veto, "weight": weight, "raise": raise_by}
 
 
+def of_kind(second: dict, kind: str, values: dict) -> dict:
+    """A second opinion with one kind's settings changed: its own for normal faces, its barred
+    part's for barred ones."""
+    return {**second, **values} if kind == "normal" else {**second, "barred": {**second.get("barred", {}), **values}}
+
+
 def ages_of(read: dict[str, np.ndarray], second: dict) -> np.ndarray:
     """The ages a joined model reports: the teacher's weight in those of the faces it reads."""
     return blended_ages(read["age"], read["teacher"], read["unread"], second)
@@ -100,10 +106,22 @@ def flagged(read: dict[str, np.ndarray], second: dict) -> np.ndarray:
     return ages_of(read, second) < with_second_opinion(read["flag"], read["teacher"], read["unread"], second)
 
 
-def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, second: dict, margin: float) -> float:
-    """The smallest raise at which the second opinion flags as many minors as the model alone, plus `margin`."""
+def matched_raise(read: dict[str, np.ndarray], minors: np.ndarray, second: dict, margin: float, kind: str = "normal") -> float:
+    """The smallest raise (of `kind`'s faces) at which the second opinion flags as many minors as
+    the model alone, plus `margin`."""
     wanted = np.mean(flagged(read, opinion(None))[minors]) + margin
-    return next((r for r in RAISES if np.mean(flagged(read, {**second, "raise": r})[minors]) >= wanted), RAISES[-1])
+    return next((r for r in RAISES if np.mean(flagged(read, of_kind(second, kind, {"raise": r}))[minors]) >= wanted), RAISES[-1])
+
+
+def unraised(second: dict) -> dict:
+    """The same second opinion at the model's own flags."""
+    second = {**second, "raise": 0.0}
+    return of_kind(second, "barred", {"raise": 0.0}) if "barred" in second else second
+
+
+def raised_name(second: dict) -> str:
+    raises = [second["raise"], *([second["barred"]["raise"]] if "barred" in second else [])]
+    return "flag_raised_" + "_".join(f"{r:g}" for r in raises)
 
 
 def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candidates: dict[str, dict]) -> dict:
@@ -112,11 +130,11 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candida
     out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, alone), people),
            "taken_as_barred": float(read["barred"][read["found"]].mean())}
     for name, second in candidates.items():
-        unraised = {**second, "raise": 0.0}
+        own = unraised(second)
         out[name] = {
-            "minors_vetoed": float(np.mean((flagged(read, alone) & ~flagged(read, unraised))[minors])),
-            "at_model_flags": measures(ages, read["found"], ages_of(read, unraised), flagged(read, unraised), people),
-            f"flag_raised_{second['raise']:g}": measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)}
+            "minors_vetoed": float(np.mean((flagged(read, alone) & ~flagged(read, own))[minors])),
+            "at_model_flags": measures(ages, read["found"], ages_of(read, own), flagged(read, own), people),
+            raised_name(second): measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)}
     return out
 
 
@@ -127,11 +145,41 @@ def no_worse_ages(measured: dict, read: dict, ages: np.ndarray, people: list, ma
     return measured["MAE_averaged_over_ages"] <= alone["MAE_averaged_over_ages"] - margin
 
 
-def candidates_of(args: argparse.Namespace) -> dict[str, dict]:
-    """The second opinions to choose among: the weights (no veto) where given, else the vetoes."""
+def candidates_of(args: argparse.Namespace, second: dict, kind: str) -> dict[str, dict]:
+    """The second opinions to choose among: the weights (no veto) where given, else the vetoes;
+    with `--per-kind`, the weights of `kind`'s faces beside the settings already chosen."""
+    if args.per_kind:
+        return {f"{kind}_weight_{w:g}": of_kind(second, kind, {"weight": w, "raise": 0.0}) for w in args.weights}
     if args.weights:
         return {f"weight_{w:g}": opinion(None, w) for w in args.weights}
     return {f"veto_{v:g}": opinion(v) for v in args.vetoes}
+
+
+def one_kind_each(second: dict) -> dict[str, dict]:
+    """A second opinion's settings for each kind of face alone, the other kind left to the model."""
+    return {"open_eyes_only": {k: v for k, v in second.items() if k != "barred"},
+            "barred_only": {**second, "weight": 0.0, "raise": 0.0}}
+
+
+def chosen_kinds(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Which copies of the photos choose, and whose settings they choose: with `--per-kind` the
+    normal ones the open-eyed faces', then the barred ones the barred part's; else one set of
+    settings for the faces read (the barred copies' with `--read-barred`)."""
+    return list(zip(KINDS, KINDS)) if args.per_kind else [("barred" if args.read_barred else "normal", "normal")]
+
+
+def choose(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candidates: dict[str, dict],
+           args: argparse.Namespace, kind: str) -> str:
+    """Each candidate's raise matched to the minors on `kind`'s faces, then the one that calls
+    the fewest women aged 26+ minors among those whose ages are no further from the truth."""
+    for second in candidates.values():
+        second.update(of_kind(second, kind, {"raise": matched_raise(read, minors, second, args.margin, kind)}))
+    measured = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)
+                for name, second in candidates.items()}
+    women = {name: m["female_26+_called_minors"] for name, m in measured.items() if no_worse_ages(m, read, ages, people, args.mae_margin)}
+    if not women:
+        raise SystemExit(f"no candidate's ages on {kind} faces are as close as the model's own: {json.dumps(measured)}")
+    return min(women, key=women.get) if args.weights else min(reversed(list(women)), key=women.get)  # ties: least weight, oldest veto
 
 
 def main() -> None:
@@ -144,6 +192,9 @@ def main() -> None:
     parser.add_argument("--vetoes", type=float, nargs="+", default=[25.0, 30.0, 35.0, 40.0], help="veto ages to choose among")
     parser.add_argument("--weights", type=float, nargs="+",
                         help="instead of vetoes, the teacher's shares in the age of the faces it reads to choose among (no veto)")
+    parser.add_argument("--per-kind", action="store_true",
+                        help="with --weights: the teacher reads every face, open-eyed and barred, each kind with a weight and raise "
+                             "of its own, chosen on that kind's faces (normal first); judged also with each kind's settings alone")
     parser.add_argument("--margin", type=float, default=0.0, metavar="SHARE",
                         help="the raise is matched to the model's share of minors flagged plus this share (default: %(default)s)")
     parser.add_argument("--mae-margin", type=float, default=0.0, metavar="YEARS",
@@ -154,31 +205,32 @@ def main() -> None:
     parser.add_argument("--reads", type=Path, metavar="NPZ",
                         help="the reads an earlier run kept with --save-reads (the same model and teacher): photos it holds are not read again")
     args = parser.parse_args()
+    if args.per_kind and not args.weights:
+        parser.error("--per-kind chooses among --weights")
     detector = FaceDetector(DetectorConfig(factor=InferenceConfig.pyramid_factor))
     model = AgeEstimator.from_pretrained(args.model)
     teacher = functools.cache(lambda: AgeEstimator.from_pretrained(args.teacher).over_whole_range())
     report: dict = {}
     kept: dict[str, np.ndarray] = {}
-    candidates = candidates_of(args)
     for part, rows, ages, people in choosing_then_judging(args):
         minors = np.rint(ages) < MINOR_LIMIT
         reads = (kept_reads(args.reads, rows) if args.reads else None) or dict(zip(KINDS, (
             read_scenes(rows, barred, detector, model, teacher(), args.read_barred) for barred in (False, True))))
         kept.update({f"{part}/ids": np.array([r["id"] for r in rows]), f"{part}/ages": ages,
                      **{f"{part}/{kind}/{key}": values for kind, read in reads.items() for key, values in read.items()}})
+        if args.per_kind:
+            for read in reads.values():
+                read["unread"] = read["barred"]  # every face read, each kind by its own settings
         if part == "chosen_on":
-            read = reads["barred" if args.read_barred else "normal"]  # the kind of face the second opinion is chosen on
-            for second in candidates.values():
-                second["raise"] = matched_raise(read, minors, second, args.margin)
-            measured = {name: measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)
-                        for name, second in candidates.items()}
-            women = {name: m["female_26+_called_minors"] for name, m in measured.items() if no_worse_ages(m, read, ages, people, args.mae_margin)}
-            if not women:
-                raise SystemExit(f"no candidate's ages are as close as the model's own: {json.dumps(measured)}")
-            chosen = min(women, key=women.get) if args.weights else min(reversed(list(women)), key=women.get)  # ties: least weight, oldest veto
-            shown, report[part] = candidates, {"photos": len(rows), "chosen": chosen, **candidates[chosen]}
+            second, shown, names = opinion(None), {}, []
+            for copies, kind in chosen_kinds(args):
+                candidates = candidates_of(args, second, kind)
+                names.append(choose(reads[copies], minors, ages, people, candidates, args, kind))
+                second, shown = candidates[names[-1]], {**shown, **candidates}
+            chosen = " and ".join(names)
+            report[part] = {"photos": len(rows), "chosen": chosen, **second}
         else:
-            shown, report[part] = {chosen: candidates[chosen]}, {"photos": len(rows)}
+            shown, report[part] = {chosen: second, **(one_kind_each(second) if args.per_kind else {})}, {"photos": len(rows)}
         for kind, read in reads.items():
             report[part][kind] = arms(read, minors, ages, people, shown)
         print(json.dumps({part: report[part]}, indent=1), flush=True)

@@ -162,28 +162,40 @@ class AgeEstimator:
 def with_second_opinion(below: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,
                         second_opinion: dict) -> np.ndarray:
     """Flags (an estimate below is flagged) with a second opinion (a card's `second_opinion`): on
-    a face with open eyes that it read, raised by its "raise", and minus infinity (never flagged)
-    where it says "veto" years or more (a veto of None lifts no flag). Eye-barred faces are left
-    alone: the network reads a bar as an adult (docs/model-history.md, step 23)."""
-    opinions, reads = np.asarray(opinions, float), _reads(opinions, eyes_barred)
-    raised = np.asarray(below, float) + np.where(reads, second_opinion["raise"], 0.0)
+    a face that it read, raised by its "raise", and minus infinity (never flagged) where it says
+    "veto" years or more (a veto of None lifts no flag). It reads eye-barred faces only where it
+    has a "barred" part (their own "weight" and "raise", no veto): a network trained on open
+    eyes reads a bar as an adult (docs/model-history.md, step 23)."""
+    opinions, reads = np.asarray(opinions, float), opinion_reads(opinions, eyes_barred, second_opinion)
+    raised = np.asarray(below, float) + np.where(reads, opinion_setting(second_opinion, eyes_barred, "raise"), 0.0)
     veto = second_opinion.get("veto")
-    return raised if veto is None else np.where(reads & (np.nan_to_num(opinions) >= veto), -np.inf, raised)
+    if veto is None:
+        return raised
+    return np.where(reads & ~np.asarray(eyes_barred, bool) & (np.nan_to_num(opinions) >= veto), -np.inf, raised)
 
 
 def blended_ages(ages: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,
                  second_opinion: dict) -> np.ndarray:
-    """The ages a model with a second opinion reports: on a face with open eyes that it read, its
-    "weight" of the second network's age and the rest of the model's own (a weight of 0, or none,
-    leaves the model's ages). Why: the second network reads open-eyed faces in photos with far
-    fewer adults below 18 at the same share of minors (docs/model-history.md, step 27)."""
-    weight, opinions = second_opinion.get("weight", 0.0), np.asarray(opinions, float)
-    reads = _reads(opinions, eyes_barred)
+    """The ages a model with a second opinion reports: on a face that it read, its "weight" (its
+    barred part's on a barred face) of the second network's age and the rest of the model's own
+    (a weight of 0, or none, leaves the model's ages). Why: the second network reads faces in
+    photos with far fewer adults below 18 at the same share of minors (docs/model-history.md,
+    steps 27-29)."""
+    opinions = np.asarray(opinions, float)
+    reads = opinion_reads(opinions, eyes_barred, second_opinion)
+    weight = np.broadcast_to(opinion_setting(second_opinion, eyes_barred, "weight"), reads.shape)
     blended = np.array(np.broadcast_to(np.asarray(ages, float), reads.shape))
-    blended[reads] = (1 - weight) * blended[reads] + weight * np.broadcast_to(opinions, reads.shape)[reads]
+    blended[reads] = (1 - weight[reads]) * blended[reads] + weight[reads] * np.broadcast_to(opinions, reads.shape)[reads]
     return blended
 
 
-def _reads(opinions: np.ndarray | float, eyes_barred: np.ndarray | bool) -> np.ndarray:
-    """The faces a second opinion speaks on: those with open eyes that it read."""
-    return ~np.asarray(eyes_barred, bool) & np.isfinite(np.asarray(opinions, float))
+def opinion_reads(opinions: np.ndarray | float, eyes_barred: np.ndarray | bool, second_opinion: dict) -> np.ndarray:
+    """The faces a second opinion speaks on: those it read, with open eyes or, where it has a
+    barred part, barred."""
+    barred = np.asarray(eyes_barred, bool)
+    return (~barred | ("barred" in second_opinion)) & np.isfinite(np.asarray(opinions, float))
+
+
+def opinion_setting(second_opinion: dict, eyes_barred: np.ndarray | bool, key: str) -> np.ndarray:
+    """One of a second opinion's numbers per face: its barred part's on barred faces."""
+    return np.where(eyes_barred, second_opinion.get("barred", {}).get(key, 0.0), second_opinion.get(key, 0.0))

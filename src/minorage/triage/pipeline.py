@@ -23,7 +23,7 @@ from minorage.faces.detection import Face, FaceDetector, main_face
 from minorage.faces.framing import crop_box, frame_routed, opinion_chip
 from minorage.groups import ADULT_GROUP, YOUNG_ADULT_MAX, age_group, is_minor, shown_age
 from minorage.model.calibration import Calibrations
-from minorage.model.estimator import AgeEstimator
+from minorage.model.estimator import AgeEstimator, opinion_reads, opinion_setting
 
 
 @dataclass
@@ -93,8 +93,9 @@ class Reading:
       `age_high`; a top past the ceiling means "or older"), each fit on normal or on eye-barred
       faces as the face is.
     - A face read by a model's edge part is read out by that part's own `edge` reading.
-    - With a model's `second_opinion` (its card's) and that network's age for a face with open
-      eyes: the age flag raised by its "raise", and any flag lifted where it says "veto" or more.
+    - With a model's `second_opinion` (its card's) and that network's age for a face it reads
+      (open eyes, or barred where it has a barred part): the age flag raised by its "raise", and
+      on open eyes any flag lifted where it says "veto" or more.
       The age read out is the model's (`AgeEstimator.blended`: with its "weight" of the second
       network's age in it).
     """
@@ -141,14 +142,15 @@ class Reading:
         said = self._own_verdict(age, eyes_barred, edge_filled)
         if self.second_opinion is None:
             return said
-        read = not eyes_barred and bool(np.isfinite(opinion))
+        read = bool(opinion_reads(opinion, eyes_barred, self.second_opinion))
         if self.minor_above is None:  # flagged by age: the flag raised on the faces it reads
-            said["minor_below"] = self.flag_below(eyes_barred, edge_filled) + (self.second_opinion["raise"] if read else 0.0)
+            raised = float(opinion_setting(self.second_opinion, eyes_barred, "raise")) if read else 0.0
+            said["minor_below"] = self.flag_below(eyes_barred, edge_filled) + raised
             would = is_minor(age, said["minor_below"])
         else:  # flagged by p_minor: only the veto counts
             would = said["minor"]
         veto = self.second_opinion.get("veto")
-        lifted = would and read and veto is not None and opinion >= veto
+        lifted = would and read and not eyes_barred and veto is not None and opinion >= veto
         said.update(minor=bool(would and not lifted), second_opinion_age=round(float(opinion), 1) if read else None,
                     flag_lifted=bool(lifted))
         return said
