@@ -228,7 +228,7 @@ def main() -> None:
                 names.append(choose(reads[copies], minors, ages, people, candidates, args, kind))
                 second, shown = candidates[names[-1]], {**shown, **candidates}
             chosen = " and ".join(names)
-            report[part] = {"photos": len(rows), "chosen": chosen, **second}
+            report[part] = {"photos": len(rows), "chosen": chosen, "settings": second}
         else:
             shown, report[part] = {chosen: second, **(one_kind_each(second) if args.per_kind else {})}, {"photos": len(rows)}
         for kind, read in reads.items():

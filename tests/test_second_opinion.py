@@ -240,7 +240,8 @@ def test_combine_refuses_a_second_opinion_given_by_halves(joined, one_part_model
     for args, reason in ((["--veto", "25"], "goes with"), (["--second-opinion", str(one_part_model)], "goes with"),
                          (["--weight", "0.5"], "goes with"),
                          (["--second-opinion", str(one_part_model), "--veto", "200"], "within its range"),
-                         (["--second-opinion", str(one_part_model), "--weight", "1.5"], "share from 0 to 1")):
+                         (["--second-opinion", str(one_part_model), "--weight", "1.5"], "share from 0 to 1"),
+                         (["--second-opinion", str(one_part_model), "--weight", "0.5", "--raise-barred", "1"], "give it too")):
         assert main(["combine", DEFAULT, *args, "--out", out]) == 2
         assert reason in capsys.readouterr().err
     assert main(["combine", str(joined), str(joined), "--out", out]) == 2
@@ -251,12 +252,13 @@ def test_combine_refuses_a_second_opinion_given_by_halves(joined, one_part_model
 @pytest.fixture(scope="module")
 def blended(tmp_path_factory, one_part_model) -> Path:
     """The shipped model with its one-part form as a second opinion that reads half of each
-    open-eyed face's age, its flag raised by 1, no veto."""
+    open-eyed face's age, its flag raised by 1, and a quarter of each barred face's, raised by
+    0.5; no veto."""
     from minorage.cli import main
 
     out = tmp_path_factory.mktemp("blended") / "blended.safetensors"
     assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--weight", "0.5", "--raise", "1",
-                 "--name", "blended", "--out", str(out)]) == 0
+                 "--weight-barred", "0.25", "--raise-barred", "0.5", "--name", "blended", "--out", str(out)]) == 0
     return out
 
 
@@ -271,13 +273,28 @@ def test_blended_ages_by_hand():
     assert blended_ages(ages, opinions, barred, {"weight": 0.25}).tolist() == [18.0, 16.0, 16.0, np.inf]
     assert blended_ages(ages, opinions, False, {"weight": 1.0}).tolist() == [24.0, 24.0, 16.0, np.inf]
     assert blended_ages(ages, opinions, barred, {"veto": 25.0, "raise": 0.0}).tolist() == ages
+    with_barred = {"weight": 0.25, "barred": {"weight": 0.5, "raise": 1.0}}
+    assert blended_ages(ages, opinions, barred, with_barred).tolist() == [18.0, 20.0, 16.0, np.inf]
+
+
+def test_a_barred_part_raises_barred_faces_by_its_own_and_never_vetoes_them():
+    """Open eyes raised by 0.5 and vetoed from 25; a barred part raises barred faces by 2 and has
+    no veto: a barred face the network puts at 30 keeps its flag, raised; without a barred part
+    a barred face is not read."""
+    from minorage.model.estimator import with_second_opinion
+
+    second = {"veto": 25.0, "raise": 0.5, "weight": 0.0, "barred": {"weight": 0.5, "raise": 2.0}}
+    below = with_second_opinion([18.0, 18.0, 18.0], [30.0, 30.0, 20.0], [False, True, True], second)
+    assert below.tolist() == [-np.inf, 20.0, 20.0]
+    alone = {k: v for k, v in second.items() if k != "barred"}
+    assert with_second_opinion([18.0, 18.0], [30.0, 30.0], [False, True], alone).tolist() == [-np.inf, 18.0]
 
 
 def test_predict_and_scan_report_the_blended_age_of_open_eyed_faces(blended, some_faces, tmp_path, capsys):
-    """Real photos read by the shipped model and by the same with a second opinion at weight 0.5:
-    each open-eyed face's age is halfway between the model's and the second opinion's, a barred
-    face's the model's own, in `predict`'s rows and in `scan`'s case, each flagged at the flag
-    raised by 1 where read; nothing is vetoed."""
+    """Real photos read by the shipped model and by the same with a second opinion at weight 0.5
+    on open eyes and 0.25 on barred faces: each face's age lies that share of the way from the
+    model's to the second opinion's, in `predict`'s rows and in `scan`'s case, each flagged at
+    the flag raised by its kind's raise (1, 0.5); nothing is vetoed."""
     import json
     import sqlite3
 
@@ -299,11 +316,9 @@ def test_predict_and_scan_report_the_blended_age_of_open_eyed_faces(blended, som
     assert mine.keys() == plain.keys() and len(mine) >= 6
     assert any(r["eyes_occluded"] for r in mine.values()) and not all(r["eyes_occluded"] for r in mine.values())
     for key, r in mine.items():
-        if r["eyes_occluded"]:
-            assert r["age"] == pytest.approx(plain[key]["age"], abs=1e-4) and r["second_opinion_age"] is None
-        else:
-            assert r["age"] == pytest.approx((plain[key]["age"] + r["second_opinion_age"]) / 2, abs=0.06)  # its age shown to a tenth
-            assert r["minor_below"] == pytest.approx(plain[key]["minor_below"] + 1)
+        share, raised = (0.25, 0.5) if r["eyes_occluded"] else (0.5, 1.0)
+        assert r["age"] == pytest.approx((1 - share) * plain[key]["age"] + share * r["second_opinion_age"], abs=0.06)  # opinion to a tenth
+        assert r["minor_below"] == pytest.approx(plain[key]["minor_below"] + raised)
         assert r["minor"] == (r["age"] < r["minor_below"]) and r["flag_lifted"] is False
 
     def stored(*model: str) -> list:
@@ -317,10 +332,11 @@ def test_predict_and_scan_report_the_blended_age_of_open_eyed_faces(blended, som
                                     f"{joined} ORDER BY files.path, faces.face").fetchall()
 
     (settings, kept), (_, alone) = stored("--model", str(blended)), stored()
-    assert settings["second_opinion"] == {"veto": None, "raise": 1.0, "weight": 0.5}
-    assert len(kept) == len(alone) >= 6
+    assert settings["second_opinion"] == {"veto": None, "raise": 1.0, "weight": 0.5, "barred": {"weight": 0.25, "raise": 0.5}}
+    assert len(kept) == len(alone) >= 6 and any(barred for _, barred, _ in kept)
     for (age, barred, opinion), (own, _, _) in zip(kept, alone):
-        assert age == pytest.approx(own if barred else (own + opinion) / 2, abs=0.02)
+        share = 0.25 if barred else 0.5
+        assert age == pytest.approx((1 - share) * own + share * opinion, abs=0.02)
 
 
 def _reading(minor_above=None):
@@ -375,6 +391,28 @@ def test_the_estimators_flags_and_the_verdict_agree(joined):
     by_verdict = [reading.verdict(a, b, f, o)["minor"] for a, b, f, o in zip(ages, barred, filled, opinions)]
     assert by_estimator.tolist() == by_verdict
     assert 0 < by_estimator.sum() < n
+
+
+def test_a_blended_models_flags_and_its_verdicts_agree(blended):
+    """Many random faces of both kinds: the blended ages flagged by `AgeEstimator.flags` (what
+    `evaluate` reads) and `Reading.verdict` on those ages (what `predict` and `scan` write) flag
+    the same ones, and a barred face's verdict carries the second opinion's age and its raised flag."""
+    from minorage import AgeEstimator
+    from minorage.triage.pipeline import Reading
+
+    model = AgeEstimator.from_pretrained(str(blended))
+    reading = Reading.of(model)
+    rng = np.random.default_rng(2)
+    n = 400
+    raw, opinions = rng.uniform(10, 30, n), np.where(rng.random(n) < 0.2, np.nan, rng.uniform(10, 40, n))
+    barred, filled = rng.random(n) < 0.4, rng.random(n) < 0.3
+    ages = model.blended(raw, barred, opinions)
+    assert np.allclose(ages[barred & np.isfinite(opinions)], (0.75 * raw + 0.25 * opinions)[barred & np.isfinite(opinions)])
+    by_estimator = ages < model.flags(filled, barred, opinions)
+    by_verdict = [reading.verdict(a, b, f, o)["minor"] for a, b, f, o in zip(ages, barred, filled, opinions)]
+    assert by_estimator.tolist() == by_verdict and 0 < by_estimator.sum() < n
+    said = reading.verdict(20.0, eyes_barred=True, opinion=30.0)
+    assert said["second_opinion_age"] == 30.0 and said["minor_below"] == pytest.approx(model.flag(True) + 0.5)
 
 
 def test_predict_and_scan_read_the_second_opinion_on_real_faces(joined, some_faces, tmp_path, capsys):

@@ -273,6 +273,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_second_opinion(args: argparse.Namespace) -> None:
+    """`combine`'s second-opinion options come together or not at all."""
+    reads = args.veto is not None or bool(args.weight) or args.weight_barred is not None
+    if bool(args.second_opinion) != reads or ((args.raise_by or args.raise_barred) and not args.second_opinion):
+        raise ValueError("--second-opinion MODEL goes with --veto YEARS, --weight SHARE, --weight-barred SHARE or several "
+                         "(and --raise, --raise-barred with them)")
+    if args.raise_barred and args.weight_barred is None:
+        raise ValueError("--raise-barred raises the flag of the barred faces --weight-barred has the second opinion read: give it too")
+
+
 def cmd_combine(args: argparse.Namespace) -> int:
     from minorage.model.checkpoint import load_checkpoint, save_checkpoint
     from minorage.model.ensemble import attach_edge, attach_grayscale, attach_second_opinion
@@ -281,8 +291,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     name = args.name or Path(args.out).stem
     if not 0 <= args.keep_start < 1:
         raise ValueError(f"--keep-start is a share from 0 up to, not including, 1; got {args.keep_start}")
-    if bool(args.second_opinion) != (args.veto is not None or bool(args.weight)) or (args.raise_by and not args.second_opinion):
-        raise ValueError("--second-opinion MODEL goes with --veto YEARS, --weight SHARE or both (and --raise with them)")
+    _check_second_opinion(args)
     if (args.grayscale or args.edge or args.second_opinion or args.align_faces or args.minor_below is not None
             or args.minor_below_barred is not None) \
             and len(args.models) == 1 and not (
@@ -309,7 +318,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
         net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge, args.edge_above)
     if args.second_opinion:
         net, card = attach_second_opinion(net, card, *load_checkpoint(Path(args.second_opinion)), args.second_opinion, args.veto,
-                                          args.raise_by, args.weight)
+                                          args.raise_by, args.weight,
+                                          None if args.weight_barred is None else {"weight": args.weight_barred, "raise": args.raise_barred})
     path = save_checkpoint(net, card, Path(args.out))
     routed = (f", black-and-white faces to {args.grayscale}" if args.grayscale else "") + \
         (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "") + \
@@ -593,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--veto", type=float, metavar="YEARS", help="with --second-opinion: a flag stands only where it says less than this")
     p.add_argument("--weight", type=float, default=0.0, metavar="SHARE",
                    help="with --second-opinion: its share in the age of the faces it reads, the model's own the rest (default: %(default)s)")
+    p.add_argument("--weight-barred", type=float, metavar="SHARE",
+                   help="with --second-opinion: it reads eye-barred faces too, with this share in their age (default: it does not read them)")
+    p.add_argument("--raise-barred", type=float, default=0.0, metavar="YEARS",
+                   help="with --weight-barred: years added to the flag on the barred faces it reads (default: %(default)s)")
     p.add_argument("--raise", dest="raise_by", type=float, default=0.0, metavar="YEARS",
                    help="with --second-opinion: years added to the flag on the faces it reads (default: %(default)s)")
     p.set_defaults(func=cmd_combine)

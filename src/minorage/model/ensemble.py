@@ -107,24 +107,28 @@ def attach_edge(main: nn.Module, card: ModelCard, edge: nn.Module, edge_card: Mo
 
 
 def attach_second_opinion(model: nn.Module, card: ModelCard, opinion: nn.Module, opinion_card: ModelCard, source: str,
-                          veto: float | None, raise_by: float = 0.0, weight: float = 0.0) -> tuple[SecondOpinionNetwork, ModelCard]:
+                          veto: float | None, raise_by: float = 0.0, weight: float = 0.0,
+                          barred: dict | None = None) -> tuple[SecondOpinionNetwork, ModelCard]:
     """A model whose age of a face with open eyes is `weight` of `opinion`'s (read on its own
     aligned chip) and the rest its own, whose flag on such a face is raised by `raise_by` years
-    and stands only where `opinion` puts the face below `veto` years (None: no veto): the
+    and stands only where `opinion` puts the face below `veto` years (None: no veto); with
+    `barred` ({"weight", "raise"}), eye-barred faces are read too, by those (no veto). The
     model's card kept whole, the opinion's whole card in it, with `source`, where it was read
-    from, the veto, raise and weight. Why: see `SecondOpinionNetwork`."""
+    from, and these settings. Why: see `SecondOpinionNetwork`."""
     if any(isinstance(n, SecondOpinionNetwork) for n in (model, opinion)) or isinstance(opinion, (ByFrameNetwork, ByLookNetwork)):
         raise ValueError("a second opinion is one network (or ensemble) beside a model that has none yet")
     top = opinion.cfg.V - 1
     if veto is not None and not 0 < veto <= top:
         raise ValueError(f"the second opinion's veto is an age within its range (0, {top}], got {veto}")
-    if not 0 <= weight <= 1:
-        raise ValueError(f"the second opinion's weight in the age is a share from 0 to 1, got {weight}")
-    if veto is None and weight == 0:
+    for share, years in ((weight, raise_by), *([(barred["weight"], barred["raise"])] if barred else [])):
+        if not 0 <= share <= 1:
+            raise ValueError(f"the second opinion's weight in the age is a share from 0 to 1, got {share}")
+        if not 0 <= years <= 10:
+            raise ValueError(f"the flag's raise on the faces the second opinion reads is 0 to 10 years, got {years}")
+    if veto is None and weight == 0 and not (barred and barred["weight"]):
         raise ValueError("a second opinion with neither a veto nor a weight in the age would change nothing")
-    if not 0 <= raise_by <= 10:
-        raise ValueError(f"the flag's raise on the faces the second opinion reads is 0 to 10 years, got {raise_by}")
-    card.second_opinion = {"source": source, "veto": veto, "raise": raise_by, "weight": weight, **opinion_card.to_dict()}
+    card.second_opinion = {"source": source, "veto": veto, "raise": raise_by, "weight": weight,
+                           **({"barred": {"weight": barred["weight"], "raise": barred["raise"]}} if barred else {}), **opinion_card.to_dict()}
     return SecondOpinionNetwork(model, opinion), card
 
 

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from minorage import groups
 from minorage.config import DetectorConfig
-from minorage.faces.detection import FaceDetector
+from minorage.faces.detection import Face, FaceDetector
 from minorage.faces.framing import template_chip
+from minorage.faces.occlusion import occlude
 from minorage.faces.wild import LUMA_BGR, jpeg_round_trip, sepia
 from minorage.model.estimator import AgeEstimator
 from minorage.paper import metrics
@@ -57,7 +58,8 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
     given `resamples`, the bootstrap intervals of the headline measures); `look` one of `LOOKS`.
     A model with an edge part reads the stored faces whose frame left their photo with that part,
     each face flagged by its own part's flag for its kind (eye-barred for "ocl"); a model with a
-    second opinion has it read the normal faces (`second_opinions`) and lift their flags."""
+    second opinion has it read the normal faces (`second_opinions`; the barred ones too where it
+    has a barred part) and blend, raise and lift as the model says."""
     change = LOOKS[look]
 
     def read(faces: FaceSet, variant: str) -> tuple[np.ndarray, metrics.Below, dict]:
@@ -66,7 +68,8 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
         if estimator.edge is None and estimator.opinion is None:
             return estimator.predict(shown), estimator.flag(barred), {}
         filled = frames_left_photo(data_dir, faces.ids, estimator.framings.edge_above) if estimator.edge else np.zeros(len(faces), bool)
-        opinions = second_opinions(estimator, data_dir, faces.ids, change) if estimator.opinion and not barred else None
+        reads = estimator.opinion is not None and (not barred or "barred" in estimator.card.second_opinion)
+        opinions = second_opinions(estimator, data_dir, faces.ids, change, barred) if reads else None
         ages = estimator.blended(estimator.predict(shown, edge_filled=filled), barred, opinions)
         below = estimator.flags(filled, barred, opinions)
         noted = {"routed_to_edge": float(filled.mean()) if len(filled) else 0.0,
@@ -80,15 +83,19 @@ def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str,
 
 
 def second_opinions(estimator: AgeEstimator, data_dir: Path, ids: np.ndarray,
-                    change: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                    change: Callable[[np.ndarray], np.ndarray] | None = None, barred: bool = False) -> np.ndarray:
     """The second opinion's age of each stored face, on the chip aligned from the eye and nose
-    points O-Net places in the stored box (the build kept no nose point), given the same look."""
+    points O-Net places in the stored box (the build kept no nose point), given the same look;
+    `barred`: the photo eye-barred first, as the data set bars its faces."""
     rows = {r["id"]: r for r in csv.DictReader((Path(data_dir) / "manifest.csv").open()) if r["variant"] == "org"}
     detector, size = FaceDetector(DetectorConfig()), estimator.opinion.net.cfg.image_size
     chips = []
     for photo in tqdm(ids.tolist(), desc="second opinion", unit="photo", leave=False):
-        image = source_image(rows[photo])
-        chips.append(template_chip(image, detector.points_at(image, np.array(json.loads(rows[photo]["box"])))[0], size))
+        image, box = source_image(rows[photo]), np.array(json.loads(rows[photo]["box"]))
+        points = detector.points_at(image, box)[0]
+        if barred:
+            image, _ = occlude(image, Face(tuple(box), 1.0, np.array(json.loads(rows[photo]["eyes"]), float)))
+        chips.append(template_chip(image, points, size))
     if not chips:
         return np.zeros(0)
     chips = np.stack(chips)

@@ -34,7 +34,7 @@ from minorage.faces.framing import frame_routed, opinion_chip
 from minorage.faces.occlusion import eyes_occluded, occlude
 from minorage.faces.wild import DEGRADATIONS, WildPhoto, wild_photo
 from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
-from minorage.model.estimator import AgeEstimator
+from minorage.model.estimator import AgeEstimator, opinion_reads
 from minorage.paper import metrics
 from minorage.paper.evaluation import FAIRNESS_KEYS, photo_ids
 from minorage.paper.readers import UNKNOWN
@@ -190,7 +190,7 @@ def _measures(estimator: AgeEstimator, barred: bool, seen_barred: np.ndarray, tr
     if estimator.edge is not None:
         out.update(routed_to_edge=float(filled[found].mean()) if found.any() else 0.0, edge_minor_below=estimator.edge.flag(barred))
     if estimator.opinion is not None and found.any():  # of the faces found: read by it, and flags it lifted
-        out["second_opinion"] = {"read": float((np.isfinite(opinions) & ~seen_barred)[found].mean()),
+        out["second_opinion"] = {"read": float(opinion_reads(opinions, seen_barred, estimator.card.second_opinion)[found].mean()),
                                  "flags_lifted": float(estimator.lifted(pred, filled, seen_barred, opinions)[found].mean())}
     if resamples:
         out["intervals"] = metrics.bootstrap_intervals(true[found], pred[found], seen, resamples)

@@ -255,9 +255,10 @@ class ScanSummary:
 
 
 def _second_opinion(second: dict) -> dict:
-    """What a second opinion changes in a case: its veto and raise, and its weight where it has
-    one (so that a case scanned before weights still resumes)."""
-    return {"veto": second["veto"], "raise": second["raise"], **({"weight": second["weight"]} if second.get("weight") else {})}
+    """What a second opinion changes in a case: its veto and raise, and its weight and barred
+    part where it has them (so that a case scanned before either still resumes)."""
+    return {"veto": second["veto"], "raise": second["raise"], **({"weight": second["weight"]} if second.get("weight") else {}),
+            **({"barred": second["barred"]} if "barred" in second else {})}
 
 
 def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: DetectorConfig, cfg: ScanConfig) -> dict:
