@@ -44,7 +44,8 @@ class ModelCard:
     # whose frame leaves the photo (`framing.frame_routed`), with its own framing, flags and calibration
     second_opinion: dict | None = None  # the whole card (with its "source") of a network that reads faces
     # with open eyes: its "weight" (its share in their age; absent in cards before it, 0), its "veto"
-    # (the age from which it lifts the flag; None for none) and "raise" (years added to their flag)
+    # (the age from which it lifts the flag; None for none) and "raise" (years added to their flag);
+    # where it reads eye-barred faces too, "barred": their own "weight" and "raise"
 
     def to_dict(self) -> dict:
         return {

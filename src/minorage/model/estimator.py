@@ -4,8 +4,9 @@ A model with an edge part (`ByFrameNetwork`) is two estimators: its main part, a
 estimator of its own (its framing, flags and calibration) for the faces whose frame leaves the
 photo; `predict` takes each face's route from the caller, who framed it. A model with a second
 opinion (`SecondOpinionNetwork`) carries it as `opinion`, an estimator of its own that reads
-chips aligned to dlib's template: `blended` takes its share of the age of open-eyed faces, and
-`flags` applies its raise and veto given its ages.
+chips aligned to dlib's template: `blended` takes its share of the age of the faces it reads
+(open-eyed ones, and barred ones where it has a barred part), and `flags` applies its raise and
+veto given its ages.
 """
 
 from __future__ import annotations
