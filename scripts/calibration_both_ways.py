@@ -1,6 +1,6 @@
 """The calibration procedure judged both ways round: fit on the even half of a test split and
 judged on the odd half, fit on the odd half and judged on the even half, and the two pooled
-(every face judged once, by the fit on the half it is not in). Why: each half holds a few
+(every face judged once, by the fit on the half it is not in), for each part of the model. Why: each half holds a few
 hundred minors, so one direction alone moves a group's coverage by several points.
 
     .venv/bin/python scripts/calibration_both_ways.py --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from minorage import AgeEstimator
 from minorage.groups import ALL_GROUPS
-from minorage.paper.calibration import CALIBRATION, CHECK, as_markdown, calibrate, check, wilson
+from minorage.paper.calibration import CALIBRATION, CHECK, as_markdown, calibrate, check, parts, wilson
 
 
 def pooled(first: dict, second: dict) -> dict:
@@ -42,17 +42,20 @@ def main() -> None:
     parser.add_argument("--exclude", help="a file naming photos the model may have seen")
     args = parser.parse_args()
     exclude = Path(args.exclude).read_text().split() if args.exclude else []
-    estimator, results = AgeEstimator.from_pretrained(args.model), {}
+    estimator = AgeEstimator.from_pretrained(args.model)
+    readers = parts(estimator)
+    results: dict[str, dict[str, dict]] = {name: {} for name in readers}
     for half in (CALIBRATION, CHECK):
         calibrations, _ = calibrate(estimator, Path(args.data), exclude, half)
-        estimator.card.calibration = calibrations.to_dict()
-        results[half] = check(estimator, Path(args.data), exclude)
-        fitted = {kind: calibrations.fitted_on["faces"][kind] for kind in ("normal", "barred")}
-        print(f"\n## Fit on the {half} half, judged on the other\n\nchosen: {fitted}\n")
-        print(as_markdown(results[half], "of the other half"))
-    print("\n## Both directions pooled\n")
-    print(as_markdown(pooled(results[CALIBRATION], results[CHECK]), "of both halves, each judged by the fit on the other"))
-
+        for name, calibration in calibrations.items():
+            readers[name].card.calibration = calibration.to_dict()
+            results[name][half] = check(estimator, Path(args.data), exclude, name)
+            fitted = {kind: calibration.fitted_on["faces"][kind] for kind in ("normal", "barred")}
+            print(f"\n## {name.capitalize()} part: fit on the {half} half, judged on the other\n\nchosen: {fitted}\n")
+            print(as_markdown(results[name][half], "of the other half"))
+    for name, both in results.items():
+        print(f"\n## {name.capitalize()} part: both directions pooled\n")
+        print(as_markdown(pooled(both[CALIBRATION], both[CHECK]), "of both halves, each judged by the fit on the other"))
 
 if __name__ == "__main__":
     main()

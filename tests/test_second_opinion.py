@@ -262,6 +262,24 @@ def blended(tmp_path_factory, one_part_model) -> Path:
     return out
 
 
+def test_a_blend_leaves_out_the_calibration_a_veto_keeps(joined, blended, one_part_model, tmp_path, capsys):
+    """A veto leaves the ages, and so the calibration, as they were; a blend changes the ages, so
+    its model carries no p_minor until calibrated again, and flagging by p_minor is refused
+    with the command that mends it."""
+    from minorage import AgeEstimator
+    from minorage.cli import main
+    from minorage.triage.pipeline import Reading
+
+    veto, blend = AgeEstimator.from_pretrained(str(joined)), AgeEstimator.from_pretrained(str(blended))
+    assert veto.calibration is not None and veto.edge.calibration is not None
+    assert blend.calibration is None and blend.edge.calibration is None
+    with pytest.raises(ValueError, match="minorage calibrate"):
+        Reading.of(blend, minor_above=0.5)
+    assert main(["combine", DEFAULT, "--second-opinion", str(one_part_model), "--weight", "0.5",
+                 "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "`minorage calibrate --model" in capsys.readouterr().err
+
+
 def test_blended_ages_by_hand():
     """Weight 0.25: 16 and 24 give 18 on open eyes; a barred face, a face the network did not
     read (NaN) and a face the detector missed (inf) keep the model's age; with no weight (a card
@@ -519,6 +537,44 @@ def test_evaluate_on_stored_faces_finds_them_again_for_the_second_opinion(joined
     assert second["ocl"]["minor_recall"] == pytest.approx(plain["ocl"]["minor_recall"])
     assert main(["evaluate", "--model", str(joined), "--data", str(data), "--bootstrap", "0", "--variant", "org"]) == 0
     assert "Org (normal faces)" in capsys.readouterr().out  # the Markdown report takes the extra entry
+
+
+@pytest.mark.slow
+def test_a_blended_model_is_calibrated_at_the_ages_it_reports(blended, small_dataset, tmp_path, capsys):
+    """`calibrate` on a model that blends a second opinion: each part's p_minor and interval are
+    the fit, by hand, of the blended ages of the calibration half's real faces (half the second
+    network's age on open eyes, a quarter on barred ones), not of the networks' own; the second
+    opinion and the weights are kept, and `evaluate` checks the fit at the same ages."""
+    import json
+
+    from minorage import AgeEstimator
+    from minorage.cli import main
+    from minorage.paper.calibration import CALIBRATION, fit, half_of
+    from minorage.paper.evaluation import second_opinions
+    from minorage.paper.store import load_faces
+
+    _, data, _, _ = small_dataset
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--model", str(blended), "--data", str(data), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert out.read_bytes() == blended.read_bytes()  # the same weights, second opinion included
+    model, plain = AgeEstimator.from_pretrained(str(out)), AgeEstimator.from_pretrained(str(blended))
+    assert model.card.second_opinion["weight"] == 0.5 and model.opinion is not None
+    for variant, kind, weight in (("org", "normal", 0.5), ("ocl", "barred", 0.25)):
+        faces = load_faces(data, "test", variant)
+        faces = faces.subset(half_of(faces.ids.tolist()) == CALIBRATION)
+        opinions = second_opinions(plain, data, faces.ids, barred=variant == "ocl")
+        for part, calibrations in ((plain, model.calibration), (plain.edge, model.edge.calibration)):
+            assert calibrations.fitted_on["second_opinion_weight"] == {"normal": 0.5, "barred": 0.25}
+            own = part.predict(faces.faces).astype(float)
+            stored = getattr(calibrations, kind)
+            by_hand = fit((1 - weight) * own + weight * opinions, faces.ages, 25.0, stored.band, stored.width)
+            assert stored.slope == pytest.approx(by_hand.slope) and stored.intercept == pytest.approx(by_hand.intercept)
+            assert stored.estimate_high == pytest.approx(by_hand.estimate_high)
+            assert stored.intercept != pytest.approx(fit(own, faces.ages, 25.0, stored.band, stored.width).intercept)
+    assert main(["evaluate", "--model", str(out), "--data", str(data), "--format", "json", "--bootstrap", "0"]) == 0
+    checked = json.loads(capsys.readouterr().out)["calibration_check"]
+    assert checked["org"]["n"] + model.edge.calibration.fitted_on["faces"]["normal"]["faces"] == len(load_faces(data, "test", "org"))
 
 
 def test_points_placed_in_a_known_box_are_the_detectors_own(some_faces, detector):

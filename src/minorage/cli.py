@@ -260,16 +260,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from minorage.model.checkpoint import save_checkpoint
+    from minorage.model.card import resolve_model
+    from minorage.model.checkpoint import load_checkpoint, save_checkpoint
     from minorage.paper.calibration import as_markdown, calibrate
 
     estimator = _estimator(args)
     left_out = Path(args.exclude).read_text().split() if args.exclude else []
     calibrations, tables = calibrate(estimator, Path(args.data), left_out, args.half)
-    estimator.card.calibration = calibrations.to_dict()
-    path = save_checkpoint(estimator.net, estimator.card, Path(args.out))
-    print(as_markdown(tables, "of the calibration half, each judged by a fit on the other folds"))
-    print(f"minorage calibrate: {path} (the same weights; its card carries p_minor and the age interval)", file=sys.stderr)
+    source = resolve_model(args.model)
+    net, card = load_checkpoint(source) if source else (estimator.net, estimator.card)  # every part kept
+    card.calibration = calibrations["main"].to_dict()
+    if "edge" in calibrations:
+        card.edge = {**card.edge, "calibration": calibrations["edge"].to_dict()}
+    path = save_checkpoint(net, card, Path(args.out))
+    for part, table in tables.items():
+        where = "of the calibration half, each judged by a fit on the other folds"
+        print(as_markdown(table, where + (f" ({part} part)" if len(tables) > 1 else "")))
+    print(f"minorage calibrate: {path} (the same weights; its card carries each part's p_minor and age interval)", file=sys.stderr)
     return 0
 
 
@@ -316,6 +323,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
         raise ValueError("--edge-above routes faces to the model given by --edge: give it too")
     if args.edge:
         net, card = attach_edge(net, card, *load_checkpoint(Path(args.edge)), args.edge, args.edge_above)
+    calibrated = card.calibration is not None
     if args.second_opinion:
         net, card = attach_second_opinion(net, card, *load_checkpoint(Path(args.second_opinion)), args.second_opinion, args.veto,
                                           args.raise_by, args.weight,
@@ -325,6 +333,9 @@ def cmd_combine(args: argparse.Namespace) -> int:
         (f", faces whose frame leaves the photo to {args.edge}" if args.edge else "") + \
         (f", faces with open eyes read by {args.second_opinion} too" if args.second_opinion else "")
     print(f"minorage combine: {card.members} networks{' x 2 views' if card.mirror else ''}{routed} -> {path}", file=sys.stderr)
+    if calibrated and card.calibration is None:
+        print("minorage combine: the ages are blended, so the model's p_minor and age interval were left out; "
+              f"`minorage calibrate --model {path} --data DIR --out PATH` fits them at the blended ages", file=sys.stderr)
     return 0
 
 
@@ -563,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "made them) into the model card beside the checkpoint, under metrics[KEY]; the weights are not touched")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split; `evaluate` checks them on the other half")
+    p = sub.add_parser("calibrate", help="fit p_minor and the 90%% age interval on half of a test split, each part of a joined model at "
+                                        "the ages it reports (a second opinion's share blended in); `evaluate` checks them on the other half")
     _model_options(p)
     p.add_argument("--data", required=True, help="a data set folder from `minorage dataset build` whose test split the model never saw")
     p.add_argument("--exclude", metavar="FILE", help="photos to leave out, one per line, by file name or photo id: those the model saw elsewhere")

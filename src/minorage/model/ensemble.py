@@ -114,7 +114,9 @@ def attach_second_opinion(model: nn.Module, card: ModelCard, opinion: nn.Module,
     and stands only where `opinion` puts the face below `veto` years (None: no veto); with
     `barred` ({"weight", "raise"}), eye-barred faces are read too, by those (no veto). The
     model's card kept whole, the opinion's whole card in it, with `source`, where it was read
-    from, and these settings. Why: see `SecondOpinionNetwork`."""
+    from, and these settings; but for its calibrations where a weight blends the ages, since
+    they were fit on the model's own (`minorage calibrate` fits them again). Why: see
+    `SecondOpinionNetwork`."""
     if any(isinstance(n, SecondOpinionNetwork) for n in (model, opinion)) or isinstance(opinion, (ByFrameNetwork, ByLookNetwork)):
         raise ValueError("a second opinion is one network (or ensemble) beside a model that has none yet")
     top = opinion.cfg.V - 1
@@ -129,6 +131,10 @@ def attach_second_opinion(model: nn.Module, card: ModelCard, opinion: nn.Module,
         raise ValueError("a second opinion with neither a veto nor a weight in the age would change nothing")
     card.second_opinion = {"source": source, "veto": veto, "raise": raise_by, "weight": weight,
                            **({"barred": {"weight": barred["weight"], "raise": barred["raise"]}} if barred else {}), **opinion_card.to_dict()}
+    if weight or (barred and barred["weight"]):  # blended ages: a calibration fit on the model's own no longer holds
+        card.calibration = None
+        if card.edge:
+            card.edge = {k: v for k, v in card.edge.items() if k != "calibration"}
     return SecondOpinionNetwork(model, opinion), card
 
 

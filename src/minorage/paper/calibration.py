@@ -26,6 +26,11 @@ leave out the photos `exclude` names (those a model saw in another data set).
   16-17-year-olds in only 55-65 % of cases.
 The share of minors among the calibration faces sets the probability's base rate: on a
 collection with far fewer minors the same estimate is less likely a minor's.
+
+Each part of a joined model (its main part and, where it has one, the edge part) is fit on the
+ages it reports: with the model's second opinion's share blended in where the model blends one
+(`AgeEstimator.blended`), since `p_minor` and the interval are read at that age, not at the
+network's own.
 """
 
 from __future__ import annotations
@@ -38,10 +43,10 @@ import numpy as np
 
 from minorage import groups
 from minorage.model.calibration import Calibration, Calibrations
-from minorage.model.estimator import AgeEstimator
-from minorage.paper.evaluation import VARIANT_LABELS, photo_ids
+from minorage.model.estimator import AgeEstimator, opinion_setting
+from minorage.paper.evaluation import VARIANT_LABELS, photo_ids, second_opinions
 from minorage.paper.readers import UNKNOWN
-from minorage.paper.store import load_faces, photo_demographics
+from minorage.paper.store import FaceSet, load_faces, photo_demographics
 
 CALIBRATION, CHECK = "calibration", "check"
 COVERAGE = 0.9
@@ -108,36 +113,58 @@ def _conformal(values: np.ndarray, weights: np.ndarray, level: float) -> float:
     return float(values[np.clip(index, 0, len(values) - 1)])
 
 
-def _faces(estimator: AgeEstimator, data_dir: Path, variant: str, half: str, exclude: Iterable[str]):
+def parts(estimator: AgeEstimator) -> dict[str, AgeEstimator]:
+    """The parts of a model that carry a calibration of their own: "main" and, where the model
+    has one, "edge"."""
+    return {"main": estimator, **({"edge": estimator.edge} if estimator.edge is not None else {})}
+
+
+def _faces(estimator: AgeEstimator, data_dir: Path, variant: str, half: str,
+           exclude: Iterable[str]) -> tuple[FaceSet, np.ndarray | None]:
+    """One half's stored faces of a variant, and the second opinion's age of each where the
+    model blends one into that kind of face's age (else None)."""
     faces = load_faces(data_dir, "test", variant)
     left_out, _ = photo_ids(data_dir, exclude)
     keep = (half_of(faces.ids.tolist()) == half) & ~np.isin(faces.ids, list(left_out))
-    faces = faces.subset(keep)
-    return faces, estimator.predict(faces.faces)
+    faces, barred = faces.subset(keep), variant == "ocl"
+    blends = estimator.opinion is not None and float(opinion_setting(estimator.card.second_opinion, barred, "weight")) > 0
+    return faces, second_opinions(estimator, data_dir, faces.ids, barred=barred) if blends else None
+
+
+def _reported(estimator: AgeEstimator, part: AgeEstimator, faces: FaceSet, opinions: np.ndarray | None, variant: str) -> np.ndarray:
+    """The ages one part of the model reports for these faces: its own, blended with the second opinion's."""
+    return estimator.blended(part.predict(faces.faces), variant == "ocl", opinions)
 
 
 def calibrate(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = (),
-              half: str = CALIBRATION) -> tuple[Calibrations, dict[str, dict]]:
-    """The model's calibrations, fit on one half of the data set's test split (the calibration
-    half; `half=CHECK` swaps the halves, to judge the same procedure the other way round), and
-    the out-of-fold tables of the bands chosen for each kind of face (`choose_band`)."""
-    if estimator.edge is not None or estimator.opinion is not None:
-        raise ValueError("a joined model is calibrated part by part: calibrate each model, then join them "
-                         "(minorage combine MODEL --edge EDGE_MODEL, then --second-opinion)")
-    exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
-    fitted, counts, tables = {}, {}, {}
-    for variant, kind in VARIANT_KIND.items():
-        faces, estimates = _faces(estimator, data_dir, variant, half, exclude)
-        (band, width), tables[variant] = choose_band(estimates, faces.ages, _sexes(people, faces.ids), ceiling)
-        fitted[kind] = fit(estimates, faces.ages, ceiling, band, width)
-        counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)),
-                        "bands": {f"0-{ceiling:g}": band[0], f"{ceiling + 1:g}+": band[-1]}, "width": width}
-    record = {"dataset": str(data_dir), "split": "test", "half": half, "rule": f"sha256(photo id)[0] {'even' if half == CALIBRATION else 'odd'}",
-              "excluded": len(exclude), "faces": counts, "method": "logistic p_minor on the estimate; Neyman band of the "
-              "estimates per true age 0..ceiling and older (split-conformal quantiles of the errors, neighbouring ages' errors "
-              "weighted by a Gaussian of `width` years), one share up to the ceiling and one for the older, and the width, "
-              f"chosen out of fold for {COVERAGE:g} coverage"}
-    return Calibrations(fitted["normal"], fitted["barred"], record), tables
+              half: str = CALIBRATION) -> tuple[dict[str, Calibrations], dict[str, dict[str, dict]]]:
+    """Each part's calibrations (`parts`), fit on one half of the data set's test split (the
+    calibration half; `half=CHECK` swaps the halves, to judge the same procedure the other way
+    round) at the ages the part reports, and per part the out-of-fold tables of the bands
+    chosen for each kind of face (`choose_band`)."""
+    exclude, people = list(exclude), photo_demographics(data_dir)
+    read = {variant: _faces(estimator, data_dir, variant, half, exclude) for variant in VARIANT_KIND}
+    blended = {VARIANT_KIND[v]: opinion_setting(estimator.card.second_opinion, v == "ocl", "weight").item()
+               for v, (_, opinions) in read.items() if opinions is not None}
+    calibrations, tables = {}, {}
+    for name, part in parts(estimator).items():
+        fitted, counts, tables[name] = {}, {}, {}
+        ceiling = float(part.age_range[1])
+        for variant, kind in VARIANT_KIND.items():
+            faces, opinions = read[variant]
+            estimates = _reported(estimator, part, faces, opinions, variant)
+            (band, width), tables[name][variant] = choose_band(estimates, faces.ages, _sexes(people, faces.ids), ceiling)
+            fitted[kind] = fit(estimates, faces.ages, ceiling, band, width)
+            counts[kind] = {"faces": len(faces), "minors": int(np.sum(faces.ages < groups.MINOR_LIMIT)),
+                            "bands": {f"0-{ceiling:g}": band[0], f"{ceiling + 1:g}+": band[-1]}, "width": width}
+        record = {"dataset": str(data_dir), "split": "test", "half": half, "rule": f"sha256(photo id)[0] {'even' if half == CALIBRATION else 'odd'}",
+                  "excluded": len(exclude), "faces": counts, "method": "logistic p_minor on the estimate; Neyman band of the "
+                  "estimates per true age 0..ceiling and older (split-conformal quantiles of the errors, neighbouring ages' errors "
+                  "weighted by a Gaussian of `width` years), one share up to the ceiling and one for the older, and the width, "
+                  f"chosen out of fold for {COVERAGE:g} coverage",
+                  **({"second_opinion_weight": blended} if blended else {})}
+        calibrations[name] = Calibrations(fitted["normal"], fitted["barred"], record)
+    return calibrations, tables
 
 
 def choose_band(estimates: np.ndarray, ages: np.ndarray, sexes: np.ndarray, ceiling: float,
@@ -187,18 +214,21 @@ def choose_band(estimates: np.ndarray, ages: np.ndarray, sexes: np.ndarray, ceil
     return (bands, width), judge(p, *out_of_fold(bands, width), ages, sexes, ceiling)
 
 
-def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict]:
-    """The model's calibration judged on the half it was not fit on (normally the check half):
-    per variant, the reliability table (predicted p_minor against the observed share of minors,
-    per decile of faces) and the interval's coverage per true age group, overall and per sex."""
-    calibrations = estimator.calibration
+def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = (), part: str = "main") -> dict[str, dict]:
+    """One part's calibration (`parts`) judged on the half it was not fit on (normally the check
+    half), at the ages that part reports: per variant, the reliability table (predicted p_minor
+    against the observed share of minors, per decile of faces) and the interval's coverage per
+    true age group, overall and per sex."""
+    reader = parts(estimator)[part]
+    calibrations = reader.calibration
     if calibrations is None:
         raise ValueError("this model has no calibration: run `minorage calibrate` first")
     other = CALIBRATION if calibrations.fitted_on.get("half") == CHECK else CHECK
-    exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(estimator.age_range[1])
+    exclude, people, ceiling = list(exclude), photo_demographics(data_dir), float(reader.age_range[1])
     results = {}
     for variant, kind in VARIANT_KIND.items():
-        faces, estimates = _faces(estimator, data_dir, variant, other, exclude)
+        faces, opinions = _faces(estimator, data_dir, variant, other, exclude)
+        estimates = _reported(estimator, reader, faces, opinions, variant)
         calibration = calibrations.of(kind == "barred")
         results[variant] = judge(calibration.probability(estimates), *calibration.interval(estimates),
                                  faces.ages, _sexes(people, faces.ids), ceiling)
@@ -208,12 +238,12 @@ def check(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) 
 def check_if_calibrated_on(estimator: AgeEstimator, data_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict] | None:
     """`check`, for a model calibrated on this data set (else None: its check half is not known).
     Of a model with an edge part, that part's: the stored faces' frames leave their photos."""
-    if estimator.edge is not None:
-        estimator = estimator.edge
-    fitted_on = estimator.calibration.fitted_on.get("dataset") if estimator.calibration else None
+    part = "edge" if estimator.edge is not None else "main"
+    calibration = parts(estimator)[part].calibration
+    fitted_on = calibration.fitted_on.get("dataset") if calibration else None
     if fitted_on is None or Path(fitted_on).resolve() != Path(data_dir).resolve():
         return None
-    return check(estimator, data_dir, exclude)
+    return check(estimator, data_dir, exclude, part)
 
 
 def _sexes(people: dict, ids: np.ndarray) -> np.ndarray:
