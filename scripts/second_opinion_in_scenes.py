@@ -42,7 +42,7 @@ from routes_in_scenes import KINDS, add_photo_options, choosing_then_judging, me
 from minorage import AgeEstimator
 from minorage.config import DetectorConfig, InferenceConfig
 from minorage.faces.detection import FaceDetector
-from minorage.groups import MINOR_LIMIT
+from minorage.groups import MINOR_LIMIT, YOUNG_ADULT_MAX
 from minorage.model.estimator import blended_ages, with_second_opinion
 from minorage.paper.in_scenes import estimates, scene_crops
 
@@ -54,7 +54,8 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
     """Per photo in its scene (`in_scenes.scene_crops`): found, taken as barred by the eye-bar
     test, the model's age and flag as `predict` gives them (inf where missed), the teacher's
     age on the aligned chip (inf where missed), and the faces the second opinion leaves alone:
-    those taken as barred, or with `read_barred` those taken as open-eyed."""
+    those taken as barred, or with `read_barred` those taken as open-eyed; and whether the model's
+    edge part read the face (its frame left the scene)."""
     framings = model.framings._replace(chip=teacher.net.cfg.image_size)
     (crops,), _, seen_barred = scene_crops(rows, barred, detector, [framings], progress=False)
     age, filled, _ = estimates(model, crops)
@@ -63,7 +64,7 @@ def read_scenes(rows: list[dict], barred: bool, detector: FaceDetector, model: A
     if found.any():
         teacher_age[found] = teacher.predict(np.stack([chip for _, _, chip in filter(None, crops)]))
     return {"found": found, "barred": seen_barred, "age": age, "flag": model.flags(filled, seen_barred), "teacher": teacher_age,
-            "unread": ~seen_barred if read_barred else seen_barred}
+            "unread": ~seen_barred if read_barred else seen_barred, "edge": filled}
 
 
 def kept_reads(path: Path, rows: list[dict]) -> dict[str, dict[str, np.ndarray]] | None:
@@ -125,7 +126,8 @@ def raised_name(second: dict) -> str:
 
 
 def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candidates: dict[str, dict]) -> dict:
-    """The measures of the model alone and of each candidate at the model's flags and at its raise."""
+    """The measures of the model alone and of each candidate at the model's flags and at its
+    raise, and of both split by the part of the model that read each face (where the reads say)."""
     alone = opinion(None)
     out = {"model_alone": measures(ages, read["found"], read["age"], flagged(read, alone), people),
            "taken_as_barred": float(read["barred"][read["found"]].mean())}
@@ -135,6 +137,26 @@ def arms(read: dict, minors: np.ndarray, ages: np.ndarray, people: list, candida
             "minors_vetoed": float(np.mean((flagged(read, alone) & ~flagged(read, own))[minors])),
             "at_model_flags": measures(ages, read["found"], ages_of(read, own), flagged(read, own), people),
             raised_name(second): measures(ages, read["found"], ages_of(read, second), flagged(read, second), people)}
+    if "edge" in read:
+        out["by_part"] = {name: by_part(read, ages, people, flagged(read, second))
+                          for name, second in {"model_alone": alone, **candidates}.items()}
+    return out
+
+
+def by_part(read: dict, ages: np.ndarray, people: list, flags: np.ndarray) -> dict:
+    """For the faces found, split by the part of the model that read them (the edge part: the
+    face's frame left the scene): how many, the minors among them flagged, and the women and men
+    aged 26+ among them called minors. Why: a third of the faces in scenes go to the edge part,
+    and what is left to mend may lie in one part more than the other."""
+    minors, adults = np.rint(ages) < MINOR_LIMIT, ages > YOUNG_ADULT_MAX
+    sexes = np.array([p[0] for p in people])
+    out = {}
+    for part, faces in (("main", read["found"] & ~read["edge"]), ("edge", read["found"] & read["edge"])):
+        out[part] = {"faces": int(faces.sum()), "minors": int((faces & minors).sum()),
+                     "minors_flagged": float(np.mean(flags[faces & minors])) if (faces & minors).any() else None,
+                     **{f"{s}_26+": int((faces & adults & (sexes == s)).sum()) for s in ("female", "male")},
+                     **{f"{s}_26+_called_minors": float(np.mean(flags[faces & adults & (sexes == s)]))
+                        if (faces & adults & (sexes == s)).any() else None for s in ("female", "male")}}
     return out
 
 
@@ -201,7 +223,8 @@ def main() -> None:
                         help="only a candidate whose MAE averaged over ages is this much below the model's is chosen (default: %(default)s)")
     add_photo_options(parser, "the second opinion")
     parser.add_argument("--save-reads", type=Path, metavar="NPZ",
-                        help="also keep each face's reads (found, taken as barred, both ages, the flag) for the analysis of a next step")
+                        help="also keep each face's reads (found, taken as barred, both ages, the flag, the model's part) for the "
+                             "analysis of a next step")
     parser.add_argument("--reads", type=Path, metavar="NPZ",
                         help="the reads an earlier run kept with --save-reads (the same model and teacher): photos it holds are not read again")
     args = parser.parse_args()

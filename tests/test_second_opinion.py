@@ -127,6 +127,21 @@ def test_a_blend_moves_the_age_of_open_eyed_faces_by_its_weight():
     assert script.matched_raise(read, np.ones(3, bool), second, 0.0) == 0.6
 
 
+def test_the_measures_split_by_the_part_that_read_each_face():
+    """By hand, six photos: a missed minor (counted nowhere), a minor and a woman of 30 read by the
+    main part, a minor, a woman of 40 and a man of 50 read by the edge part. Flagged: the main
+    part's minor and the edge part's woman. Each part's counts and shares are its own faces'."""
+    script = _script()
+    read = {"found": np.array([False, True, True, True, True, True]), "edge": np.array([False, False, False, True, True, True])}
+    ages = np.array([10.0, 12.0, 30.0, 15.0, 40.0, 50.0])
+    people = [("female", "White")] * 5 + [("male", "Asian")]
+    parts = script.by_part(read, ages, people, np.array([True, True, False, False, True, False]))
+    assert parts["main"] == {"faces": 2, "minors": 1, "minors_flagged": 1.0, "female_26+": 1, "male_26+": 0,
+                             "female_26+_called_minors": 0.0, "male_26+_called_minors": None}
+    assert parts["edge"] == {"faces": 3, "minors": 1, "minors_flagged": 0.0, "female_26+": 1, "male_26+": 1,
+                             "female_26+_called_minors": 1.0, "male_26+_called_minors": 0.0}
+
+
 def test_a_blend_is_chosen_only_with_ages_no_further_from_the_truth():
     """Two children of 5 and 10 the model reads exactly: a blend with a network that says 9 and
     14 reads them 2 years off at weight 0.5, so it is no candidate; at weight 0 it is. (Two adults
