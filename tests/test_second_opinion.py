@@ -295,6 +295,21 @@ def test_a_blend_leaves_out_the_calibration_a_veto_keeps(joined, blended, one_pa
     assert "`minorage calibrate --model" in capsys.readouterr().err
 
 
+def test_info_shows_the_ages_a_blend_can_report(joined, blended, capsys):
+    """By hand: the blend's larger weight, 0.5, of its second network's whole range (0-30) and
+    the rest of the model's top (25) reach 27.5; a veto changes no age and shows no such range."""
+    import json
+
+    from minorage.cli import main
+
+    shown = []
+    for model in (blended, joined):
+        assert main(["info", str(model)]) == 0
+        shown.append(json.loads(capsys.readouterr().out))
+    assert shown[0]["age_range"] == [0, 25] and shown[0]["blended_age_range"] == [0, 27.5]
+    assert "blended_age_range" not in shown[1]
+
+
 def test_blended_ages_by_hand():
     """Weight 0.25: 16 and 24 give 18 on open eyes; a barred face, a face the network did not
     read (NaN) and a face the detector missed (inf) keep the model's age; with no weight (a card

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -176,8 +176,22 @@ def describe(card: ModelCard, source: str, parameters: int, age_range: tuple[int
         "sha256": file_sha256(file) if file and file.is_file() else None,
         "parameters": parameters,
         "age_range": list(age_range),
+        **({"blended_age_range": [0, top]} if (top := blended_top(card, age_range[1])) is not None else {}),
         **{k: v for k, v in card.to_dict().items() if k not in ("format", "name")},
     }
+
+
+def blended_top(card: ModelCard, own_top: float) -> float | None:
+    """The oldest age a model whose second opinion blends into the age can report (None for
+    any other model): its weight of the second network's whole range and the rest of the
+    model's own top, for the kind of face with the larger weight. Why `info` shows it: such a
+    model reports ages past its networks' range."""
+    second = card.second_opinion or {}
+    weight = max(second.get("weight", 0.0), second.get("barred", {}).get("weight", 0.0))
+    if not weight:
+        return None
+    opinion_top = age_range(replace(ModelCard.from_dict(second), max_age=None))[1]
+    return round((1 - weight) * own_top + weight * opinion_top, 1)
 
 
 def age_range(card: ModelCard) -> tuple[int, int]:
