@@ -1,7 +1,8 @@
 """The calibration procedure judged both ways round: fit on the even half of a test split and
 judged on the odd half, fit on the odd half and judged on the even half, and the two pooled
-(every face judged once, by the fit on the half it is not in), for each part of the model. Why: each half holds a few
-hundred minors, so one direction alone moves a group's coverage by several points.
+(every face judged once, by the fit on the half it is not in), for each part of the model.
+Why: each half holds a few hundred minors, so one direction alone moves a group's coverage by
+several points.
 
     .venv/bin/python scripts/calibration_both_ways.py --data runs/data/utkface-all-m20 --exclude runs/v8-adult-photos.txt
 """
@@ -56,6 +57,7 @@ def main() -> None:
     for name, both in results.items():
         print(f"\n## {name.capitalize()} part: both directions pooled\n")
         print(as_markdown(pooled(both[CALIBRATION], both[CHECK]), "of both halves, each judged by the fit on the other"))
+
 
 if __name__ == "__main__":
     main()

@@ -148,15 +148,15 @@ def by_part(read: dict, ages: np.ndarray, people: list, flags: np.ndarray) -> di
     face's frame left the scene): how many, the minors among them flagged, and the women and men
     aged 26+ among them called minors. Why: a third of the faces in scenes go to the edge part,
     and what is left to mend may lie in one part more than the other."""
-    minors, adults = np.rint(ages) < MINOR_LIMIT, ages > YOUNG_ADULT_MAX
-    sexes = np.array([p[0] for p in people])
+    adults, sexes = ages > YOUNG_ADULT_MAX, np.array([p[0] for p in people])
+    groups = {("minors", "minors_flagged"): np.rint(ages) < MINOR_LIMIT,  # (its count's key, its flagged share's key)
+              **{(f"{s}_26+", f"{s}_26+_called_minors"): adults & (sexes == s) for s in ("female", "male")}}
     out = {}
     for part, faces in (("main", read["found"] & ~read["edge"]), ("edge", read["found"] & read["edge"])):
-        out[part] = {"faces": int(faces.sum()), "minors": int((faces & minors).sum()),
-                     "minors_flagged": float(np.mean(flags[faces & minors])) if (faces & minors).any() else None,
-                     **{f"{s}_26+": int((faces & adults & (sexes == s)).sum()) for s in ("female", "male")},
-                     **{f"{s}_26+_called_minors": float(np.mean(flags[faces & adults & (sexes == s)]))
-                        if (faces & adults & (sexes == s)).any() else None for s in ("female", "male")}}
+        out[part] = {"faces": int(faces.sum())}
+        for (count, share), group in groups.items():
+            whose = faces & group
+            out[part].update({count: int(whose.sum()), share: float(np.mean(flags[whose])) if whose.any() else None})
     return out
 
 
