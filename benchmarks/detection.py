@@ -5,13 +5,14 @@ edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same prop
 proposals placed by both O-Nets vs both sources together.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER] [--yunet-threshold T]
-        [--yunet-face-px PX] [--factor F] [--min-face-size PX]
+        [--yunet-face-px PX] [--factor F] [--onet-threshold T] [--min-face-size PX]
 
 `--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
 place of the shipped one (`minorage detector train --out FOLDER`), side by side;
 `--yunet-threshold T` adds each detector that uses YuNet run with that score threshold;
 `--yunet-face-px PX` each such detector with YuNet looking at a smaller image (`DetectorConfig.yunet_face_px`);
-`--factor F` each detector with that image pyramid step.
+`--factor F` each detector with that image pyramid step; `--onet-threshold T` each detector with
+that O-Net score threshold (with `--factor`, also at that step).
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size, with two real
 UTKFace faces pasted in at 1/4 and 1/8 of its width.
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--yunet-face-px", type=int, help="adds each detector of `--detectors` that uses YuNet with YuNet looking at "
                         "the image scaled so that the smallest face wanted is this many pixels")
     parser.add_argument("--factor", type=float, help="adds each detector of `--detectors` with this image pyramid step")
+    parser.add_argument("--onet-threshold", type=float, help="adds each detector of `--detectors` with this O-Net score threshold "
+                        "(with --factor, also at that step)")
     parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size,
                         help="every detector's smallest face (default: %(default)s, `predict`'s; `scan`'s is 32)")
     args = parser.parse_args()
@@ -77,6 +80,12 @@ def main() -> None:
                          for w in args.detectors if "yunet" in w})
     if args.factor is not None:
         settings.update({f"{w}, pyramid factor {args.factor}": replace(base, weights=w, factor=args.factor) for w in args.detectors})
+    if args.onet_threshold is not None:
+        onet = (*base.thresholds[:2], args.onet_threshold)
+        settings.update({f"{w}, O-Net {args.onet_threshold}": replace(base, weights=w, thresholds=onet) for w in args.detectors})
+        if args.factor is not None:
+            settings.update({f"{w}, pyramid factor {args.factor}, O-Net {args.onet_threshold}": replace(base, weights=w, factor=args.factor, thresholds=onet)
+                             for w in args.detectors})
     if args.yunet_face_px is not None:
         settings.update({f"{w}, YuNet's smallest face {args.yunet_face_px} px": replace(base, weights=w, yunet_face_px=args.yunet_face_px)
                          for w in args.detectors if "yunet" in w})

@@ -24,6 +24,10 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   on the pyramid step F (`predict`'s 0.842) instead of MTCNN's 0.709.
 - `--choose-factor F ...`: the image pyramid's step chosen away from the benchmark (the
   detector's training photos, the training face-free pictures), the rule in `docs/research.md`.
+- `--choose-onet T ...`: the O-Net threshold (the last stage's score a face must pass) chosen away
+  from the benchmark the same way, at `scan`'s smallest face of 32 px and the pyramid step of
+  `--onet-factor` (default `predict`'s 0.842), beside `scan`'s detector today (MTCNN's step
+  0.709, O-Net 0.7) and stock MTCNN at 32 px; the rule in `docs/research.md`.
 - `--factor F ...`: the default detector with a finer image pyramid (P-Net's step between
   scales): recall of normal and barred faces in scenes, per degradation, false detections on
   the face-free evaluation pictures and milliseconds per 640 px scene on one thread; held-out
@@ -37,6 +41,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --groups [F] [--photos 400]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --choose-factor 0.709 0.75 0.8 0.842 [--photos 120]
+    .venv/bin/python benchmarks/detection_choices.py --choose-onet 0.7 0.8 0.9 [--onet-factor 0.842] [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --timing 32 20
 """
 
@@ -46,13 +51,14 @@ import argparse
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import chain
 
 import cv2
 import numpy as np
 import torch
 
-from minorage.config import DetectorConfig, DetectorTrainingConfig
+from minorage.config import DetectorConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig
 from minorage.faces.detection import FaceDetector, cut_patches, iou, squared
 from minorage.faces.detector_training import (
     FACE_FREE_EVAL,
@@ -139,14 +145,15 @@ def by_group(photos: int, factor: float) -> dict:
     return out
 
 
-def on_training_scenes(settings: dict[str, DetectorConfig], photos: int) -> dict:
+def on_training_scenes(settings: dict[str, DetectorConfig], photos: int, min_face_size: int = DetectorConfig.min_face_size) -> dict:
     """Each detector setting on scenes of the detector's training photos and the training
-    face-free pictures: where a setting is chosen, away from the held-out benchmark."""
+    face-free pictures: where a setting is chosen, away from the held-out benchmark. Stock
+    MTCNN's false detections, the bound a setting is held to, at the given smallest face."""
     train, _ = split_photos(DetectorTrainingConfig())
     originals, barred = face_pairs(train[:: max(1, min(25, len(train) // photos))][:photos])  # every 25th up to 120 photos
     pictures = face_free_pictures(FACE_FREE_TRAIN)
     normal, eye_barred = wild_set(originals, pictures, seed=2), wild_set(barred, pictures, seed=2)
-    out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock")), pictures)}
+    out = {"faces": len(originals), "stock_false": false_detections(FaceDetector(DetectorConfig(weights="stock", min_face_size=min_face_size)), pictures)}
     for name, cfg in settings.items():
         detector = FaceDetector(cfg)
         out[name] = {"normal": round(recall_by_degradation(detector, normal)["all"], 4),
@@ -168,6 +175,15 @@ def with_threshold(stage: int | str, value: float) -> DetectorConfig:
     chosen = list(DetectorConfig().thresholds)
     chosen[stage] = value
     return DetectorConfig(thresholds=tuple(chosen))
+
+
+def onet_thresholds(tried: list[float], factor: float, photos: int, min_face_size: int = ScanConfig.min_face_size) -> dict:
+    """The default detector at `scan`'s smallest face with each O-Net threshold tried on the
+    pyramid step `factor`, beside `scan`'s settings today, on the training scenes."""
+    today = DetectorConfig(min_face_size=min_face_size, factor=ScanConfig.pyramid_factor)
+    settings = {"scan today": today} | {f"factor {factor}, O-Net {t}": replace(today, factor=factor, thresholds=(*today.thresholds[:2], t))
+                                         for t in tried}
+    return on_training_scenes(settings, photos, min_face_size)
 
 
 def factors(steps: list[float], photos: int) -> dict:
@@ -224,12 +240,16 @@ def main() -> None:
                        help="recall per sex and ethnicity, with this image pyramid step (default: MTCNN's)")
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the held-out photos")
     which.add_argument("--choose-factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the training scenes")
-    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet and --choose-factor, 400 for --groups, 200 otherwise)")
+    which.add_argument("--choose-onet", type=float, nargs="+", metavar="T", help="O-Net thresholds to compare on the training scenes at 32 px")
+    parser.add_argument("--onet-factor", type=float, default=InferenceConfig.pyramid_factor, help="with --choose-onet: the pyramid step (default: %(default)s)")
+    parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet, --choose-factor and --choose-onet, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
     if args.factor:
         report = factors(args.factor, args.photos or 200)
     elif args.choose_factor:
         report = on_training_scenes({f"factor {f}": DetectorConfig(factor=f) for f in args.choose_factor}, args.photos or 120)
+    elif args.choose_onet:
+        report = onet_thresholds(args.choose_onet, args.onet_factor, args.photos or 120)
     elif args.timing:
         report = {"timing": [timing(px) for px in args.timing]}
     elif args.pnet:
