@@ -19,9 +19,11 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
   chosen the same way: the lowest of 0.5, 0.4, 0.3, 0.2 with no more false detections there
   than stock MTCNN and no lower normal-face recall than at 0.5.
 - `--groups`: the default detector's recall of normal and barred faces in scenes, per sex and per
-  ethnicity of the held-out photos (as UTKFace's file names label them): a detector that
-  misses one group of people more often fails them before any age is read. `--groups F` runs it
-  on the pyramid step F (`predict`'s 0.842) instead of MTCNN's 0.709.
+  ethnicity of the held-out photos (as UTKFace's file names label them), beside stock MTCNN's
+  on the same normal scenes: a detector that misses one group of people more often fails them
+  before any age is read. `--groups F` runs it on the pyramid step F (`predict`'s 0.842)
+  instead of MTCNN's 0.709; `--min-face-size 32` at `scan`'s smallest face; `--skip K` on the
+  held-out photos after the first K.
 - `--choose-factor F ...`: the image pyramid's step chosen away from the benchmark (the
   detector's training photos, the training face-free pictures), the rule in `docs/research.md`.
 - `--choose-onet T ...`: the O-Net threshold (the last stage's score a face must pass) chosen away
@@ -38,7 +40,7 @@ scenes as `benchmarks/detection.py` (`minorage.faces.wild`):
     .venv/bin/python benchmarks/detection_choices.py --stages [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --rnet [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --yunet [--photos 120]
-    .venv/bin/python benchmarks/detection_choices.py --groups [F] [--photos 400]
+    .venv/bin/python benchmarks/detection_choices.py --groups [F] [--photos 400] [--min-face-size PX] [--skip K]
     .venv/bin/python benchmarks/detection_choices.py --factor 0.709 0.75 0.8 [--photos 200]
     .venv/bin/python benchmarks/detection_choices.py --choose-factor 0.709 0.75 0.8 0.842 [--photos 120]
     .venv/bin/python benchmarks/detection_choices.py --choose-onet 0.7 0.8 0.9 [--onet-factor 0.842] [--photos 120]
@@ -127,21 +129,29 @@ def stages(photos: int) -> dict:
                                                  for d in dict.fromkeys(kinds.tolist())}} for key, v in kept.items()}}
 
 
-def by_group(photos: int, factor: float) -> dict:
+def by_group(photos: int, factor: float, min_face_size: int = DetectorConfig.min_face_size, skip: int = 0) -> dict:
+    """Normal and barred faces found in scenes per sex and ethnicity, by the default detector at
+    the given pyramid step and smallest face, and by stock MTCNN at that smallest face on the
+    same normal scenes (the recall the default must not fall below); held-out photos after the
+    first `skip`."""
     _, held = split_photos(DetectorTrainingConfig())
-    pictures, detector = face_free_pictures(FACE_FREE_EVAL), FaceDetector(DetectorConfig(factor=factor))
+    pictures = face_free_pictures(FACE_FREE_EVAL)
+    detector = FaceDetector(DetectorConfig(factor=factor, min_face_size=min_face_size))
+    stock = FaceDetector(DetectorConfig(weights="stock", min_face_size=min_face_size))
     pairs, people = [], []
-    for path in held[:photos]:
+    for path in held[skip:skip + photos]:
         originals, barred = face_pairs([path])
         if originals:
             pairs.append((originals[0], barred[0]))
             people.append(demographics("utkface", path.name))
-    hits = {kind: np.array([found(detector, scene) for scene in wild_set([pair[k] for pair in pairs], pictures, seed=1)])
-            for k, kind in enumerate(("normal", "barred"))}
-    out = {"faces": len(pairs)}
+    scenes = {kind: wild_set([pair[k] for pair in pairs], pictures, seed=1) for k, kind in enumerate(("normal", "barred"))}
+    hits = {kind: np.array([found(detector, scene) for scene in kind_scenes]) for kind, kind_scenes in scenes.items()}
+    hits["stock_normal"] = np.array([found(stock, scene) for scene in scenes["normal"]])
+    out = {"faces": len(pairs), "min_face_size": min_face_size, "factor": factor, "held_out_skipped": skip}
     for axis, labels in (("sex", np.array([p[0] for p in people])), ("ethnicity", np.array([p[1] for p in people]))):
         out[axis] = {group: {"faces": int(np.sum(labels == group)), **{kind: round(float(np.mean(h[labels == group])), 3) for kind, h in hits.items()}}
                      for group in sorted(set(labels.tolist()))}
+    out["all"] = {kind: round(float(np.mean(h)), 4) for kind, h in hits.items()}
     return out
 
 
@@ -241,6 +251,8 @@ def main() -> None:
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the held-out photos")
     which.add_argument("--choose-factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the training scenes")
     which.add_argument("--choose-onet", type=float, nargs="+", metavar="T", help="O-Net thresholds to compare on the training scenes at 32 px")
+    parser.add_argument("--min-face-size", type=int, help="with --groups: the smallest face (default: predict's 20; scan's is 32)")
+    parser.add_argument("--skip", type=int, default=0, help="with --groups: leave out the first K held-out photos (those earlier measures used)")
     parser.add_argument("--onet-factor", type=float, default=InferenceConfig.pyramid_factor, help="with --choose-onet: the pyramid step (default: %(default)s)")
     parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet, --choose-factor and --choose-onet, 400 for --groups, 200 otherwise)")
     args = parser.parse_args()
@@ -259,7 +271,9 @@ def main() -> None:
     elif args.yunet:
         report = thresholds("yunet", (0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
-        report = stages(args.photos or 200) if args.stages else by_group(args.photos or 400, args.groups) if args.groups else proposals(args.photos or 100)
+        report = (stages(args.photos or 200) if args.stages
+                  else by_group(args.photos or 400, args.groups, args.min_face_size or DetectorConfig.min_face_size, args.skip) if args.groups
+                  else proposals(args.photos or 100))
     print(json.dumps(report, indent=2))
 
 
