@@ -44,10 +44,13 @@ def test_batching_does_not_change_results(reference):
 def test_fast_runtime_gives_the_networks_own_ages(reference):
     """`predict` runs bulk batches through a folded, TorchScript-frozen copy in 32-face slices,
     small ones through the folded copy; both must give what the network itself gives: here the
-    default ensemble (several networks, mirrored) on 70 faces (slices of 32, 32 and 6) and on one."""
+    default ensemble (several networks, mirrored) on 70 faces (slices of 32, 32 and 6) and on one.
+    Its members are frozen from one trace, each with its own weights: had they kept the first
+    member's, the average would differ."""
     estimator = AgeEstimator.from_pretrained("default")
     faces = np.concatenate([reference["images"], reference["images"][:6]])
-    assert isinstance(estimator.runtime.bulk(), torch.jit.ScriptModule)
+    members = estimator.runtime.bulk().members
+    assert len(members) == 3 and all(isinstance(m, torch.jit.ScriptModule) for m in members)
     expected = predict_ages(estimator.net, faces, 256, estimator.card.max_age)
     np.testing.assert_allclose(estimator.predict(faces), expected, atol=1e-4)
     np.testing.assert_allclose(estimator.predict(faces[:1], batch_size=1), expected[:1], atol=1e-4)

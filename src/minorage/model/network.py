@@ -121,8 +121,13 @@ class AveragedNetwork(nn.Module):
         self.cfg = members[0].cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = [x, x.flip(3)] if self.mirror else [x]
-        return torch.stack([m(v) for m in self.members for v in views]).mean(dim=0)
+        return averaged(self.members, self.mirror, x)
+
+
+def averaged(members: nn.ModuleList, mirror: bool, x: torch.Tensor) -> torch.Tensor:
+    """The mean of every member's ages for the faces, and for their mirror images with `mirror`."""
+    views = [x, x.flip(3)] if mirror else [x]
+    return torch.stack([m(v) for m in members for v in views]).mean(dim=0)
 
 
 #: a face whose three channels lie this close on average (0..255) is read as black and white: a

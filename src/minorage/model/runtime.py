@@ -4,20 +4,19 @@ TorchScript copy in cache-sized slices, and the one batched loop every caller us
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from minorage.model.network import ByLookNetwork, route
+from minorage.model.network import AveragedNetwork, ByLookNetwork, averaged, route
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
     """An inference copy with every BatchNorm folded into the convolution before it: the same
     outputs (to float rounding) with one pass over memory fewer per block."""
-    import copy
-
     folded = copy.deepcopy(net).eval()
     for block in (m for m in folded.modules() if isinstance(m, nn.Sequential)):
         conv, bn = block[0], block[1]
@@ -40,8 +39,8 @@ class InferenceRuntime(nn.Module):
     """What `AgeEstimator.predict` runs: the network with its BatchNorms folded. Bulk batches go
     through a TorchScript-frozen copy, in which oneDNN runs each convolution with its activation
     fused, in `RUNTIME_SLICE`-face slices: the same ages to float rounding, about five times
-    faster on two cores (benchmarks/age_model.py). Tracing costs about a second, so the copy is
-    made for the first batch of `RUNTIME_SLICE` faces or more; one photo's faces never wait for it."""
+    faster on two cores (benchmarks/age_model.py). Tracing takes a fraction of a second (`frozen`),
+    so the copy is made for the first batch of `RUNTIME_SLICE` faces or more; one photo's faces never wait for it."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -63,13 +62,41 @@ class InferenceRuntime(nn.Module):
                     warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, still the fastest here
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes read in Python: fixed by the input size
                     # two faces, not a slice: the tracer keeps every intermediate map alive until
-                    # it ends (about 300 MB for v8's six passes at 32 faces); the graph is the same
-                    example = torch.zeros(2, 3, size, size)
-                    self.frozen = torch.jit.optimize_for_inference(torch.jit.trace(self.folded, example))
+                    # it ends (about 300 MB for six passes at 32 faces); the graph is the same
+                    self.frozen = frozen(self.folded, torch.zeros(2, 3, size, size))
             except (AttributeError, RuntimeError) as error:
                 warnings.warn(f"the age model runs without TorchScript ({error}): the same ages, more slowly")
                 self.frozen = self.folded
         return self.frozen
+
+
+class FrozenEnsemble(nn.Module):
+    """An ensemble's members, each frozen, averaged as `AveragedNetwork` averages them."""
+
+    def __init__(self, members: list[nn.Module], mirror: bool):
+        super().__init__()
+        self.members, self.mirror = nn.ModuleList(members), mirror
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return averaged(self.members, self.mirror, x)
+
+
+def frozen(net: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The network traced on `example` and frozen for inference. An ensemble's members share one
+    architecture, hence one graph: the first member's trace is reused with each member's weights,
+    since tracing is what takes the time (about 0.15 s a network, a second for six; the reuse a
+    few milliseconds each), and each member is frozen on its own."""
+    if not isinstance(net, AveragedNetwork):
+        return torch.jit.optimize_for_inference(torch.jit.trace(net, example))
+    traced = torch.jit.trace(net.members[0], example)
+    return FrozenEnsemble([torch.jit.optimize_for_inference(_with_weights(traced, m)) for m in net.members], net.mirror)
+
+
+def _with_weights(traced: torch.jit.ScriptModule, member: nn.Module) -> torch.jit.ScriptModule:
+    """A copy of a traced network carrying another network's weights and buffers (the same architecture)."""
+    clone = copy.deepcopy(traced)
+    clone.load_state_dict(dict(member.named_parameters()) | dict(member.named_buffers()))
+    return clone
 
 
 class RoutedRuntime(nn.Module):
