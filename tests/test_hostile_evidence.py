@@ -108,10 +108,15 @@ def test_a_name_that_is_not_utf8_is_scanned_and_written(tmp_path, face, capsys):
 # --- 3: a worker that dies ---------------------------------------------------------------------
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p) for t in Path(f"/proc/{pid}/task").iterdir() for p in (t / "children").read_text().split()]
+
+
 def _workers(pid: int) -> list[int]:
-    """The scan's worker processes (its spawned children, not multiprocessing's resource tracker)."""
-    children = [int(p) for t in Path(f"/proc/{pid}/task").iterdir() for p in (t / "children").read_text().split()]
-    return [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    """The scan's worker processes: the children of its fork server (not multiprocessing's
+    resource tracker)."""
+    servers = [c for c in _children(pid) if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [w for server in servers for w in _children(server)]
 
 
 @pytest.mark.slow
@@ -145,10 +150,12 @@ def crash_on_poison(item: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_file_that_kills_every_worker_is_recorded_and_the_rest_finish():
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_file_that_kills_every_worker_is_recorded_and_the_rest_finish(start_method):
+    """Workers forked from the fork server, as on Linux, or spawned, as where there is none."""
     from minorage.triage.workers import Failed, Supervisor
 
-    pool = Supervisor(2, int, (), crash_on_poison, in_flight=3, timeout=5)
+    pool = Supervisor(2, int, (), crash_on_poison, in_flight=3, timeout=5, start_method=start_method)
     items = [f"f{i}" for i in range(12)]
     results = dict(pool.imap([*items[:4], "poison", *items[4:8], "slow", *items[8:]]))
     assert {k: results[k] for k in items} == {k: k.upper() for k in items}

@@ -325,7 +325,8 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
     workers = cfg.workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
-    pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framings, cfg), examine, cfg.in_flight, cfg.file_timeout)
+    pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framings, cfg), examine, cfg.in_flight, cfg.file_timeout,
+                      preload=(__name__,))
     outcome = "interrupted"
     try:
         pool.start()
