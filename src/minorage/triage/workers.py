@@ -5,22 +5,23 @@ return. Each worker has its own pipe and takes its files in order, so when one d
 was working on is known: that file is retried once in a fresh worker and, if it kills that one
 too, gets the status `worker_died` with the signal; the files queued behind it are simply handed
 out again. A file that runs past the time limit is `timeout` and its worker is replaced. The
-other workers go on throughout, and the run always ends. Where the platform allows, workers are
-forked from a server process that has imported their modules once, so that a replacement
-starts in a tenth of a second instead of importing PyTorch anew (about a second): a collection
-of crafted files that each crash a decoder costs a replacement per file, twice.
+other workers go on throughout, and the run always ends. On Linux, workers are forked from a
+server process that has imported their modules once, so that a replacement starts in a few
+hundredths of a second instead of importing PyTorch anew (about 0.7 s, `benchmarks/workers.py`):
+a collection of crafted files that each crash a decoder costs two replacements a file.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -75,14 +76,15 @@ class Supervisor:
     """`imap` of `task` over items in `workers` processes, each with at most `in_flight` items
     queued; results come as they finish (item, result or `Failed`). `preload`: modules the fork
     server imports once for every worker. `start_method`: "forkserver" or "spawn" (each worker
-    imports what it needs itself); by default the fork server where the platform has one."""
+    imports what it needs itself); by default the fork server on Linux, and elsewhere spawn, since
+    on macOS a process forked after PyTorch's import may crash in the system's libraries."""
 
     def __init__(self, workers: int, initializer: Callable, initargs: tuple, task: Callable,
                  in_flight: int = 4, timeout: float | None = None, retries: int = 1, preload: tuple[str, ...] = (),
                  start_method: str | None = None):
         self.size, self.in_flight, self.timeout, self.retries = workers, in_flight, timeout, retries
         self.target = (initializer, initargs, task)
-        self.context = get_context(start_method or ("forkserver" if "forkserver" in get_all_start_methods() else "spawn"))
+        self.context = get_context(start_method or ("forkserver" if sys.platform.startswith("linux") else "spawn"))
         if self.context.get_start_method() == "forkserver":
             self.context.set_forkserver_preload(list(preload))
         self.workers: list[_Worker] = []
