@@ -251,7 +251,8 @@ def main() -> None:
     which.add_argument("--factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the held-out photos")
     which.add_argument("--choose-factor", type=float, nargs="+", metavar="F", help="pyramid factors to compare on the training scenes")
     which.add_argument("--choose-onet", type=float, nargs="+", metavar="T", help="O-Net thresholds to compare on the training scenes at 32 px")
-    parser.add_argument("--min-face-size", type=int, help="with --groups: the smallest face (default: predict's 20; scan's is 32)")
+    parser.add_argument("--min-face-size", type=int, default=DetectorConfig.min_face_size,
+                        help="with --groups: the smallest face (default: %(default)s, predict's; scan's is 32)")
     parser.add_argument("--skip", type=int, default=0, help="with --groups: leave out the first K held-out photos (those earlier measures used)")
     parser.add_argument("--onet-factor", type=float, default=InferenceConfig.pyramid_factor, help="with --choose-onet: the pyramid step (default: %(default)s)")
     parser.add_argument("--photos", type=int, help="photos to paste (default: 100 for --proposals, 120 for --pnet, --rnet, --yunet, --choose-factor and --choose-onet, 400 for --groups, 200 otherwise)")
@@ -272,7 +273,7 @@ def main() -> None:
         report = thresholds("yunet", (0.5, 0.4, 0.3, 0.2), args.photos or 120)
     else:
         report = (stages(args.photos or 200) if args.stages
-                  else by_group(args.photos or 400, args.groups, args.min_face_size or DetectorConfig.min_face_size, args.skip) if args.groups
+                  else by_group(args.photos or 400, args.groups, args.min_face_size, args.skip) if args.groups
                   else proposals(args.photos or 100))
     print(json.dumps(report, indent=2))
 

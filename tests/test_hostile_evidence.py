@@ -113,8 +113,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _workers(pid: int) -> list[int]:
-    """The scan's worker processes: the children of its fork server (not multiprocessing's
-    resource tracker)."""
+    """The scan's worker processes: the children of its fork server."""
     servers = [c for c in _children(pid) if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
     return [w for server in servers for w in _children(server)]
 
