@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from minorage import __version__
 from minorage.config import (
@@ -358,6 +359,9 @@ def cmd_experiment_report(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from minorage.triage.workers import start_fork_server
+
+    start_fork_server(("minorage.triage.scan",))  # the workers' imports beside this process's own
     from minorage.config import ScanConfig
     from minorage.triage.scan import scan
 
@@ -699,5 +703,14 @@ def _drop_standard_output() -> None:
     os.close(devnull)
 
 
+def run() -> NoReturn:
+    """The `minorage` command: `main`, then an exit without the interpreter's last garbage
+    collection, which walks every object PyTorch made only to free memory the system frees
+    anyway (0.3-0.4 s of each command); what is written is already flushed and closed."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

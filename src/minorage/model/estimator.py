@@ -148,13 +148,6 @@ class AgeEstimator:
             ages[filled] = self.edge.predict(faces[filled], batch_size)
         return ages
 
-    def bulk(self) -> None:
-        """Trace every part's frozen copy now (for a caller that would rather wait before its
-        first batch than inside it)."""
-        for part in (self, self.edge, self.opinion):
-            if part is not None:
-                part.runtime.bulk()
-
     def describe(self) -> dict:
         """What `minorage info` shows: size, parameters, range, framing and the model card."""
         return describe(self.card, self.source, sum(p.numel() for p in self.net.parameters()), self.age_range)

@@ -110,12 +110,6 @@ class RoutedRuntime(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return route(x, self.colour, self.grayscale)
 
-    def bulk(self) -> nn.Module:
-        """Both parts' frozen copies, traced now (for a caller that would rather wait before its
-        first batch than inside it)."""
-        self.colour.bulk(), self.grayscale.bulk()
-        return self
-
 
 def runtime_for(net: nn.Module) -> InferenceRuntime | RoutedRuntime:
     """How a trained network runs at inference."""

@@ -329,8 +329,6 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                       preload=(__name__,))
     outcome = "interrupted"
     try:
-        pool.start()
-        estimator.bulk()  # traced while the workers start up, not inside the first batch
         for batch in _batches(_results(pool.imap(todo())), cfg.age_batch):
             _estimate_and_store(db, batch, estimator, reading, summary, run_id)
             bar.update(len(batch))

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import forkserver, get_context
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -72,19 +72,33 @@ class _Worker:
     ready: bool = False
 
 
+def default_start_method() -> str:
+    """The fork server on Linux; elsewhere spawn, since on macOS a process forked after
+    PyTorch's import may crash in the system's libraries."""
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def start_fork_server(preload: tuple[str, ...]) -> None:
+    """Start the fork server now, importing `preload`, where workers are forked from one: a
+    caller that starts it before importing those modules itself imports them at the same time
+    instead of a second or more before (PyTorch takes about one)."""
+    if default_start_method() == "forkserver":
+        get_context("forkserver").set_forkserver_preload(list(preload))
+        forkserver.ensure_running()
+
+
 class Supervisor:
     """`imap` of `task` over items in `workers` processes, each with at most `in_flight` items
     queued; results come as they finish (item, result or `Failed`). `preload`: modules the fork
     server imports once for every worker. `start_method`: "forkserver" or "spawn" (each worker
-    imports what it needs itself); by default the fork server on Linux, and elsewhere spawn, since
-    on macOS a process forked after PyTorch's import may crash in the system's libraries."""
+    imports what it needs itself); by default `default_start_method()`."""
 
     def __init__(self, workers: int, initializer: Callable, initargs: tuple, task: Callable,
                  in_flight: int = 4, timeout: float | None = None, retries: int = 1, preload: tuple[str, ...] = (),
                  start_method: str | None = None):
         self.size, self.in_flight, self.timeout, self.retries = workers, in_flight, timeout, retries
         self.target = (initializer, initargs, task)
-        self.context = get_context(start_method or ("forkserver" if sys.platform.startswith("linux") else "spawn"))
+        self.context = get_context(start_method or default_start_method())
         if self.context.get_start_method() == "forkserver":
             self.context.set_forkserver_preload(list(preload))
         self.workers: list[_Worker] = []
@@ -97,16 +111,10 @@ class Supervisor:
         theirs.close()
         return _Worker(process, mine)
 
-    def start(self) -> None:
-        """Start the workers now (they take seconds to import and load their models), so the
-        caller can prepare its own part meanwhile; `imap` starts them if this was not called."""
-        if not self.workers:
-            self.workers = [self._start() for _ in range(self.size)]
-
     def imap(self, items: Iterable) -> Iterator[tuple[Any, Any]]:
         source, again = iter(items), deque()  # again: (item, attempts) to hand out first
         exhausted = False
-        self.start()
+        self.workers = self.workers or [self._start() for _ in range(self.size)]
         try:
             while True:
                 for worker in self.workers:
