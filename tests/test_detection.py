@@ -145,6 +145,27 @@ def test_yunet_on_a_smaller_image_reports_in_the_image_s_pixels(some_faces):
     assert len(whole) >= 1 and len(half) >= 1
     assert iou(half[:1, :4], whole[0, :4])[0] > 0.8
 
+def test_yunet_finds_what_opencv_finds_in_the_same_file(some_faces):
+    """YuNet runs in ONNX Runtime and its outputs are decoded here: on real faces in photos of
+    several sizes and shapes (none a multiple of the network's stride), it must find what
+    OpenCV's own `FaceDetectorYN` finds with the same shipped file, at the same places."""
+    from minorage.faces.yunet import MODEL_FILE, YuNet
+
+    faces = [cv2.imread(str(path)) for path in some_faces[:6]]
+    ours = YuNet(0.5)
+    for (w, h), side in (((641, 479), 150), ((470, 650), 110), ((1003, 301), 140), ((200, 200), 200)):
+        canvas = np.full((h, w, 3), 90, np.uint8)
+        slots = [(x, y) for y in range(0, h - side + 1, side + 10) for x in range(0, w - side + 1, side + 10)]
+        for (x, y), face in zip(slots, faces):
+            canvas[y : y + side, x : x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        opencv = cv2.FaceDetectorYN.create(str(MODEL_FILE), "", (w, h), 0.5, 0.3, 5000).detect(canvas)[1]
+        expected = opencv[np.argsort(-opencv[:, 14])].astype(np.float64)
+        expected[:, 2:4] += expected[:, :2]
+        found = ours.propose(canvas)
+        assert len(found) == len(expected) >= min(len(slots), len(faces)) - 1
+        np.testing.assert_allclose(found, expected, atol=1e-2)
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
     keep = nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5)
