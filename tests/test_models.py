@@ -56,6 +56,20 @@ def test_fast_runtime_gives_the_networks_own_ages(reference):
     np.testing.assert_allclose(estimator.predict(faces[:1], batch_size=1), expected[:1], atol=1e-4)
 
 
+def test_a_frozen_copy_that_differs_from_the_network_is_not_used(reference, monkeypatch):
+    """The tracer's own check is off (it costs most of a trace), so the runtime compares the
+    frozen copy's ages with the network's itself: a copy a year off is refused with a warning,
+    and the ages stay the network's."""
+    from minorage.model import runtime
+
+    made = runtime.frozen
+    monkeypatch.setattr(runtime, "frozen", lambda net, example: (lambda x, copy=made(net, example): copy(x) + 1.0))
+    estimator = AgeEstimator.from_pretrained("imdb")
+    with pytest.warns(UserWarning, match="other ages than the network"):
+        assert estimator.runtime.bulk() is estimator.runtime.folded
+    np.testing.assert_allclose(estimator.predict(reference["images"]), reference["age_imdb"], atol=1e-3)
+
+
 def test_predict_rejects_wrong_input(reference):
     estimator = AgeEstimator.from_pretrained("imdb")
     with pytest.raises(ValueError, match="uint8"):
