@@ -453,7 +453,7 @@ def _detector_options(p: argparse.ArgumentParser, min_face_size: int | None = No
     g = p.add_argument_group("face detection (MTCNN)")
     g.add_argument("--detector", default=d.weights,
                    help="union+yunet (MTCNN's P-Net and YuNet propose, the stock and eye-bar-tuned R/O-Nets decide: every face any finds), "
-                        "union (P-Net's proposals only: a fifth faster, fewer faces in whole scenes), occlusion (the tuned pair alone), "
+                        "union (P-Net's proposals only: a quarter less time, fewer faces in whole scenes), occlusion (the tuned pair alone), "
                         "stock (facenet-pytorch's), yunet (YuNet's proposals only) or a folder with pnet/rnet/onet.pt (default: %(default)s)")
     g.add_argument("--min-face-size", type=int, default=d.min_face_size, help="smallest face in pixels; larger is faster (default: %(default)s)")
     g.add_argument("--pyramid-factor", type=float, default=d.factor,

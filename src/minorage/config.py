@@ -214,7 +214,7 @@ class DetectorConfig:
     factor: float = 0.709  # pyramid step (MTCNN's; `predict` and `scan` set their own)
     weights: str = "union+yunet"  # "union+yunet" (P-Net's and YuNet's proposals, each through the stock
     # and the eye-bar-tuned R/O-Nets: every face any of them finds), "union" (P-Net's proposals
-    # only: a fifth faster, fewer faces in whole scenes), "occlusion" (the tuned pair alone),
+    # only: a quarter less time, fewer faces in whole scenes), "occlusion" (the tuned pair alone),
     # "stock", "yunet" (YuNet's proposals only), or a folder with pnet/rnet/onet.pt
     crop_padding: float = 0.25  # border (of the image's side) for faces at the edge; 0 = never
     tuned: str = "occlusion"  # the eye-bar-tuned R/O-Net pair the unions run beside the stock one:
