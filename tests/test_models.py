@@ -63,7 +63,12 @@ def test_a_frozen_copy_that_differs_from_the_network_is_not_used(reference, monk
     from minorage.model import runtime
 
     made = runtime.frozen
-    monkeypatch.setattr(runtime, "frozen", lambda net, example: (lambda x, copy=made(net, example): copy(x) + 1.0))
+
+    def a_year_off(net, example):
+        copy = made(net, example)
+        return lambda x: copy(x) + 1.0
+
+    monkeypatch.setattr(runtime, "frozen", a_year_off)
     estimator = AgeEstimator.from_pretrained("imdb")
     with pytest.warns(UserWarning, match="other ages than the network"):
         assert estimator.runtime.bulk() is estimator.runtime.folded
