@@ -27,7 +27,7 @@ MODEL_FILE = Path(__file__).parents[1] / "weights" / "yunet" / "face_detection_y
 STRIDES = (8, 16, 32)
 
 
-def session(path: Path = MODEL_FILE) -> onnxruntime.InferenceSession:
+def load_network(path: Path = MODEL_FILE) -> onnxruntime.InferenceSession:
     """The network on one thread: a scan's workers each have a core, and YuNet is a few milliseconds."""
     if not path.is_file():
         raise FileNotFoundError(f"YuNet weights missing: {path} (the package is incomplete: reinstall minorage)")
@@ -75,7 +75,7 @@ class YuNet:
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         self.max_side = max_side
         self.scale = scale
-        self.net = session()
+        self.net = load_network()
         self.outputs = [o.name for o in self.net.get_outputs()]
 
     def propose(self, image: np.ndarray) -> np.ndarray:
