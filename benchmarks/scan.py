@@ -8,8 +8,10 @@ A folder's photos/s counts the command's start-up, which a folder of a few hundr
 and a seized collection does not. So each folder's first photo is also scanned alone by the
 command: its time is the start-up (`startup_seconds`, one photo included), and the folder's
 other photos over the time beyond it are the rate a long scan keeps (`photos_per_s_after_startup`).
+Each command runs `--runs` times, in turn with the other; the medians are reported, and the
+folder's slowest and fastest photos/s beside them: one timing on 2 shared cores is noise.
 
-    .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--min-face-size N] [--detectors W ...]
+    .venv/bin/python benchmarks/scan.py [--photos 300] [--big 10000] [--workers 0] [--runs 3] [--min-face-size N] [--detectors W ...]
         [--factor F ...] [--models M ...]
 
 Scenes: a face-free picture (scikit-image's samples) scaled to the size with two real UTKFace
@@ -25,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,12 +105,14 @@ def command_seconds(folder: Path, case: Path, cfg: ScanConfig, detector: Detecto
     return time.perf_counter() - started
 
 
-def as_commands(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorConfig, model: str) -> dict:
-    """The folder scanned in this process (`run_one`: where the time goes), then by the command:
-    over the folder, and over its first photo alone, whose time is the start-up (one photo
-    included); the folder's other photos over the time beyond it are the rate a long scan keeps.
-    Why both: in this process every scan after the first reuses the fork server the first one
-    started, so its photos/s leaves out part of the start-up a user waits for."""
+def as_commands(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorConfig, model: str, runs: int) -> dict:
+    """The folder scanned in this process (`run_one`: where the time goes), then by the command,
+    `runs` times in turn: over the folder, and over its first photo alone, whose time is the
+    start-up (one photo included); the folder's other photos over the time beyond it are the
+    rate a long scan keeps. Each figure is the median over the runs, with the slowest and the
+    fastest run's photos/s beside it. Why the command as well: in this process every scan after
+    the first reuses the fork server the first one started, so its photos/s leaves out part of
+    the start-up a user waits for."""
     alone = folder.with_name(folder.name + "_first")
     if not alone.exists():
         alone.mkdir()
@@ -115,11 +120,15 @@ def as_commands(folder: Path, case: Path, cfg: ScanConfig, detector: DetectorCon
         os.link(first, alone / first.name)
     photos = sum(1 for _ in folder.iterdir())
     in_process = run_one(folder, case, cfg, detector, model)
-    whole = command_seconds(folder, case.with_name(case.name + "_command"), cfg, detector, model)
-    startup = command_seconds(alone, case.with_name(case.name + "_first"), cfg, detector, model)
+    wholes, startups = [], []
+    for k in range(runs):
+        wholes.append(command_seconds(folder, case.with_name(f"{case.name}_command_{k}"), cfg, detector, model))
+        startups.append(command_seconds(alone, case.with_name(f"{case.name}_first_{k}"), cfg, detector, model))
+    whole, startup = statistics.median(wholes), statistics.median(startups)
     return {
-        "photos": photos, "faces": in_process["faces"],
-        "photos_per_s": round(photos / whole, 1), "seconds": round(whole, 2), "startup_seconds": round(startup, 2),
+        "photos": photos, "faces": in_process["faces"], "runs": runs,
+        "photos_per_s": round(photos / whole, 1), "photos_per_s_slowest_fastest": [round(photos / max(wholes), 1), round(photos / min(wholes), 1)],
+        "seconds": round(whole, 2), "startup_seconds": round(startup, 2),
         "photos_per_s_after_startup": round((photos - 1) / (whole - startup), 1) if whole > startup else None,
         "in_process": {k: in_process[k] for k in ("photos_per_s", "faces_per_s", "seconds", "time_share")},
     }
@@ -130,6 +139,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=300, help="files per folder for the speed runs")
     parser.add_argument("--big", type=int, default=10_000, help="files in the memory run (0 = skip)")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    parser.add_argument("--runs", type=int, default=3, help="times each folder is scanned by the command, in turn with its first photo (default: %(default)s)")
     parser.add_argument("--min-face-size", type=int, default=ScanConfig().min_face_size)
     parser.add_argument("--detectors", nargs="+", default=[DetectorConfig().weights], help="detector weight choices, timed side by side (default: the default)")
     parser.add_argument("--factor", type=float, nargs="+", default=[ScanConfig().pyramid_factor],
@@ -155,9 +165,9 @@ def main() -> None:
             chosen = DetectorConfig(min_face_size=args.min_face_size, weights=weights, factor=factor)
             name = ", ".join([weights] + [f"factor {factor}"] * (len(args.factor) > 1) + [f"model {model}"] * (len(args.models) > 1))
             name += f" (run {sum(key.startswith(name) for key in report) + 1})" if variants.count(variants[k]) > 1 else ""
-            report[name] = {"utkface_200px": as_commands(tmp / "utkface", tmp / f"case_utk_{k}", cfg, chosen, model)}
+            report[name] = {"utkface_200px": as_commands(tmp / "utkface", tmp / f"case_utk_{k}", cfg, chosen, model, args.runs)}
             for size in (640, 1280):
-                report[name][f"scenes_{size}px"] = as_commands(tmp / f"scenes_{size}", tmp / f"case_{size}_{k}", cfg, chosen, model)
+                report[name][f"scenes_{size}px"] = as_commands(tmp / f"scenes_{size}", tmp / f"case_{size}_{k}", cfg, chosen, model, args.runs)
         if args.big:
             link_photos(tmp / "big" / "photos", args.big)
             command = [sys.executable, __file__, "--memory-run", str(tmp / "big"), "--workers", str(args.workers), "--min-face-size", str(args.min_face_size),
