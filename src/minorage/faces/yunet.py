@@ -7,8 +7,9 @@ shaped differently from MTCNN's, and the age model was trained on faces framed f
 so each YuNet face is passed to the O-Nets (`detection`), which place the box and the five
 points as they do for their own proposals.
 
-The network runs in ONNX Runtime, which takes 3.7 ms for a 640x480 photo on one core where
-OpenCV's `FaceDetectorYN` takes 11.3 (`docs/benchmarks.md`); its outputs are decoded here as
+The network runs in ONNX Runtime, which took 4.5 ms of a 640x480 scene on one core where
+OpenCV's `FaceDetectorYN` took 11.9 (`benchmarks/detection_choices.py --timing 32`,
+`docs/benchmarks.md`); its outputs are decoded here as
 `FaceDetectorYN` decodes them, to the same faces. The weights are OpenCV Zoo's
 `face_detection_yunet_2023mar.onnx` (MIT), with the input made of any size
 (`scripts/yunet_any_size.py`), shipped in `minorage/weights/yunet/` with their licence.
