@@ -7,21 +7,22 @@ ones (non-maximum suppression).
 
 Weights ship in the package: the stock P/R/O-Net are facenet-pytorch 2.6.0's (MIT, in
 `minorage/weights/mtcnn/stock/` with their licence); the project's own R/O-Net fine-tuned on
-eye-barred faces live in `minorage/weights/mtcnn/` (see `detector_training`).
+eye-barred faces live in `minorage/weights/mtcnn/` (see `detector_training`). The networks are
+defined in PyTorch (`mtcnn`) and run here from their ONNX exports beside the weights
+(`minorage.exported`), so that detection never imports PyTorch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from minorage.config import DetectorConfig
+from minorage.exported import ExportedNetwork
 from minorage.faces.yunet import YuNet
 
 
@@ -64,82 +65,6 @@ class Face:
 
 
 # ---------------------------------------------------------------------------------------------
-# The three networks; parameter names follow the facenet-pytorch state dicts
-
-
-class PNet(nn.Module):
-    """Proposal network: fully convolutional, one 12x12 window every 2 pixels."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / not face
-        self.conv4_2 = nn.Conv2d(32, 4, 1)  # box regression
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return torch.softmax(self.conv4_1(x), dim=1)[:, 1], self.conv4_2(x)
-
-
-class RNet(nn.Module):
-    """Refinement network on 24x24 candidates."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1 = nn.Linear(128, 2)
-        self.dense5_2 = nn.Linear(128, 4)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x))
-        # the weights come from the original Caffe model, which saw images transposed
-        return self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(face logits (N, 2), box regression (N, 4))."""
-        x = self.features(x)
-        return self.dense5_1(x), self.dense5_2(x)
-
-
-class ONet(nn.Module):
-    """Output network on 48x48 candidates: score, box regression and the five points."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)  # x of the five points, then y
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(face logits (N, 2), box regression (N, 4), points (N, 10))."""
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))
-        x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
-        return self.dense6_1(x), self.dense6_2(x), self.dense6_3(x)
-
-
-# ---------------------------------------------------------------------------------------------
 # Weights
 
 
@@ -169,12 +94,21 @@ def weights_files(weights: str) -> dict[str, Path]:
     return files
 
 
-def load_networks(weights: str = "stock") -> tuple[PNet, RNet, ONet]:
-    nets = (PNet(), RNet(), ONet())
-    for net, path in zip(nets, weights_files(weights).values()):
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        net.eval()
-    return nets
+#: One of MTCNN's networks as the cascade calls it: a float NCHW batch in, arrays out (P-Net: face
+#: probability, box offsets; R-Net: face logits, offsets; O-Net: logits, offsets, points).
+Network = Callable[[np.ndarray], tuple[np.ndarray, ...]]
+
+
+def load_networks(weights: str = "stock") -> tuple[Network, Network, Network]:
+    """P-Net, R-Net and O-Net for a weights choice: each in ONNX Runtime where its export beside
+    it is current (`minorage.exported`), else in PyTorch (a folder of freshly trained weights)."""
+    return tuple(ExportedNetwork.of(path) or _torch_network(name, path) for name, path in weights_files(weights).items())
+
+
+def _torch_network(name: str, path: Path) -> Network:
+    from minorage.faces.mtcnn import TorchNetwork, load_module
+
+    return TorchNetwork(load_module(name, path))
 
 
 #: Weight choices that run several R/O-Net pairs behind one P-Net: the union of their faces
@@ -184,7 +118,7 @@ UNIONS = {"union": ("stock", "tuned"), "yunet": ("stock", "tuned"), "union+yunet
 PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
 
 
-def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[PNet, list[tuple[RNet, ONet]]]:
+def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[Network, list[tuple[Network, Network]]]:
     """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union)."""
     pairs = [load_networks(tuned if w == "tuned" else w) for w in UNIONS.get(weights, (weights,))]
     return pairs[0][0], [(rnet, onet) for _, rnet, onet in pairs]
@@ -255,9 +189,14 @@ def cut_patches(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def normalise(rgb: np.ndarray) -> torch.Tensor:
-    """uint8/float NHWC RGB -> the networks' input: NCHW, (x - 127.5) / 128."""
-    return (torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(0, 3, 1, 2) - 127.5) * 0.0078125
+def normalise(rgb: np.ndarray) -> np.ndarray:
+    """uint8/float NHWC RGB -> the networks' input: float32 NCHW, (x - 127.5) / 128."""
+    return np.ascontiguousarray((np.asarray(rgb, np.float32).transpose(0, 3, 1, 2) - 127.5) * 0.0078125)
+
+
+def face_probability(logits: np.ndarray) -> np.ndarray:
+    """The softmax's face column of (N, 2) logits."""
+    return 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +235,7 @@ class FaceDetector:
         found = []
         for scale, resized in self.levels(rgb):
             prob, reg = self.pnet(normalise(resized[None]))
-            prob, reg = prob[0].numpy(), reg[0].numpy()
+            prob, reg = prob[0], reg[0]
             ys, xs = np.nonzero(prob >= self.cfg.thresholds[0])
             if not len(ys):
                 continue
@@ -310,28 +249,27 @@ class FaceDetector:
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def refine(self, patches: np.ndarray, boxes: np.ndarray, rnet: RNet) -> np.ndarray:
+    def refine(self, patches: np.ndarray, boxes: np.ndarray, rnet: Network) -> np.ndarray:
         """Stage 2: R-Net on the boxes' 24x24 patches keeps, regresses and re-squares them."""
         logits, reg = rnet(normalise(patches))
-        score = torch.softmax(logits, dim=1)[:, 1].numpy()
+        score = face_probability(logits)
         keep = score > self.cfg.thresholds[1]
-        boxes = np.concatenate([regress(boxes[keep], reg.numpy()[keep]), score[keep, None]], axis=1)
+        boxes = np.concatenate([regress(boxes[keep], reg[keep]), score[keep, None]], axis=1)
         boxes = boxes[nms(boxes, boxes[:, 4], 0.7)]
         return np.concatenate([squared(boxes), boxes[:, 4:5]], axis=1)
 
-    def output(self, patches: np.ndarray, boxes: np.ndarray, onet: ONet) -> list[Face]:
+    def output(self, patches: np.ndarray, boxes: np.ndarray, onet: Network) -> list[Face]:
         """Stage 3: O-Net scores the boxes' 48x48 patches, places the points, regresses the final boxes."""
         logits, reg, points = onet(normalise(patches))
-        score = torch.softmax(logits, dim=1)[:, 1].numpy()
+        score = face_probability(logits)
         keep = score > self.cfg.thresholds[2]
-        boxes, reg, points, score = boxes[keep], reg.numpy()[keep], points.numpy()[keep], score[keep]
+        boxes, reg, points, score = boxes[keep], reg[keep], points[keep], score[keep]
         size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
         points = boxes[:, None, :2] + np.stack([points[:, :5], points[:, 5:]], axis=2) * size[:, None, :]
         final = regress(boxes, reg)
         kept = nms(final, score, 0.7, by_min=True)
         return [Face(tuple(float(v) for v in final[i]), float(score[i]), points[i]) for i in kept]
 
-    @torch.inference_mode()
     def cascade(self, image: np.ndarray) -> list[Face]:
         """One pass of the three stages over a BGR uint8 image, best score first; with several
         R/O-Net pairs, each on the same proposals (their patches cut once), and a face found by
@@ -350,13 +288,12 @@ class FaceDetector:
             faces += self.output(patches, found, onet)
         return merged(faces) if len(self.pairs) > 1 else faces
 
-    @torch.inference_mode()
     def points_at(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The five points (N, 5, 2) the first pair's O-Net places in each given box of a BGR
         image: for faces whose box is known already (a data set's stored faces), without
         detecting them again."""
         squares = squared(np.asarray(boxes, float).reshape(-1, 4))
-        points = self.pairs[0][1](normalise(cut_patches(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), squares, 48)))[2].numpy()
+        points = self.pairs[0][1](normalise(cut_patches(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), squares, 48)))[2]
         size = squares[:, 2:4] - squares[:, :2]
         return squares[:, None, :2] + np.stack([points[:, :5], points[:, 5:]], axis=2) * size[:, None, :]
 

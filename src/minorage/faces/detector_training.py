@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from minorage import config
 from minorage.config import DetectorConfig, DetectorTrainingConfig
-from minorage.faces.detection import Face, FaceDetector, cut_patches, iou, load_networks, main_face, normalise, squared
+from minorage.faces.detection import Face, FaceDetector, cut_patches, iou, main_face, normalise, squared, weights_files
+from minorage.faces.mtcnn import load_module
 from minorage.faces.occlusion import EyeBar, eye_bar, fill_bar, occlude_all
 from minorage.faces.wild import DEGRADATIONS, wild_photo
 
@@ -224,7 +225,7 @@ def fine_tune(net: nn.Module, arrays: dict[str, np.ndarray], cfg: DetectorTraini
             patches = np.where(flip.numpy()[:, None, None, None], patches[:, :, ::-1], patches)
             batch["boxes"] = torch.where(flip[:, None], batch["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]), batch["boxes"])
             batch["points"] = _flip_points(batch["points"], flip)
-            loss = mtcnn_loss(net(normalise(patches)), batch, point_weight)
+            loss = mtcnn_loss(net(torch.from_numpy(normalise(patches))), batch, point_weight)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -259,7 +260,8 @@ def train_detector(out_dir: Path, cfg: DetectorTrainingConfig = DetectorTraining
     started = time.time()
     train, held = split_photos(cfg)
     samples = build_samples(train, cfg, progress)
-    _, rnet, onet = load_networks("stock")
+    stock = weights_files("stock")
+    rnet, onet = load_module("rnet", stock["rnet"]), load_module("onet", stock["onet"])
     history = {
         "rnet": fine_tune(rnet, samples["rnet"], cfg, 0.0, progress),
         "onet": fine_tune(onet, samples["onet"], cfg, 1.0, progress),

@@ -1,5 +1,9 @@
 """`AgeEstimator`: a model and its card behind one call, `predict(faces) -> ages`.
 
+Where a checkpoint's parts have current ONNX exports beside it (`exported_parts`: the shipped
+default has), `predict` runs them in ONNX Runtime and PyTorch is not imported; the networks load
+only for what needs them (`net`, `runtime`: training, calibrating, combining).
+
 A model with an edge part (`ByFrameNetwork`) is two estimators: its main part, and `edge`, an
 estimator of its own (its framing, flags and calibration) for the faces whose frame leaves the
 photo; `predict` takes each face's route from the caller, who framed it. A model with a second
@@ -12,38 +16,73 @@ veto given its ages.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from minorage import config
 from minorage.config import Framing, Framings
+from minorage.exported import ExportedNetwork
+from minorage.model import exported_parts
 from minorage.model.calibration import Calibrations
-from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, resolve_model
-from minorage.model.checkpoint import load_checkpoint
-from minorage.model.keras import load_pretrained_network
-from minorage.model.network import ByFrameNetwork, SecondOpinionNetwork
-from minorage.model.runtime import predict_ages, runtime_for
+from minorage.model.card import DEFAULT_MODEL, ModelCard, age_range, describe, read_card, resolve_model, weights_file
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class AgeEstimator:
     """An age network (SSR-Net, or the residual network) with its model card: `predict` turns 64x64 BGR face crops into ages in years."""
 
-    def __init__(self, net: nn.Module, card: ModelCard, source: str = "", minor_below: float | None = None):
-        self.opinion = AgeEstimator(net.opinion, ModelCard.from_dict(card.second_opinion), source).over_whole_range() \
-            if isinstance(net, SecondOpinionNetwork) else None
-        net = net.model if isinstance(net, SecondOpinionNetwork) else net
-        self.net = net.eval()
-        self.card = card
-        self.source = source
-        routed = isinstance(net, ByFrameNetwork)
-        self.runtime = runtime_for(net.main if routed else self.net)  # what `predict` runs
-        self.edge = AgeEstimator(net.edge, ModelCard.from_dict(card.edge), source, minor_below) if routed else None
+    def __init__(self, net: nn.Module | Callable[[], nn.Module], card: ModelCard, source: str = "", minor_below: float | None = None,
+                 exports: dict[str, ExportedNetwork] | None = None):
+        """`net`: the model's networks; or, with `exports` (its parts' current ONNX exports,
+        `exported_parts.load_parts`), a function that loads them, called only if they are asked for."""
+        self.card, self.source = card, source
+        self.opinion: AgeEstimator | None = None
+        self.edge: AgeEstimator | None = None
+        if exports is None:
+            from minorage.model.network import ByFrameNetwork, SecondOpinionNetwork
+
+            if isinstance(net, SecondOpinionNetwork):
+                self.opinion = AgeEstimator(net.opinion, ModelCard.from_dict(card.second_opinion), source).over_whole_range()
+                net = net.model
+            if isinstance(net, ByFrameNetwork):
+                self.edge = AgeEstimator(net.edge, ModelCard.from_dict(card.edge), source, minor_below)
+            self._net, self._load, self._export = net.eval(), None, None
+        else:
+            if "edge" in exports:
+                self.edge = AgeEstimator(lambda: self.net.edge, ModelCard.from_dict(card.edge), source, minor_below, {"main": exports["edge"]})
+            self._net, self._load, self._export = None, net, exports["main"]
+        self._runtime = None
         top = self.age_range[1]
         if minor_below is not None and not 0 < minor_below <= top:
             raise ValueError(f"the minor flag threshold must be an age within the model's range (0, {top}], got {minor_below}")
         self._minor_below = minor_below  # the user's operating point, else the card's
+
+    @property
+    def net(self) -> nn.Module:
+        """The model's networks (PyTorch), every part kept: loaded on first use where `predict` runs exports."""
+        if self._net is None:
+            self._net = self._load().eval()
+        return self._net
+
+    @property
+    def runtime(self) -> nn.Module:
+        """What `predict` runs in PyTorch: the main part's `runtime_for` (made on first use)."""
+        if self._runtime is None:
+            from minorage.model.network import ByFrameNetwork
+            from minorage.model.runtime import runtime_for
+
+            self._runtime = runtime_for(self.net.main if isinstance(self.net, ByFrameNetwork) else self.net)
+        return self._runtime
+
+    @property
+    def runs_exported(self) -> bool:
+        """Whether `predict` runs in ONNX Runtime (every part's export current), not PyTorch."""
+        return self._export is not None and (self.edge is None or self.edge.runs_exported)
 
     def over_whole_range(self) -> AgeEstimator:
         """This estimator reading its network's whole range, its card's cap lifted (in place).
@@ -58,6 +97,8 @@ class AgeEstimator:
         `minor_below` flags estimates below it instead of the model card's threshold."""
         key = str(name_or_path)
         if key in config.PRETRAINED_NAMES:
+            from minorage.model.keras import load_pretrained_network
+
             card = ModelCard(
                 name=key,
                 data={"source": f"original SSR-Net weights {key}.h5 (Yang et al., IJCAI 2018)"},
@@ -65,6 +106,12 @@ class AgeEstimator:
             )
             return cls(load_pretrained_network(key), card, source=str(config.ssrnet_weights(key)), minor_below=minor_below)
         path = resolve_model(name_or_path)
+        weights = weights_file(path)
+        card = read_card(weights)
+        if (exports := exported_parts.load_parts(weights, card)) is not None:
+            return cls(lambda: _checkpoint_network(weights), card, str(weights), minor_below, exports)
+        from minorage.model.checkpoint import load_checkpoint
+
         net, card = load_checkpoint(path)
         return cls(net, card, source=str(path.with_suffix(".safetensors") if path.is_file() else path), minor_below=minor_below)
 
@@ -75,7 +122,7 @@ class AgeEstimator:
     @property
     def framings(self) -> Framings:
         """How faces are framed for the main part, and for the edge part where there is one."""
-        chip = self.opinion.net.cfg.image_size if self.opinion else 0
+        chip = self.opinion.card.architecture.image_size if self.opinion else 0
         return Framings(self.framing, self.edge.framing if self.edge else None, self.card.edge_above, chip)
 
     @property
@@ -131,26 +178,41 @@ class AgeEstimator:
         `edge_filled` (N,) marks the faces framed for the edge part (`framing.frame_routed`):
         read by it where the model has one."""
         faces = np.asarray(faces)
-        size = self.net.cfg.image_size
+        size = self.card.architecture.image_size
         if faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
             raise ValueError(f"faces must be (N, {size}, {size}, 3) uint8 BGR, got {faces.shape}")
         if faces.dtype != np.uint8:
             raise ValueError(f"faces must be uint8 (raw 0..255), got {faces.dtype}")
         if self.edge is None or edge_filled is None:
-            return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
+            return self._ages(faces, batch_size)
         filled = np.asarray(edge_filled, bool)
         if filled.shape != (len(faces),):
             raise ValueError(f"edge_filled must mark each of the {len(faces)} faces, got {len(filled)}")
         ages = np.empty(len(faces), np.float32)
         if (~filled).any():
-            ages[~filled] = predict_ages(self.runtime, faces[~filled], batch_size, self.card.max_age)
+            ages[~filled] = self._ages(faces[~filled], batch_size)
         if filled.any():
             ages[filled] = self.edge.predict(faces[filled], batch_size)
         return ages
 
+    def _ages(self, faces: np.ndarray, batch_size: int) -> np.ndarray:
+        """The main part's ages, capped at the card's `max_age`: from its export, else in PyTorch."""
+        if self._export is None:
+            from minorage.model.runtime import predict_ages
+
+            return predict_ages(self.runtime, faces, batch_size, self.card.max_age)
+        ages = exported_parts.ages(self._export, faces)
+        return ages if self.card.max_age is None else np.minimum(ages, np.float32(self.card.max_age))
+
     def describe(self) -> dict:
         """What `minorage info` shows: size, parameters, range, framing and the model card."""
         return describe(self.card, self.source, sum(p.numel() for p in self.net.parameters()), self.age_range)
+
+
+def _checkpoint_network(path: Path) -> nn.Module:
+    from minorage.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)[0]
 
 
 def with_second_opinion(below: np.ndarray | float, opinions: np.ndarray | float, eyes_barred: np.ndarray | bool,

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from minorage.model.network import AveragedNetwork, ByLookNetwork, averaged, route
+from minorage.exported import export
+from minorage.model.checkpoint import load_checkpoint
+from minorage.model.exported_parts import exportable, part_paths
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, averaged, route
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
@@ -120,6 +124,31 @@ class RoutedRuntime(nn.Module):
 def runtime_for(net: nn.Module) -> InferenceRuntime | RoutedRuntime:
     """How a trained network runs at inference."""
     return RoutedRuntime(net) if isinstance(net, ByLookNetwork) else InferenceRuntime(net)
+
+
+class FromFaces(nn.Module):
+    """A part fed faces as `AgeEstimator.predict` takes them, uint8 NHWC: what its export reads."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.net(faces.permute(0, 3, 1, 2).float())
+
+
+def export_parts(weights: Path) -> list[Path]:
+    """Export each part of a checkpoint beside it, folded (`exported_parts`; needs the `onnx` package)."""
+    net, card = load_checkpoint(weights)
+    if not exportable(card):
+        raise ValueError(f"{weights}: a model with a second opinion or a grayscale specialist runs in PyTorch only")
+    parts = {"main": net.main, "edge": net.edge} if isinstance(net, ByFrameNetwork) else {"main": net}
+    paths = part_paths(weights, card)
+    for name, part in parts.items():
+        size = part.cfg.image_size
+        export(FromFaces(fold_batch_norms(part)), torch.zeros(2, size, size, 3, dtype=torch.uint8), paths[name], weights,
+               ["ages"], {"x": {0: "faces"}, "ages": {0: "faces"}})
+    return list(paths.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from minorage import __version__
@@ -129,9 +129,21 @@ _worker: dict = {}
 
 
 def _init_worker(detector_cfg: DetectorConfig, framings: Framings, cfg: ScanConfig) -> None:
-    torch.set_num_threads(1)
     cv2.setNumThreads(1)
     _worker.update(detector=FaceDetector(detector_cfg), framings=framings, cfg=cfg)
+    set_torch_threads(1)
+
+
+def set_torch_threads(threads: int) -> int | None:
+    """Where networks run in PyTorch (weights without a current ONNX export), give it `threads`
+    threads, as the ONNX Runtime sessions have one each; returns how many it had, None where
+    PyTorch is not loaded (it is not imported for this)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before
 
 
 def _read(opened: Opened, path: str, max_bytes: int) -> tuple[int, dict[str, str], str, bytes | None]:
@@ -323,8 +335,7 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
                 yield entry.path
 
     workers = cfg.workers or os.cpu_count() or 1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers have the cores; ages are a small share of the work
+    threads = set_torch_threads(1)  # the workers have the cores; ages are a small share of the work
     pool = Supervisor(workers, _init_worker, (detector_cfg, estimator.framings, cfg), examine, cfg.in_flight, cfg.file_timeout,
                       preload=(__name__,))
     outcome = "interrupted"
@@ -338,7 +349,8 @@ def scan(sources: list[str], case_dir: Path, estimator: AgeEstimator, detector_c
         raise
     finally:
         pool.close()
-        torch.set_num_threads(threads)
+        if threads:
+            set_torch_threads(threads)
         bar.close()
         summary.atime_kept &= record.atime_kept
         summary.workers_replaced = pool.replaced

@@ -7,8 +7,9 @@ too, gets the status `worker_died` with the signal; the files queued behind it a
 out again. A file that runs past the time limit is `timeout` and its worker is replaced. The
 other workers go on throughout, and the run always ends. On Linux, workers are forked from a
 server process that has imported their modules once, so that a replacement starts in a few
-hundredths of a second instead of importing PyTorch anew (about 0.7 s, `benchmarks/workers.py`):
-a collection of crafted files that each crash a decoder costs two replacements a file.
+hundredths of a second instead of importing them and loading the detector anew (about 0.3 s;
+`benchmarks/workers.py`): a collection of crafted files that each crash a decoder costs two
+replacements a file.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def default_start_method() -> str:
 def start_fork_server(preload: tuple[str, ...]) -> None:
     """Start the fork server now, importing `preload`, where workers are forked from one: a
     caller that starts it before importing those modules itself imports them at the same time
-    instead of a second or more before (PyTorch takes about one)."""
+    instead of one after the other."""
     if default_start_method() == "forkserver":
         get_context("forkserver").set_forkserver_preload(list(preload))
         forkserver.ensure_running()

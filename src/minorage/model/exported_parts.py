@@ -1,0 +1,49 @@
+"""An age model's parts in ONNX Runtime (`minorage.exported`): what `AgeEstimator.predict` runs
+when the exports beside a checkpoint are current, so that reading ages never imports PyTorch.
+
+Each part (the model, or of a routed model its main and its edge part) is exported whole: its
+networks with their BatchNorms folded, averaged, over the mirrored face too where the model
+mirrors, taking the faces as `predict` does, uint8 (N, H, W, 3) BGR, and giving the network's
+ages (N,) before the card's cap. `default.safetensors` has `default.onnx` (its main part) and
+`default.edge.onnx` beside it. A model with a second opinion or a grayscale specialist runs in
+PyTorch: its parts choose between networks per face inside the model. The exports are made by
+`runtime.export_parts` (`scripts/export_onnx.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minorage.exported import ExportedNetwork
+from minorage.model.card import ModelCard
+
+#: Faces an export reads at a time: the first maps of 32 faces (16 MB) stay in the CPU's cache.
+SLICE = 32
+
+
+def part_paths(weights: Path, card: ModelCard) -> dict[str, Path]:
+    """Where a checkpoint's exports lie: `main` (the model itself where it has no edge part) and `edge`."""
+    return {"main": weights.with_suffix(".onnx"), **({"edge": weights.with_name(f"{weights.stem}.edge.onnx")} if card.edge else {})}
+
+
+def exportable(card: ModelCard) -> bool:
+    """Whether a model's parts can run as exports: not where a part picks networks per face."""
+    return not card.second_opinion and not card.grayscale and not (card.edge or {}).get("grayscale")
+
+
+def load_parts(weights: Path, card: ModelCard) -> dict[str, ExportedNetwork] | None:
+    """Every part's current export, or None where any is missing or stale (the model then runs in PyTorch)."""
+    if not exportable(card):
+        return None
+    parts = {name: ExportedNetwork.of(weights, path) for name, path in part_paths(weights, card).items()}
+    return parts if all(parts.values()) else None
+
+
+def ages(part: ExportedNetwork, faces: np.ndarray) -> np.ndarray:
+    """A part's ages (N,) float32 for uint8 NHWC faces, `SLICE` faces at a time."""
+    out = np.empty(len(faces), np.float32)
+    for start in range(0, len(faces), SLICE):
+        out[start : start + SLICE] = part(np.ascontiguousarray(faces[start : start + SLICE]))[0]
+    return out
