@@ -1,9 +1,11 @@
 """Age model speed and memory: training seconds per epoch, inference faces/s at batch 1 and
 256 on 2 threads, peak memory; and the bound the CPU's arithmetic puts on the speed.
 
-Inference is timed as `AgeEstimator.predict` runs it (BatchNorms folded, TorchScript-frozen so that
-oneDNN fuses each convolution with its activation, 32-face slices) and, for comparison, as the
-folded network run eagerly on whole batches (what `predict` ran until 2026-11-29).
+Inference is timed as `AgeEstimator.predict` runs it (for a model with current ONNX exports, as the
+default has, those in ONNX Runtime on one thread; `predict_runs` says which), as its PyTorch
+runtime runs it on 2 threads (BatchNorms folded, TorchScript-frozen so that oneDNN fuses each
+convolution with its activation, 32-face slices) and, for comparison, as the folded network run
+eagerly on whole batches (what `predict` ran until 2026-11-29).
 
     .venv/bin/python benchmarks/age_model.py [--model default] [--data DIR] [--int8] [--onnx]
 
@@ -246,10 +248,13 @@ def main() -> None:
     macs = multiply_adds(estimator.net)
     report = {"model": args.model, "threads": torch.get_num_threads(), "million_multiply_adds_per_face": round(macs / 1e6, 2),
               **arithmetic_ceiling(macs)}
+    report["predict_runs"] = "its ONNX exports in ONNX Runtime, one thread" if estimator.runs_exported else "PyTorch"
     runtime = lambda x, batch: estimator.predict(x, batch_size=batch)  # noqa: E731
+    in_pytorch = lambda x, batch: predict_ages(estimator.runtime, x, batch, estimator.card.max_age)  # noqa: E731
     eager = estimator.runtime.folded  # the runtime's own folded copy, run on whole batches
     for batch in (1, 256):
         report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(runtime, faces, batch), 1)
+        report[f"pytorch_faces_per_s_batch_{batch}"] = round(faces_per_second(in_pytorch, faces, batch), 1)
         report[f"eager_faces_per_s_batch_{batch}"] = round(faces_per_second(
             lambda x, b: predict_ages(eager, x, b, estimator.card.max_age), faces, batch), 1)
     predictors = {"": runtime}

@@ -1,4 +1,4 @@
-"""Face detection: time per image at 250, 640 and 1280 px on 2 threads, and recall on held-out
+"""Face detection: time per image at 250, 640 and 1280 px (the networks on one thread each, OpenCV on two), and recall on held-out
 UTKFace faces as they are and eye-barred, as chips and pasted into scenes (`minorage.wild`:
 varied size, position and angle, grayscale, sepia, low resolution, JPEG, blur, noise, cut by the
 edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same proposals vs YuNet's
@@ -27,7 +27,6 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-import torch
 from scene import compose  # benchmarks/scene.py
 
 from minorage import config
@@ -69,7 +68,6 @@ def main() -> None:
     parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size,
                         help="every detector's smallest face (default: %(default)s, `predict`'s; `scan`'s is 32)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     cv2.setNumThreads(2)
     base = DetectorConfig(min_face_size=args.min_face_size)
     settings = {w: replace(base, weights=w) for w in args.detectors}
@@ -89,7 +87,7 @@ def main() -> None:
     if args.yunet_face_px is not None:
         settings.update({f"{w}, YuNet's smallest face {args.yunet_face_px} px": replace(base, weights=w, yunet_face_px=args.yunet_face_px)
                          for w in args.detectors if "yunet" in w})
-    report = {"threads": torch.get_num_threads(), "ms_per_image": {}}
+    report = {"threads": "one per network (ONNX Runtime), two for OpenCV's resizing", "ms_per_image": {}}
     for name, cfg in settings.items():
         detector = FaceDetector(cfg)
         for size in (250, 640, 1280):

@@ -58,7 +58,6 @@ from itertools import chain
 
 import cv2
 import numpy as np
-import torch
 
 from minorage.config import DetectorConfig, DetectorTrainingConfig, InferenceConfig, ScanConfig
 from minorage.faces.detection import FaceDetector, cut_patches, iou, squared
@@ -113,7 +112,6 @@ def stage_by_stage(detector: FaceDetector, image: np.ndarray) -> Iterator[tuple[
     yield "onet_after_yunet", [f.box for _, onet in detector.pairs if len(squares) for f in detector.output(patches, squares, onet)]
 
 
-@torch.inference_mode()
 def stages(photos: int) -> dict:
     _, held = split_photos(DetectorTrainingConfig())
     _, barred = face_pairs(held[:photos])
@@ -199,7 +197,6 @@ def onet_thresholds(tried: list[float], factor: float, photos: int, min_face_siz
 def factors(steps: list[float], photos: int) -> dict:
     from detection import scenes, time_per_image  # benchmarks/detection.py
 
-    torch.set_num_threads(1)
     _, held = split_photos(DetectorTrainingConfig())
     settings = {f"factor {f}": DetectorConfig(factor=f) for f in steps}
     out = evaluate_detectors(settings, held[:photos], progress=False)
@@ -208,14 +205,12 @@ def factors(steps: list[float], photos: int) -> dict:
     return out
 
 
-@torch.inference_mode()
 def timing(min_face_size: int, count: int = 40, repeats: int = 3) -> dict:
     """Milliseconds per 640 px scene (benchmarks/detection.py's) in each stage of the default
     detector, one thread, the fastest of `repeats` passes: where a scan's detection time goes.
     P-Net's time is given without the pyramid's resizing, which is timed on its own."""
     from detection import scenes  # benchmarks/detection.py
 
-    torch.set_num_threads(1)
     cv2.setNumThreads(1)
     detector, images = FaceDetector(DetectorConfig(min_face_size=min_face_size)), scenes(640, count)
     best: dict[str, float] = {}

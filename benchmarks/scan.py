@@ -39,13 +39,14 @@ from scene import compose  # benchmarks/scene.py
 
 from minorage import config
 from minorage.config import DetectorConfig, ScanConfig
-from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures
 from minorage.model.estimator import AgeEstimator
 from minorage.triage.scan import scan
 
 
 def write_scenes(folder: Path, size: int, count: int) -> None:
     """`count` JPEG scenes of `size` px wide, each with two real faces."""
+    from minorage.faces.detector_training import FACE_FREE_EVAL, face_free_pictures  # PyTorch: not in the memory run's process
+
     faces = sorted(config.utkface_dir().glob("*.jpg"))
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     folder.mkdir(parents=True)

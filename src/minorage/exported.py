@@ -10,15 +10,23 @@ stale copy: the network then runs in PyTorch, as it always can.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from minorage.model.card import file_sha256
-
 #: The metadata key naming the SHA-256 of the weights an export was made from.
 SOURCE_KEY = "source_sha256"
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read a MiB at a time: how a model file, and the weights an export came from, are named."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def session(path: Path, threads: int = 1):

@@ -4,7 +4,6 @@ flag's threshold, data, training, metrics, licence), where a named model lives, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from minorage import config, groups
 from minorage.config import Framing, ResNetConfig, SSRNetConfig
+from minorage.exported import file_sha256
 
 CHECKPOINT_FORMAT = "minorage-ssrnet/1"
 DEFAULT_MODEL = "default"
@@ -111,14 +111,6 @@ def card_path(weights_path: Path) -> Path:
 def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
     """A model shipped inside the package (src/minorage/weights/)."""
     return Path(str(resources.files("minorage") / "weights" / f"{name}.safetensors"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model(name_or_path: str | Path) -> Path | None:

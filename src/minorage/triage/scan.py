@@ -45,10 +45,10 @@ from minorage.evidence.io import (
 )
 from minorage.evidence.paths import display_path
 from minorage.evidence.sources import Entry, Walk, real_sources, walk
+from minorage.exported import file_sha256
 from minorage.faces.detection import Face, FaceDetector
 from minorage.faces.framing import frame_face
 from minorage.faces.occlusion import eyes_occluded
-from minorage.model.card import file_sha256
 from minorage.model.estimator import AgeEstimator
 from minorage.triage.case import (
     begin_run,
