@@ -300,3 +300,17 @@ def test_the_cli_leaves_sigpipe_as_python_sets_it(capsys):
     assert main(["info"]) == 0
     capsys.readouterr()
     assert signal.getsignal(signal.SIGPIPE) == before == signal.SIG_IGN
+
+
+def test_predict_in_threads_gives_the_rows_of_one_thread_in_the_same_order(capsys, tmp_path, mixed_folder, some_faces):
+    """Files are read and searched for faces several at a time: the rows, errors and order must
+    be those of one file at a time, on real photos mixed with broken files and a link."""
+    for face in some_faces[8:20]:
+        shutil.copy(face, mixed_folder / face.name)
+    (mixed_folder / "link.jpg").symlink_to(some_faces[3])
+    _, one, _ = run_cli(capsys, "predict", "--threads", "1", "--batch-size", "5", str(mixed_folder))
+    _, three, _ = run_cli(capsys, "predict", "--threads", "3", "--batch-size", "5", str(mixed_folder))
+    rows = parse("jsonl", one)
+    assert parse("jsonl", three) == rows
+    assert len({r["path"] for r in rows if r["status"] == "ok"}) >= 15 and {"corrupt", "not_image", "empty"} <= {r["status"] for r in rows}
+    assert run_cli(capsys, "predict", "--threads", "-1", str(mixed_folder))[0] != 0

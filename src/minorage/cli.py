@@ -101,6 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_video_frames=args.max_video_frames,
         follow_links=args.follow_links,
         minor_above=_minor_above(args),
+        threads=args.threads,
     )
     predictor = Predictor(_estimator(args), _detector(args), options)
     counter = _Counter()
@@ -485,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
         "crop is the face box, the model's margin is then added with repeated edge pixels (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="faces per network call (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=InferenceConfig.threads,
+                   help="files read and searched for faces at once; 0 = one per CPU core (default: %(default)s)")
     _reading_options(p)
     p.set_defaults(func=cmd_predict)
 

@@ -174,7 +174,7 @@ class InferenceConfig:
     batch_size: int = 256
     max_pixels: int = 100_000_000  # images above this are refused as possible decompression bombs
     max_bytes: int = 256 * 2**20  # image files above this are not read into memory (videos stream)
-    threads: int = 2
+    threads: int = 0  # files read and searched for faces at once, in threads; 0 = one per CPU core
     video_every: float = 1.0  # seconds between the video frames looked at
     max_video_frames: int = 3600  # frames looked at per video, at most
     face_fraction: float = 1.0  # with --crops, where no face is found: the central share of each side taken as the face box
