@@ -250,7 +250,7 @@ def main() -> None:
               **arithmetic_ceiling(macs)}
     report["predict_runs"] = "its ONNX exports in ONNX Runtime, one thread" if estimator.runs_exported else "PyTorch"
     runtime = lambda x, batch: estimator.predict(x, batch_size=batch)  # noqa: E731
-    in_pytorch = lambda x, batch: predict_ages(estimator.runtime, x, batch, estimator.card.max_age)  # noqa: E731
+    in_pytorch = lambda x, batch: predict_ages(estimator.runtime, x, batch, estimator.card.max_age)
     eager = estimator.runtime.folded  # the runtime's own folded copy, run on whole batches
     for batch in (1, 256):
         report[f"faces_per_s_batch_{batch}"] = round(faces_per_second(runtime, faces, batch), 1)

@@ -29,9 +29,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def session(path: Path, threads: int = 1):
-    """An ONNX Runtime session on `threads` threads. One by default: in a scan each worker has a
-    core, and these networks take milliseconds, where more threads only cost handing work over."""
+def inference(path: Path, threads: int = 1):
+    """ONNX Runtime's runner of one network file, on `threads` threads. One by default: in a scan
+    each worker has a core, and these networks take milliseconds, where more threads only cost
+    handing work over."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -46,12 +47,12 @@ class ExportedNetwork:
 
     def __init__(self, path: Path, threads: int = 1):
         self.path = path
-        self.session = session(path, threads)
-        self.input = self.session.get_inputs()[0].name
-        self.source_sha256 = self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        self.runner = inference(path, threads)
+        self.input = self.runner.get_inputs()[0].name
+        self.source_sha256 = self.runner.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(self.session.run(None, {self.input: x}))
+        return tuple(self.runner.run(None, {self.input: x}))
 
     @classmethod
     def of(cls, source: Path, path: Path | None = None, threads: int = 1) -> ExportedNetwork | None:

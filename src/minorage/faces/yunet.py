@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import onnxruntime
 
-from minorage.exported import session
+from minorage.exported import inference
 
 MODEL_FILE = Path(__file__).parents[1] / "weights" / "yunet" / "face_detection_yunet_2023mar_any_size.onnx"
 #: The network's strides: each output map has one cell per `stride` pixels of the input.
@@ -34,7 +34,7 @@ def load_network(path: Path = MODEL_FILE) -> onnxruntime.InferenceSession:
     """The network on one thread: a scan's workers each have a core, and YuNet is a few milliseconds."""
     if not path.is_file():
         raise FileNotFoundError(f"YuNet weights missing: {path} (the package is incomplete: reinstall minorage)")
-    return session(path)
+    return inference(path)
 
 
 def network_input(image: np.ndarray) -> np.ndarray:
