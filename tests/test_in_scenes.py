@@ -123,3 +123,21 @@ def test_a_flag_chosen_in_scenes_reaches_the_reference_models_share_of_minors(sm
                  "--variant", "org"]) == 0
     assert json.loads(capsys.readouterr().out)["org"]["scenes"]["photos"] == 4
     assert main(["evaluate", "--data", str(data), "--scenes-skip", "2"]) != 0  # the photos of scenes, without scenes
+
+
+@pytest.mark.slow
+def test_scenes_looked_at_in_threads_are_the_scenes_of_one_thread(small_dataset):
+    """The scenes are made in order with one random generator and their faces looked for several
+    at a time: the same scenes, faces and looks as one at a time, in the same order."""
+    from minorage.paper.in_scenes import photos_of_split, scene_faces
+
+    _, data, _, _ = small_dataset
+    rows, detector = photos_of_split(data, photos=12), FaceDetector(DetectorConfig())
+    one, three = (list(scene_faces(rows, True, detector, seed=3, progress=False, threads=t)) for t in (1, 3))
+    assert [kind for _, _, kind in three] == [kind for _, _, kind in one]
+    for (scene_a, face_a, _), (scene_b, face_b, _) in zip(one, three, strict=True):
+        assert np.array_equal(scene_a.image, scene_b.image)
+        assert (face_a is None) == (face_b is None)
+        if face_a is not None:
+            assert face_a.box == face_b.box
+    assert sum(face is not None for _, face, _ in one) >= 8

@@ -40,6 +40,7 @@ from minorage.paper.evaluation import FAIRNESS_KEYS, photo_ids
 from minorage.paper.readers import UNKNOWN
 from minorage.paper.store import photo_demographics, source_image
 from minorage.paper.training import validation_mask
+from minorage.threads import in_order
 
 MIN_IOU = 0.3  # a detection counts as the pasted face (a turned face's true box is its corners' bounds)
 
@@ -87,15 +88,22 @@ Framed = tuple[np.ndarray, bool, np.ndarray | None] | None
 
 
 def scene_faces(rows: list[dict], barred: bool, detector: FaceDetector, seed: int = 0,
-                progress: bool = True) -> Iterator[tuple[WildPhoto, Face | None, str]]:
+                progress: bool = True, threads: int = 0) -> Iterator[tuple[WildPhoto, Face | None, str]]:
     """Each photo in its scene (the same scenes for a seed, barred or not), the face the detector
-    found there (None where it missed it) and the scene's look."""
+    found there (None where it missed it) and the scene's look. The scenes are made in order, the
+    faces looked for `threads` scenes at a time (`minorage.threads`; 0: one per CPU core)."""
     backgrounds = face_free_pictures(FACE_FREE_EVAL)
     rng = np.random.default_rng(seed)
-    for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
-        kind = DEGRADATIONS[k % len(DEGRADATIONS)]
-        scene = scene_of(row, barred, backgrounds[k % len(backgrounds)], kind, rng)
-        yield scene, face_in(scene, detector), kind
+
+    def scenes() -> Iterator[tuple[WildPhoto, str]]:
+        for k, row in enumerate(tqdm(rows, desc=f"scenes ({'barred' if barred else 'normal'})", unit="photo", disable=not progress, leave=False)):
+            kind = DEGRADATIONS[k % len(DEGRADATIONS)]
+            yield scene_of(row, barred, backgrounds[k % len(backgrounds)], kind, rng), kind
+
+    def looked(made: tuple[WildPhoto, str]) -> tuple[WildPhoto, Face | None, str]:
+        return made[0], face_in(made[0], detector), made[1]
+
+    return in_order(looked, scenes(), threads)
 
 
 def scene_crops(rows: list[dict], barred: bool, detector: FaceDetector, framings: list[Framings],
