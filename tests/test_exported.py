@@ -103,6 +103,19 @@ def test_a_network_changed_after_its_export_runs_in_pytorch(tmp_path, some_faces
     np.testing.assert_allclose(onet(patches)[0], stock(patches)[0], atol=1e-4)  # it reads the weights now there
 
 
+def test_a_damaged_export_is_left_for_the_network_in_pytorch(tmp_path, some_faces):
+    """An installation whose export file is damaged still detects, with the weights beside it."""
+    from minorage.faces.mtcnn import TorchNetwork
+
+    folder = tmp_path / "tuned"
+    shutil.copytree(shipped_weights_dir(), folder)
+    (folder / "rnet.onnx").write_bytes((folder / "rnet.onnx").read_bytes()[:5000])
+    with pytest.warns(UserWarning, match="cannot be loaded"):
+        detector = FaceDetector(DetectorConfig(weights=str(folder)))
+    assert isinstance(detector.pairs[0][0], TorchNetwork)
+    assert detector.detect(cv2.imread(str(some_faces[2])))
+
+
 def test_an_age_model_changed_after_its_export_runs_in_pytorch(tmp_path):
     from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 

@@ -58,11 +58,15 @@ class ExportedNetwork:
     def of(cls, source: Path, path: Path | None = None, threads: int = 1) -> ExportedNetwork | None:
         """The export at `path` (by default beside `source`, named as it is, `.onnx`) if it was
         made from `source` as it is now; None where there is none. A stale one (the weights changed
-        since) is left unused, with a warning."""
+        since), or one ONNX Runtime cannot load (a damaged file), is left unused, with a warning."""
         path = path or source.with_suffix(".onnx")
         if not path.is_file():
             return None
-        network = cls(path, threads)
+        try:
+            network = cls(path, threads)
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors share no base class but Exception
+            warnings.warn(f"{path} cannot be loaded ({error}): the network runs in PyTorch", stacklevel=2)
+            return None
         if network.source_sha256 == file_sha256(source):
             return network
         warnings.warn(f"{path} was exported from other weights than {source} holds now: the network runs in PyTorch "
