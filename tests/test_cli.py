@@ -279,6 +279,7 @@ def test_help_report_and_info_run_without_torch(tmp_path, capsys, some_faces):
     shown = json.loads(info.stdout)
     networks = shown["architecture"]["members"] + (shown["edge"]["architecture"]["members"] if "edge" in shown else 0)
     assert shown["parameters"] == networks * 40531 and shown["age_range"] == [0, 25]
+    assert shown["predict_runs_in"] == "ONNX Runtime, from its exports"
 
 
 def test_predict_whose_reader_leaves_ends_quietly(photos_folder):

@@ -3,6 +3,7 @@ and what lets `scan` and `predict` run without importing PyTorch."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from minorage.cli import main
 from minorage.config import DetectorConfig
 from minorage.exported import ExportedNetwork
 from minorage.faces import detection
@@ -116,7 +118,7 @@ def test_a_damaged_export_is_left_for_the_network_in_pytorch(tmp_path, some_face
     assert detector.detect(cv2.imread(str(some_faces[2])))
 
 
-def test_an_age_model_changed_after_its_export_runs_in_pytorch(tmp_path):
+def test_an_age_model_changed_after_its_export_runs_in_pytorch(tmp_path, capsys):
     from minorage.model.checkpoint import load_checkpoint, save_checkpoint
 
     source = packaged_model_path()
@@ -133,6 +135,9 @@ def test_an_age_model_changed_after_its_export_runs_in_pytorch(tmp_path):
     with pytest.warns(UserWarning, match="exported from other weights"):
         changed = AgeEstimator.from_pretrained(tmp_path / "default.safetensors")
     assert not changed.runs_exported
+    with pytest.warns(UserWarning, match="exported from other weights"):
+        assert main(["info", str(tmp_path / "default.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["predict_runs_in"] == "PyTorch"  # what an examiner is told
     faces = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     assert not np.allclose(changed.predict(faces, edge_filled=np.ones(6, bool)), copied.predict(faces, edge_filled=np.ones(6, bool)), atol=1e-3)
 

@@ -402,8 +402,10 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from minorage.model.card import describe_checkpoint, resolve_model
 
-    if resolve_model(args.model) is not None:  # a checkpoint: its card and header, without torch
-        print(json.dumps(describe_checkpoint(args.model), indent=2))
+    if (path := resolve_model(args.model)) is not None:  # a checkpoint: its card and header, without torch
+        from minorage.model.exported_parts import runs_in
+
+        print(json.dumps({**describe_checkpoint(args.model), "predict_runs_in": runs_in(path)}, indent=2))
         return 0
     from minorage.model.estimator import AgeEstimator
 

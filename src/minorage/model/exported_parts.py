@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from minorage.exported import ExportedNetwork
-from minorage.model.card import ModelCard
+from minorage.model.card import ModelCard, read_card, weights_file
 
 #: Faces an export reads at a time: the first maps of 32 faces (16 MB) stay in the CPU's cache.
 SLICE = 32
@@ -39,6 +39,13 @@ def load_parts(weights: Path, card: ModelCard) -> dict[str, ExportedNetwork] | N
         return None
     parts = {name: ExportedNetwork.of(weights, path) for name, path in part_paths(weights, card).items()}
     return parts if all(parts.values()) else None
+
+
+def runs_in(checkpoint: Path) -> str:
+    """What `predict` runs a checkpoint in, as `minorage info` says it: an examiner can state how
+    the ages were computed."""
+    weights = weights_file(checkpoint)
+    return "ONNX Runtime, from its exports" if load_parts(weights, read_card(weights)) else "PyTorch"
 
 
 def ages(part: ExportedNetwork, faces: np.ndarray) -> np.ndarray:
