@@ -710,8 +710,8 @@ def _drop_standard_output() -> None:
 
 def run() -> NoReturn:
     """The `minorage` command: `main`, then an exit without the interpreter's last garbage
-    collection, which walks every object PyTorch made only to free memory the system frees
-    anyway (0.3-0.4 s of each command); what is written is already flushed and closed."""
+    collection, which, in the commands that load PyTorch, walks every object it made only to free
+    memory the system frees anyway (0.3-0.4 s); what is written is already flushed and closed."""
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -99,10 +99,11 @@ def weights_files(weights: str) -> dict[str, Path]:
 Network = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
-def load_networks(weights: str = "stock") -> tuple[Network, Network, Network]:
-    """P-Net, R-Net and O-Net for a weights choice: each in ONNX Runtime where its export beside
-    it is current (`minorage.exported`), else in PyTorch (a folder of freshly trained weights)."""
-    return tuple(ExportedNetwork.of(path) or _torch_network(name, path) for name, path in weights_files(weights).items())
+def load_network(name: str, path: Path) -> Network:
+    """One of MTCNN's networks (`pnet`, `rnet` or `onet`) from its weights file: in ONNX Runtime
+    where the export beside it is current (`minorage.exported`), else in PyTorch (a folder of
+    freshly trained weights)."""
+    return ExportedNetwork.of(path) or _torch_network(name, path)
 
 
 def _torch_network(name: str, path: Path) -> Network:
@@ -119,9 +120,10 @@ PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
 
 
 def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[Network, list[tuple[Network, Network]]]:
-    """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union)."""
-    pairs = [load_networks(tuned if w == "tuned" else w) for w in UNIONS.get(weights, (weights,))]
-    return pairs[0][0], [(rnet, onet) for _, rnet, onet in pairs]
+    """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union), each
+    network loaded once: a union's pairs share the first choice's P-Net."""
+    files = [weights_files(tuned if w == "tuned" else w) for w in UNIONS.get(weights, (weights,))]
+    return load_network("pnet", files[0]["pnet"]), [(load_network("rnet", f["rnet"]), load_network("onet", f["onet"])) for f in files]
 
 
 # ---------------------------------------------------------------------------------------------

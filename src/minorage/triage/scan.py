@@ -136,7 +136,7 @@ def _init_worker(detector_cfg: DetectorConfig, framings: Framings, cfg: ScanConf
 
 def set_torch_threads(threads: int) -> int | None:
     """Where networks run in PyTorch (weights without a current ONNX export), give it `threads`
-    threads, as the ONNX Runtime sessions have one each; returns how many it had, None where
+    threads, as ONNX Runtime runs each network on one; returns how many it had, None where
     PyTorch is not loaded (it is not imported for this)."""
     torch = sys.modules.get("torch")
     if torch is None:
