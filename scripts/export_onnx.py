@@ -1,8 +1,8 @@
 """Export the shipped networks to ONNX beside their weights, for ONNX Runtime (`minorage.exported`).
 
 Makes `pnet/rnet/onet.onnx` beside each of MTCNN's `.pt` files (stock and eye-bar-tuned) and
-`default.onnx` / `default.edge.onnx` beside the default age model, or the exports of the
-checkpoints given. Each records the SHA-256 of its weights, so a network retrained or replaced
+the exports of each age model shipped in the package (`default.onnx` / `default.edge.onnx`,
+`blend.onnx` / `blend.edge.onnx` / `blend.opinion.onnx`), or those of the checkpoints given. Each records the SHA-256 of its weights, so a network retrained or replaced
 afterwards runs in PyTorch until this is run again. Needs the `onnx` package:
 
     .venv/bin/python -m pip install -e ".[import]"
@@ -19,7 +19,7 @@ import torch
 from minorage.exported import export
 from minorage.faces.detection import shipped_weights_dir, stock_weights_dir
 from minorage.faces.mtcnn import load_module
-from minorage.model.card import packaged_model_path, weights_file
+from minorage.model.card import packaged_models, weights_file
 from minorage.model.runtime import export_parts
 
 #: Per network: an example input, its outputs' names and which axes may vary (batch, and P-Net's image size).
@@ -43,10 +43,10 @@ def export_mtcnn() -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="*", type=Path, help="age models to export (default: MTCNN's networks and the default age model)")
+    parser.add_argument("checkpoints", nargs="*", type=Path, help="age models to export (default: MTCNN's networks and the shipped age models)")
     args = parser.parse_args()
     written = [p for c in args.checkpoints for p in export_parts(weights_file(c))] if args.checkpoints \
-        else export_mtcnn() + export_parts(packaged_model_path())
+        else export_mtcnn() + [p for name in packaged_models() for p in export_parts(weights_file(name))]
     for path in written:
         print(path)
 

@@ -47,7 +47,8 @@ def test_every_shipped_network_runs_from_a_current_export():
     for weights in ("stock", "occlusion"):
         for path in weights_files(weights).values():
             assert ExportedNetwork.of(path) is not None, f"{path}: no current export (scripts/export_onnx.py)"
-    assert AgeEstimator.from_pretrained("default").runs_exported
+    for model in ("default", "blend"):
+        assert AgeEstimator.from_pretrained(model).runs_exported, f"{model}: no current export (scripts/export_onnx.py)"
 
 
 @pytest.mark.parametrize("weights", ["stock", "occlusion", "union+yunet"])
@@ -83,6 +84,20 @@ def test_the_age_model_reads_the_same_ages_from_its_exports(utkface_files):
     expected[filled] = predict_ages(model.edge.runtime, faces[filled], 256, model.edge.card.max_age)
     np.testing.assert_allclose(ages, expected, atol=1e-3)
     assert np.ptp(ages) > 5  # real faces of many ages, not one answer
+
+
+def test_the_blend_reads_the_same_ages_from_its_exports(utkface_files):
+    """The shipped blend's second network (dlib's, fine-tuned) from its export gives its PyTorch
+    ages on real faces; its own parts are the default model's, read as the default reads them."""
+    from minorage.model.runtime import predict_ages
+
+    faces = np.stack([cv2.resize(cv2.imread(str(p)), (64, 64), interpolation=cv2.INTER_AREA) for p in utkface_files[7::90][:60]])
+    blend, default = AgeEstimator.from_pretrained("blend"), AgeEstimator.from_pretrained("default")
+    ages = blend.opinion.predict(faces)
+    np.testing.assert_allclose(ages, predict_ages(blend.opinion.runtime, faces, 256, None), atol=1e-3)
+    assert np.ptp(ages) > 10 and ages.max() > 25  # real faces of many ages, read over the network's whole range
+    filled = np.arange(len(faces)) % 3 == 0
+    np.testing.assert_array_equal(blend.predict(faces, edge_filled=filled), default.predict(faces, edge_filled=filled))
 
 
 def test_a_network_changed_after_its_export_runs_in_pytorch(tmp_path, some_faces):
@@ -150,6 +165,7 @@ def test_predict_and_the_scan_workers_never_import_pytorch(tmp_path, some_faces)
 import sys
 from minorage.cli import main
 assert main(["predict", {str(photo)!r}, "--format", "csv", "-o", {str(tmp_path / "out.csv")!r}]) == 0
+assert main(["predict", {str(photo)!r}, "--model", "blend", "--format", "csv", "-o", {str(tmp_path / "blend.csv")!r}]) == 0
 from minorage.config import DetectorConfig, ScanConfig
 from minorage.model.estimator import AgeEstimator
 from minorage.triage import scan
@@ -161,3 +177,4 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert (tmp_path / "out.csv").read_text().count("\n") >= 2
+    assert (tmp_path / "blend.csv").read_text().count("\n") >= 2

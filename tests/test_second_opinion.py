@@ -191,8 +191,8 @@ def test_the_validation_photos_in_scenes_are_those_training_sets_aside(small_dat
 
 # ---------------------------------------------------------------------------------------------
 # The second opinion inside a model: a joined checkpoint, `predict`, `scan` and `evaluate --scenes`.
-# The shipped model's one-part form (an SSR-Net, 64 px) stands in for dlib's network, which
-# the project does not ship: what is tested is how the two are joined and read out.
+# The shipped model's one-part form (an SSR-Net, 64 px) stands in for dlib's network (shipped
+# inside `blend`, tested in test_exported.py): what is tested is how the two are joined and read out.
 
 DEFAULT = "src/minorage/weights/default.safetensors"
 

@@ -33,7 +33,8 @@ from minorage.triage.report import FORMATS as REPORT_FORMATS
 if TYPE_CHECKING:  # the model code (and torch) loads only when a command needs it
     from minorage.model.estimator import AgeEstimator
 
-MODEL_HELP = "default (shipped), imdb, morph2, wiki, megaface_asian (original SSR-Net weights) or a checkpoint path"
+MODEL_HELP = ("default or blend (shipped; blend adds a second age network on open-eyed faces), imdb, morph2, wiki, "
+              "megaface_asian (original SSR-Net weights) or a checkpoint path")
 DEFAULT_MODEL_NAME = "default"
 
 

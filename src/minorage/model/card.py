@@ -113,6 +113,11 @@ def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
     return Path(str(resources.files("minorage") / "weights" / f"{name}.safetensors"))
 
 
+def packaged_models() -> list[Path]:
+    """The age models shipped inside the package, by name: `default` and the others beside it."""
+    return sorted(Path(str(resources.files("minorage") / "weights")).glob("*.safetensors"))
+
+
 def resolve_model(name_or_path: str | Path) -> Path | None:
     """The checkpoint a model name or path means; None for the original SSR-Net weights
     (`config.PRETRAINED_NAMES`), which are not checkpoints of this project."""
@@ -123,7 +128,7 @@ def resolve_model(name_or_path: str | Path) -> Path | None:
     if not path.exists() and not any(sep in key for sep in "/\\") and not key.endswith(".safetensors"):
         path = packaged_model_path(key)
         if not path.exists():
-            known = ", ".join((*config.PRETRAINED_NAMES, DEFAULT_MODEL))
+            known = ", ".join((*config.PRETRAINED_NAMES, *(p.stem for p in packaged_models())))
             raise FileNotFoundError(f"no model named {key!r}: give one of {known}, or a checkpoint path")
     return path
 

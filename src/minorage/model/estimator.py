@@ -53,6 +53,9 @@ class AgeEstimator:
                 self.edge = AgeEstimator(net.edge, ModelCard.from_dict(card.edge), source, minor_below)
             self._net, self._load, self._export = net.eval(), None, None
         else:
+            if "opinion" in exports:
+                self.opinion = AgeEstimator(lambda: net().opinion, ModelCard.from_dict(card.second_opinion), source,
+                                            exports={"main": exports["opinion"]}).over_whole_range()
             if "edge" in exports:
                 self.edge = AgeEstimator(lambda: self.net.edge, ModelCard.from_dict(card.edge), source, minor_below, {"main": exports["edge"]})
             self._net, self._load, self._export = None, net, exports["main"]
@@ -64,9 +67,13 @@ class AgeEstimator:
 
     @property
     def net(self) -> nn.Module:
-        """The model's networks (PyTorch), every part kept: loaded on first use where `predict` runs exports."""
+        """The model's networks (PyTorch), every part kept but a second opinion (`opinion.net`):
+        loaded on first use where `predict` runs exports."""
         if self._net is None:
-            self._net = self._load().eval()
+            from minorage.model.network import SecondOpinionNetwork
+
+            net = self._load()
+            self._net = (net.model if isinstance(net, SecondOpinionNetwork) else net).eval()
         return self._net
 
     @property
@@ -82,7 +89,7 @@ class AgeEstimator:
     @property
     def runs_exported(self) -> bool:
         """Whether `predict` runs in ONNX Runtime (every part's export current), not PyTorch."""
-        return self._export is not None and (self.edge is None or self.edge.runs_exported)
+        return self._export is not None and all(part is None or part.runs_exported for part in (self.edge, self.opinion))
 
     def over_whole_range(self) -> AgeEstimator:
         """This estimator reading its network's whole range, its card's cap lifted (in place).

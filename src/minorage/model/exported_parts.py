@@ -1,12 +1,14 @@
 """An age model's parts in ONNX Runtime (`minorage.exported`): what `AgeEstimator.predict` runs
 when the exports beside a checkpoint are current, so that reading ages never imports PyTorch.
 
-Each part (the model, or of a routed model its main and its edge part) is exported whole: its
-networks with their BatchNorms folded, averaged, over the mirrored face too where the model
-mirrors, taking the faces as `predict` does, uint8 (N, H, W, 3) BGR, and giving the network's
-ages (N,) before the card's cap. `default.safetensors` has `default.onnx` (its main part) and
-`default.edge.onnx` beside it. A model with a second opinion or a grayscale specialist runs in
-PyTorch: its parts choose between networks per face inside the model. The exports are made by
+Each part (the model, or of a routed model its main and its edge part, and a second opinion's
+network) is exported whole: its networks with their BatchNorms folded, averaged, over the
+mirrored face too where the model mirrors, taking the faces as `predict` does, uint8 (N, H, W, 3)
+BGR, and giving the network's ages (N,) before the card's cap. `default.safetensors` has
+`default.onnx` (its main part) and `default.edge.onnx` beside it; `blend.safetensors` also
+`blend.opinion.onnx`. Which part reads a face, and how a second opinion's age is blended, is
+decided outside the networks (`AgeEstimator`), so only a model with a grayscale specialist, whose
+part picks a network per face inside it, runs in PyTorch. The exports are made by
 `runtime.export_parts` (`scripts/export_onnx.py`).
 """
 
@@ -24,13 +26,16 @@ SLICE = 32
 
 
 def part_paths(weights: Path, card: ModelCard) -> dict[str, Path]:
-    """Where a checkpoint's exports lie: `main` (the model itself where it has no edge part) and `edge`."""
-    return {"main": weights.with_suffix(".onnx"), **({"edge": weights.with_name(f"{weights.stem}.edge.onnx")} if card.edge else {})}
+    """Where a checkpoint's exports lie: `main` (the model itself where it has no edge part),
+    `edge`, and `opinion` (the second opinion's network)."""
+    return {"main": weights.with_suffix(".onnx"),
+            **({"edge": weights.with_name(f"{weights.stem}.edge.onnx")} if card.edge else {}),
+            **({"opinion": weights.with_name(f"{weights.stem}.opinion.onnx")} if card.second_opinion else {})}
 
 
 def exportable(card: ModelCard) -> bool:
     """Whether a model's parts can run as exports: not where a part picks networks per face."""
-    return not card.second_opinion and not card.grayscale and not (card.edge or {}).get("grayscale")
+    return not (card.grayscale or (card.edge or {}).get("grayscale") or (card.second_opinion or {}).get("grayscale"))
 
 
 def load_parts(weights: Path, card: ModelCard) -> dict[str, ExportedNetwork] | None:

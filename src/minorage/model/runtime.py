@@ -15,7 +15,7 @@ from torch import nn
 from minorage.exported import export
 from minorage.model.checkpoint import load_checkpoint
 from minorage.model.exported_parts import exportable, part_paths
-from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, averaged, route
+from minorage.model.network import AveragedNetwork, ByFrameNetwork, ByLookNetwork, SecondOpinionNetwork, averaged, route
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
@@ -141,8 +141,10 @@ def export_parts(weights: Path) -> list[Path]:
     """Export each part of a checkpoint beside it, folded (`exported_parts`; needs the `onnx` package)."""
     net, card = load_checkpoint(weights)
     if not exportable(card):
-        raise ValueError(f"{weights}: a model with a second opinion or a grayscale specialist runs in PyTorch only")
-    parts = {"main": net.main, "edge": net.edge} if isinstance(net, ByFrameNetwork) else {"main": net}
+        raise ValueError(f"{weights}: a model with a grayscale specialist runs in PyTorch only")
+    opinion = {"opinion": net.opinion} if isinstance(net, SecondOpinionNetwork) else {}
+    net = net.model if opinion else net
+    parts = {"main": net.main, "edge": net.edge, **opinion} if isinstance(net, ByFrameNetwork) else {"main": net, **opinion}
     paths = part_paths(weights, card)
     for name, part in parts.items():
         size = part.cfg.image_size
