@@ -128,18 +128,23 @@ def test_fairness_by_group_against_a_hand_computed_example():
     17, 35. Men: 12 (minor), 22 (18-25), 50 (26+); estimates 12, 16, 40. At 17.5:
     women: MAE averaged over ages 0-25 = (2 + 3 + 1) / 3 = 2; minors flagged 1 of 2 (the
     16-year-old read 19); 18-25 unflagged 1 of 1; 26+ called minors 1 of 2 (the 30-year-old read 17).
-    men: MAE (0 + 6) / 2 = 3; minors flagged 1 of 1; 18-25 unflagged 0 of 1; 26+ called minors 0."""
+    men: MAE (0 + 6) / 2 = 3; minors flagged 1 of 1; 18-25 unflagged 0 of 1; 26+ called minors 0.
+    Minors read older by: women (2 + 3) / 2 = 2.5 years, men 0."""
     true = np.array([10, 16, 20, 30, 40, 12, 22, 50], float)
     pred = np.array([12, 19, 21, 17, 35, 12, 16, 40], float)
     sex = np.array(["female"] * 5 + ["male"] * 3)
     table = metrics.by_group(true, pred, sex)
     assert table["female"] == {"n": 5, "n_minors": 2, "n_18_25": 1, "n_26plus": 2, "MAE_age_averaged": 2.0,
-                               "minor_recall": 0.5, "specificity_18_25": 1.0, "adults_called_minors": 0.5}
+                               "minor_recall": 0.5, "specificity_18_25": 1.0, "adults_called_minors": 0.5, "minor_bias": 2.5}
     assert table["male"] == {"n": 3, "n_minors": 1, "n_18_25": 1, "n_26plus": 1, "MAE_age_averaged": 3.0,
-                             "minor_recall": 1.0, "specificity_18_25": 0.0, "adults_called_minors": 0.0}
+                             "minor_recall": 1.0, "specificity_18_25": 0.0, "adults_called_minors": 0.0, "minor_bias": 0.0}
     with_intervals = metrics.by_group(true, pred, sex, resamples=200)
     low, high = with_intervals["female"]["intervals"]["adults_called_minors"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0 and with_intervals["male"]["intervals"]["adults_called_minors"] == [0.0, 0.0]
+    low, high = with_intervals["female"]["intervals"]["minor_bias"]
+    assert 2.0 <= low <= 2.5 <= high <= 3.0
+    missed = metrics.by_group(true, np.where(true == 16, np.inf, pred), sex)  # a face the detector missed has no estimate
+    assert missed["female"]["minor_bias"] == 2.0 and missed["female"]["minor_recall"] == 0.5
 
 
 def test_the_file_names_give_sex_and_ethnicity():

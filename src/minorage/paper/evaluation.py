@@ -203,7 +203,8 @@ def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> l
 
 
 _FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
-                     ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"))
+                     ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"),
+                     ("minors read older by (years)", "minor_bias", "{:+.2f}"))
 
 
 def _fairness_tables(results: dict[str, dict]) -> list[str]:

@@ -189,13 +189,16 @@ def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: Below = MINOR
 # ---------------------------------------------------------------------------------------------
 # Fairness: the headline measures for each group of people
 
-FAIRNESS_MEASURES = ("MAE_age_averaged", "minor_recall", "specificity_18_25", "adults_called_minors")
+DECISION_MEASURES = ("minor_recall", "specificity_18_25", "adults_called_minors")
+FAIRNESS_MEASURES = ("MAE_age_averaged", *DECISION_MEASURES, "minor_bias")
 
 
 def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict[str, float]:
     """What must hold for every group of people: the age-averaged MAE on ages 0-25, the minors
     flagged, the 18-25 year olds left unflagged and the people aged 26+ called minors, with how
-    many faces each measure rests on."""
+    many faces each measure rests on; and how much older than they are the group's minors are
+    read (`minor_bias`, mean estimate less age), which says why a group's children are flagged
+    less where its recall is low."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     years = np.rint(true)
     young = true <= YOUNG_ADULT_MAX
@@ -204,7 +207,10 @@ def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_B
     if young.any():
         out["MAE_age_averaged"] = age_averaged_mae(true[young], pred[young])
     decision = minor_decision(true, pred, below)
-    out.update({k: decision[k] for k in FAIRNESS_MEASURES[1:] if k in decision})
+    out.update({k: decision[k] for k in DECISION_MEASURES if k in decision})
+    read = (years < MINOR_LIMIT) & np.isfinite(pred)
+    if read.any():
+        out["minor_bias"] = float(np.mean(pred[read] - true[read]))
     return out
 
 
