@@ -2,8 +2,9 @@
 
 Makes `pnet/rnet/onet.onnx` beside each of MTCNN's `.pt` files (stock and eye-bar-tuned) and
 the exports of each age model shipped in the package (`default.onnx` / `default.edge.onnx`,
-`blend.onnx` / `blend.edge.onnx` / `blend.opinion.onnx`), or those of the checkpoints given. Each records the SHA-256 of its weights, so a network retrained or replaced
-afterwards runs in PyTorch until this is run again. Needs the `onnx` package:
+`blend.onnx` / `blend.edge.onnx` / `blend.opinion.onnx`), or those of the checkpoints given.
+Each records the SHA-256 of its weights, so a network retrained or replaced afterwards runs in
+PyTorch until this is run again. Needs the `onnx` package:
 
     .venv/bin/python -m pip install -e ".[import]"
     .venv/bin/python scripts/export_onnx.py [CHECKPOINT ...]

@@ -98,6 +98,7 @@ def test_the_blend_reads_the_same_ages_from_its_exports(utkface_files):
     assert np.ptp(ages) > 10 and ages.max() > 25  # real faces of many ages, read over the network's whole range
     filled = np.arange(len(faces)) % 3 == 0
     np.testing.assert_array_equal(blend.predict(faces, edge_filled=filled), default.predict(faces, edge_filled=filled))
+    assert type(blend.net) is type(default.net)  # its own networks, loaded on demand, without the second one
 
 
 def test_a_network_changed_after_its_export_runs_in_pytorch(tmp_path, some_faces):
