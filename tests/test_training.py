@@ -378,6 +378,14 @@ def test_evaluate_command(small_dataset, tmp_path, capsys):
     assert recorded["look"] == "grayscale" and "--record test_grayscale" in recorded["command"]
     assert recorded["org"]["MAE"] == gray["org"]["MAE"] and set(recorded["ocl"]["by_sex"]) == set(gray["ocl"]["by_sex"])
     assert main(["evaluate", "--model", "imdb", "--data", str(data), "--bootstrap", "0", "--record", "x"]) == 2
+    # the record says how many photos were left out of this data set, not how many the file named
+    import csv
+
+    named = [next(r for r in csv.DictReader((data / "manifest.csv").open()) if r["split"] == "test")["id"], "not_in_this_data_set.jpg"]
+    (tmp_path / "exclude.txt").write_text("\n".join(named) + "\n")
+    assert main(["evaluate", "--model", str(saved), "--data", str(data), "--format", "json", "--bootstrap", "0",
+                 "--exclude", str(tmp_path / "exclude.txt"), "--record", "test_less_one"]) == 0
+    assert AgeEstimator.from_pretrained(saved).card.metrics["test_less_one"]["left_out"] == 1
 
 
 def test_grayscale_look_is_the_photo_in_black_and_white():

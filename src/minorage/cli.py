@@ -227,6 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     variants = ("org", "ocl") if args.variant == "both" else (args.variant,)
     estimator = _estimator(args)
     left_out = Path(args.exclude).read_text().split() if args.exclude else []
+    found: list = []  # the photos named that are in this data set, and so left out
     if left_out:
         found, absent = photo_ids(Path(args.data), left_out)
         print(f"minorage evaluate: leaving out {len(found)} of the {len(left_out)} photos named in {args.exclude}"
@@ -247,7 +248,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from minorage.model.card import record_metrics, resolve_model
 
         where = record_metrics(resolve_model(args.model), args.record, {
-            "command": "minorage " + " ".join(args.words), "data": args.data, "look": look, "left_out": len(left_out),
+            "command": "minorage " + " ".join(args.words), "data": args.data, "look": look, "left_out": len(found),
             "measured": time.strftime("%Y-%m-%d"), **results})
         print(f"minorage evaluate: measures recorded as {args.record!r} in {where}", file=sys.stderr)
     if args.format == "json":
