@@ -115,7 +115,7 @@ def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
 
 def packaged_models() -> list[Path]:
     """The age models shipped inside the package, by name: `default` and the others beside it."""
-    return sorted(Path(str(resources.files("minorage") / "weights")).glob("*.safetensors"))
+    return sorted(packaged_model_path().parent.glob("*.safetensors"))
 
 
 def resolve_model(name_or_path: str | Path) -> Path | None:

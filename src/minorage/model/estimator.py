@@ -54,8 +54,10 @@ class AgeEstimator:
             self._net, self._load, self._export = net.eval(), None, None
         else:
             if "opinion" in exports:
-                self.opinion = AgeEstimator(lambda: net().opinion, ModelCard.from_dict(card.second_opinion), source,
+                whole = net
+                self.opinion = AgeEstimator(lambda: whole().opinion, ModelCard.from_dict(card.second_opinion), source,
                                             exports={"main": exports["opinion"]}).over_whole_range()
+                net = lambda: whole().model  # the model's own networks, as net.model above
             if "edge" in exports:
                 self.edge = AgeEstimator(lambda: self.net.edge, ModelCard.from_dict(card.edge), source, minor_below, {"main": exports["edge"]})
             self._net, self._load, self._export = None, net, exports["main"]
@@ -70,10 +72,7 @@ class AgeEstimator:
         """The model's networks (PyTorch), every part kept but a second opinion (`opinion.net`):
         loaded on first use where `predict` runs exports."""
         if self._net is None:
-            from minorage.model.network import SecondOpinionNetwork
-
-            net = self._load()
-            self._net = (net.model if isinstance(net, SecondOpinionNetwork) else net).eval()
+            self._net = self._load().eval()
         return self._net
 
     @property
