@@ -106,6 +106,23 @@ def test_people_balance_shares_each_age_among_sexes_and_the_adults_among_groups(
                                [1 / 2, 1 / 2, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 2 / 5, 1])
 
 
+def test_young_ethnicities_drawn_equally_each_age_keeping_its_share():
+    """Age 5: three White boys and a Black one; age 10: one of each. Scaled per ethnicity (a)
+    and per age (c), the White and the Black minors each weigh 1 in all when a_Black / a_White
+    = r solves 3 / (3 + r) + 1 / (1 + r) = 1, r = sqrt(3): at age 5 a White boy weighs
+    1 / (3 + r) and the Black one r / (3 + r); at age 10, 1 / (1 + r) and r / (1 + r). The
+    adult keeps his weight."""
+    ages = np.array([5, 5, 5, 5, 10, 10, 40.0])
+    people = np.array([("male", e) for e in ("White", "White", "White", "Black", "White", "Black", "White")])
+    cfg = TrainConfig(balance=True, balance_people=True, young_ethnicity=True, adult_target=30)
+    r = np.sqrt(3)
+    np.testing.assert_allclose(sample_weights(ages, cfg, people),
+                               [1 / (3 + r)] * 3 + [r / (3 + r), 1 / (1 + r), r / (1 + r), 1], rtol=1e-6)
+    # without it, each age shared among its faces, whoever they are
+    np.testing.assert_allclose(sample_weights(ages, replace(cfg, young_ethnicity=False), people),
+                               [1 / 4] * 4 + [1 / 2, 1 / 2, 1])
+
+
 @pytest.mark.slow
 def test_the_validation_photos_do_not_depend_on_the_seed(small_dataset, tmp_path, capsys):
     """Models of several seeds validate on the same photos (none of them fits those), so an

@@ -303,6 +303,8 @@ class TrainConfig:
     adult_weight: float = 1.0  # with `balance`, adults are drawn as often as this many ages
     balance_people: bool = False  # with `balance`, within each age (and among the adults) every sex, and
     # among the adults every ethnicity, drawn as often: the flag must not follow who someone is
+    young_ethnicity: bool = False  # with `balance_people`, every ethnicity also drawn as often among the
+    # minors and among the 18-25s, each age keeping its share (`even_young_ethnicities`)
     scene_margin: float = 0.0  # share of faces whose frame beyond the source photo (the build's
     # repeated edge pixels) is filled from a face-free picture, first, before the other changes (`in_scene`)
     augment: bool = False  # flips, shifts, zooms, light and colour changes

@@ -127,7 +127,37 @@ def sample_weights(ages: np.ndarray, cfg: TrainConfig, people: np.ndarray | None
         age_weight = age_weight / np.array([per_age[age] for age in keys.tolist()])
         keys = groups
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return age_weight / counts[inverse]
+    weights = age_weight / counts[inverse]
+    if cfg.balance_people and cfg.young_ethnicity and people is not None:
+        weights = even_young_ethnicities(weights, np.rint(ages), np.asarray(people)[:, 1], ~adult)
+    return weights
+
+
+def even_young_ethnicities(weights: np.ndarray, ages: np.ndarray, ethnicity: np.ndarray, young: np.ndarray,
+                           rounds: int = 50) -> np.ndarray:
+    """The young faces' weights rescaled so that every known ethnicity is drawn equally often
+    among the minors, and again among the 18-25-year-olds, each age keeping its own total (and
+    each face its share within its ethnicity and age): few children of one ethnicity in the data
+    must not leave the network reading them as others. Alternating the two scalings (iterative
+    proportional fitting) approaches both."""
+    out = weights.astype(float).copy()
+    known = young & (ethnicity != UNKNOWN)
+    band = np.where(ages < groups.MINOR_LIMIT, "minor", "adult")
+    cells = np.char.add(np.char.add(band, "|"), ethnicity.astype(str))
+    age_values = np.unique(ages[known])
+    age_totals = {age: out[known & (ages == age)].sum() for age in age_values}
+    for _ in range(rounds):
+        for kind in np.unique(band[known]):
+            in_band = known & (band == kind)
+            names = np.unique(cells[in_band])
+            share = out[in_band].sum() / len(names)
+            for name in names:
+                members = in_band & (cells == name)
+                out[members] *= share / out[members].sum()
+        for age in age_values:
+            members = known & (ages == age)
+            out[members] *= age_totals[age] / out[members].sum()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
