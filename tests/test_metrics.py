@@ -135,9 +135,11 @@ def test_fairness_by_group_against_a_hand_computed_example():
     sex = np.array(["female"] * 5 + ["male"] * 3)
     table = metrics.by_group(true, pred, sex)
     assert table["female"] == {"n": 5, "n_minors": 2, "n_18_25": 1, "n_26plus": 2, "MAE_age_averaged": 2.0,
-                               "minor_recall": 0.5, "specificity_18_25": 1.0, "adults_called_minors": 0.5, "minor_bias": 2.5}
+                               "minor_recall": 0.5, "specificity_18_25": 1.0, "adults_called_minors": 0.5, "minor_bias": 2.5,
+                               "minor_recall_age_mix": 0.5, "minor_bias_age_mix": 2.5}
     assert table["male"] == {"n": 3, "n_minors": 1, "n_18_25": 1, "n_26plus": 1, "MAE_age_averaged": 3.0,
-                             "minor_recall": 1.0, "specificity_18_25": 0.0, "adults_called_minors": 0.0, "minor_bias": 0.0}
+                             "minor_recall": 1.0, "specificity_18_25": 0.0, "adults_called_minors": 0.0, "minor_bias": 0.0,
+                             "minor_recall_age_mix": 1.0, "minor_bias_age_mix": 0.0}
     with_intervals = metrics.by_group(true, pred, sex, resamples=200)
     low, high = with_intervals["female"]["intervals"]["adults_called_minors"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0 and with_intervals["male"]["intervals"]["adults_called_minors"] == [0.0, 0.0]
@@ -145,6 +147,27 @@ def test_fairness_by_group_against_a_hand_computed_example():
     assert 2.0 <= low <= 2.5 <= high <= 3.0
     missed = metrics.by_group(true, np.where(true == 16, np.inf, pred), sex)  # a face the detector missed has no estimate
     assert missed["female"]["minor_bias"] == 2.0 and missed["female"]["minor_recall"] == 0.5
+
+
+def test_groups_compared_at_all_minors_mix_of_ages():
+    """Group A: ages 5, 5, 5, 15 read 6, 6, 6, 19 (an adult of 30 read 40 aside); group B: 5, 15,
+    15, 15 read 5, 15, 15, 19. Each flags 3 of 4 minors, A reads them 1.75 years older, B 1.0.
+    All minors are half 5 and half 15, so at that mix A flags (1 + 0) / 2 = 0.5 and reads
+    (1 + 4) / 2 = 2.5 years older, B flags (1 + 2/3) / 2 = 5/6 and reads (0 + 4/3) / 2 = 2/3
+    older: A's raw share hid that it misses the teenagers B flags. With B's unflagged
+    15-year-old missed by the detector, B still flags 5/6 and its read minors are read 0 older."""
+    true = np.array([5, 5, 5, 15, 30, 5, 15, 15, 15], float)
+    pred = np.array([6, 6, 6, 19, 40, 5, 15, 15, 19], float)
+    group = np.array(["A"] * 5 + ["B"] * 4)
+    table = metrics.by_group(true, pred, group)
+    assert table["A"]["minor_recall"] == table["B"]["minor_recall"] == 0.75
+    assert (table["A"]["minor_bias"], table["B"]["minor_bias"]) == (1.75, 1.0)
+    assert table["A"]["minor_recall_age_mix"] == 0.5 and table["A"]["minor_bias_age_mix"] == 2.5
+    assert table["B"]["minor_recall_age_mix"] == pytest.approx(5 / 6) and table["B"]["minor_bias_age_mix"] == pytest.approx(2 / 3)
+    missed = metrics.by_group(true, np.where(pred == 19, [np.inf if g == "B" else 19 for g in group], pred), group)
+    assert missed["B"]["minor_recall_age_mix"] == pytest.approx(5 / 6) and missed["B"]["minor_bias_age_mix"] == 0.0
+    low, high = metrics.by_group(true, pred, group, resamples=200)["A"]["intervals"]["minor_bias_age_mix"]
+    assert 1.0 <= low <= 2.5 <= high <= 4.0
 
 
 def test_the_file_names_give_sex_and_ethnicity():

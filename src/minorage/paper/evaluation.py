@@ -182,7 +182,11 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
                 lines.append(f"| {name} | " + " | ".join(str(c) for c in row) + " |")
     lines += _by_age_table(results, "flagged_by_age", "Minors flagged at the flag threshold, by true age:", "{:.0%}")
     lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
-    lines += _fairness_tables(results)
+    fairness = _fairness_tables(results)
+    if fairness:
+        fairness += ["", "All minors' ages: a group's minors taken year by year, each year weighted by its share of "
+                         "all the minors in the table, so that groups whose children are of different ages compare."]
+    lines += fairness
     lines += _scenes_tables(results)
     if any("intervals" in results[v] for v in variants):
         lines += ["", "In brackets: 95 % bootstrap intervals (the test faces drawn again with replacement)."]
@@ -203,8 +207,10 @@ def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> l
 
 
 _FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
+                     ("minors flagged, all minors' ages", "minor_recall_age_mix", "{:.1%}"),
                      ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"),
-                     ("minors read older by (years)", "minor_bias", "{:+.2f}"))
+                     ("minors read older by (years)", "minor_bias", "{:+.2f}"),
+                     ("the same, all minors' ages", "minor_bias_age_mix", "{:+.2f}"))
 
 
 def _fairness_tables(results: dict[str, dict]) -> list[str]:

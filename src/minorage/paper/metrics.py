@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -190,15 +191,34 @@ def bootstrap_intervals(true: np.ndarray, pred: np.ndarray, below: Below = MINOR
 # Fairness: the headline measures for each group of people
 
 DECISION_MEASURES = ("minor_recall", "specificity_18_25", "adults_called_minors")
-FAIRNESS_MEASURES = ("MAE_age_averaged", *DECISION_MEASURES, "minor_bias")
+AGE_MIX_MEASURES = ("minor_recall_age_mix", "minor_bias_age_mix")
+FAIRNESS_MEASURES = ("MAE_age_averaged", *DECISION_MEASURES, "minor_bias", *AGE_MIX_MEASURES)
 
 
-def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW) -> dict[str, float]:
+def minors_age_mix(true: np.ndarray) -> np.ndarray:
+    """The share of the minors at each whole year 0-17: the mix of ages groups are compared at."""
+    years = np.rint(np.asarray(true, float)).astype(int)
+    minors = years[(years >= 0) & (years < MINOR_LIMIT)]
+    return np.bincount(minors, minlength=MINOR_LIMIT) / max(len(minors), 1)
+
+
+def at_age_mix(by_year: dict[int, float], mix: np.ndarray) -> float:
+    """A measure taken year by year, averaged with each year weighted as in `mix` (over the years
+    present). Why: a group whose children are mostly babies is flagged more and read closer than
+    one whose children are teenagers, whatever the model does; at one mix of ages the groups
+    differ only by how the model reads them."""
+    weights = np.array([mix[year] for year in by_year])
+    return float(np.dot(weights, list(by_year.values())) / weights.sum()) if weights.sum() else float("nan")
+
+
+def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_BELOW,
+                      mix: np.ndarray | None = None) -> dict[str, float]:
     """What must hold for every group of people: the age-averaged MAE on ages 0-25, the minors
     flagged, the 18-25 year olds left unflagged and the people aged 26+ called minors, with how
     many faces each measure rests on; and how much older than they are the group's minors are
     read (`minor_bias`, mean estimate less age), which says why a group's children are flagged
-    less where its recall is low."""
+    less where its recall is low. Given `mix` (`minors_age_mix` of all the groups' faces), the
+    minors flagged and read older are also taken at that mix of ages (`at_age_mix`)."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     years = np.rint(true)
     young = true <= YOUNG_ADULT_MAX
@@ -208,23 +228,31 @@ def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_B
         out["MAE_age_averaged"] = age_averaged_mae(true[young], pred[young])
     decision = minor_decision(true, pred, below)
     out.update({k: decision[k] for k in DECISION_MEASURES if k in decision})
-    read = (years < MINOR_LIMIT) & np.isfinite(pred)
+    minors = years < MINOR_LIMIT
+    read = minors & np.isfinite(pred)
     if read.any():
         out["minor_bias"] = float(np.mean(pred[read] - true[read]))
+    if mix is not None and minors.any():
+        flagged = np.broadcast_to(pred < below, pred.shape)
+        out["minor_recall_age_mix"] = at_age_mix(_mean_by_age(true[minors], flagged[minors], MINOR_LIMIT - 1), mix)
+        if read.any():
+            out["minor_bias_age_mix"] = at_age_mix(_mean_by_age(true[read], pred[read] - true[read], MINOR_LIMIT - 1), mix)
     return out
 
 
 def by_group(true: np.ndarray, pred: np.ndarray, groups: np.ndarray, below: Below = MINOR_BELOW,
              resamples: int = 0, seed: int = 0) -> dict[str, dict]:
-    """`fairness_measures` for each group of faces (a sex, an ethnicity), with bootstrap
-    intervals drawn within the group when `resamples` is given: a tool police use must not fail
-    one group of people, and a small group's measure must show how uncertain it is."""
+    """`fairness_measures` for each group of faces (a sex, an ethnicity), the minors also at the
+    mix of ages of all the faces given, with bootstrap intervals drawn within the group when
+    `resamples` is given: a tool police use must not fail one group of people, and a small
+    group's measure must show how uncertain it is."""
     true, pred, groups = np.asarray(true, float), np.asarray(pred, float), np.asarray(groups)
+    measure = partial(fairness_measures, mix=minors_age_mix(true))
     out = {}
     for name in sorted(set(groups.tolist())):
         mask = groups == name
-        out[name] = fairness_measures(true[mask], pred[mask], picked(below, mask))
+        out[name] = measure(true[mask], pred[mask], picked(below, mask))
         if resamples:
             out[name]["intervals"] = bootstrap_intervals(true[mask], pred[mask], picked(below, mask), resamples, seed=seed,
-                                                         measure=fairness_measures, names=FAIRNESS_MEASURES)
+                                                         measure=measure, names=FAIRNESS_MEASURES)
     return out
