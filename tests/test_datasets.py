@@ -345,7 +345,7 @@ def test_a_tiny_build_writes_a_store_that_reads_back_and_evaluates(tmp_path, utk
     arrays and counts agree, each twin pair is the same photo barred, and `evaluate` measures a
     model on its test split per variant and per group of people."""
     from minorage.config import DatasetConfig
-    from minorage.paper.evaluation import evaluate_predictor, photo_ids
+    from minorage.paper.evaluation import AGE_MIX_NOTE, as_markdown, evaluate_predictor, photo_ids
 
     folder = tmp_path / "utk"
     folder.mkdir()
@@ -366,6 +366,8 @@ def test_a_tiny_build_writes_a_store_that_reads_back_and_evaluates(tmp_path, utk
     results = evaluate_predictor(lambda faces: np.full(len(faces), 10.0, np.float32), out)
     assert set(results) == {"org", "ocl"} and results["org"]["n"] == len(org)
     assert {"female", "male"} >= set(results["org"]["by_sex"]) and results["org"]["minor_below"] == 17.5
+    assert all(group["minor_recall_age_mix"] == 1.0 for group in results["org"]["by_sex"].values() if group["n_minors"])
+    assert "minors flagged, all minors' ages" in as_markdown(results) and AGE_MIX_NOTE in as_markdown(results)
     manifest = list(csv.DictReader((out / "manifest.csv").open()))
     tested = sorted({Path(r["source_path"]).name for r in manifest if r["split"] == "test"})
     fewer = evaluate_predictor(lambda faces: np.full(len(faces), 10.0, np.float32), out, exclude=tested[:2])

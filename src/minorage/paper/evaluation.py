@@ -184,8 +184,7 @@ def as_markdown(results: dict[str, dict], title: str = "") -> str:
     lines += _by_age_table(results, "estimate_by_age", "Mean estimate by true age (the bias at each age):", "{:.1f}")
     fairness = _fairness_tables(results)
     if fairness:
-        fairness += ["", "All minors' ages: a group's minors taken year by year, each year weighted by its share of "
-                         "all the minors in the table, so that groups whose children are of different ages compare."]
+        fairness += ["", AGE_MIX_NOTE]
     lines += fairness
     lines += _scenes_tables(results)
     if any("intervals" in results[v] for v in variants):
@@ -206,6 +205,8 @@ def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> l
     return lines
 
 
+AGE_MIX_NOTE = ("All minors' ages: a group's minors taken year by year, each year weighted by its share of all the "
+                "minors in the table, so that groups whose children are of different ages compare.")
 _FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
                      ("minors flagged, all minors' ages", "minor_recall_age_mix", "{:.1%}"),
                      ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"),
