@@ -50,6 +50,8 @@ def heavy_jpeg(faces: np.ndarray, quality: int = 15) -> np.ndarray:
 LOOKS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {
     "as-is": None, "grayscale": grayscale, "sepia": sepia, "low-resolution": low_resolution, "jpeg": heavy_jpeg}
 FAIRNESS_KEYS = ("by_sex", "by_ethnicity")  # in the order of `datasets.demographics`
+AGE_MIX_NOTE = ("All minors' ages: a group's minors taken year by year, each year weighted by its share of all the "
+                "minors in the table, so that groups whose children are of different ages compare.")
 
 
 def evaluate_model(estimator: AgeEstimator, data_dir: Path, variants: tuple[str, ...] = ("org", "ocl"), split: str = "test",
@@ -205,8 +207,6 @@ def _by_age_table(results: dict[str, dict], key: str, title: str, fmt: str) -> l
     return lines
 
 
-AGE_MIX_NOTE = ("All minors' ages: a group's minors taken year by year, each year weighted by its share of all the "
-                "minors in the table, so that groups whose children are of different ages compare.")
 _FAIRNESS_COLUMNS = (("MAE averaged over ages", "MAE_age_averaged", "{:.2f}"), ("minors flagged", "minor_recall", "{:.1%}"),
                      ("minors flagged, all minors' ages", "minor_recall_age_mix", "{:.1%}"),
                      ("18-25 left unflagged", "specificity_18_25", "{:.1%}"), ("26+ called minors", "adults_called_minors", "{:.1%}"),

@@ -233,8 +233,7 @@ def fairness_measures(true: np.ndarray, pred: np.ndarray, below: Below = MINOR_B
     if read.any():
         out["minor_bias"] = float(np.mean(pred[read] - true[read]))
     if mix is not None and minors.any():
-        flagged = np.broadcast_to(pred < below, pred.shape)
-        out["minor_recall_age_mix"] = at_age_mix(_mean_by_age(true[minors], flagged[minors], MINOR_LIMIT - 1), mix)
+        out["minor_recall_age_mix"] = at_age_mix(flagged_by_age(true, pred, below), mix)
         if read.any():
             out["minor_bias_age_mix"] = at_age_mix(_mean_by_age(true[read], pred[read] - true[read], MINOR_LIMIT - 1), mix)
     return out

@@ -142,7 +142,7 @@ def even_young_ethnicities(weights: np.ndarray, ages: np.ndarray, ethnicity: np.
     proportional fitting) approaches both."""
     out = weights.astype(float).copy()
     known = young & (ethnicity != UNKNOWN)
-    band = np.where(ages < groups.MINOR_LIMIT, "minor", "adult")
+    band = np.where(ages < groups.MINOR_LIMIT, "minor", "18-25")
     cells = np.char.add(np.char.add(band, "|"), ethnicity.astype(str))
     age_values = np.unique(ages[known])
     age_totals = {age: out[known & (ages == age)].sum() for age in age_values}
