@@ -5,10 +5,12 @@ edge), stock MTCNN vs the eye-bar-tuned R/O-Nets vs their union on the same prop
 proposals placed by both O-Nets vs both sources together.
 
     .venv/bin/python benchmarks/detection.py [--photos N] [--repeats N] [--detectors ...] [--tuned FOLDER] [--yunet-threshold T]
-        [--yunet-face-px PX] [--factor F] [--onet-threshold T] [--min-face-size PX]
+        [--yunet-face-px PX] [--factor F] [--onet-threshold T] [--min-face-size PX] [--face-free FOLDER]
 
 `--tuned FOLDER` adds each union of `--detectors` run with that eye-bar-tuned R/O-Net pair in
-place of the shipped one (`minorage detector train --out FOLDER`), side by side;
+place of the shipped one (`minorage detector train --out FOLDER`), side by side (with `--factor`,
+also at that step); `--face-free FOLDER` also counts false detections on the held-out fifth of a
+folder of face-free pictures, such as animals (`detector train --negatives`);
 `--yunet-threshold T` adds each detector that uses YuNet run with that score threshold;
 `--yunet-face-px PX` each such detector with YuNet looking at a smaller image (`DetectorConfig.yunet_face_px`);
 `--factor F` each detector with that image pyramid step; `--onet-threshold T` each detector with
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--factor", type=float, help="adds each detector of `--detectors` with this image pyramid step")
     parser.add_argument("--onet-threshold", type=float, help="adds each detector of `--detectors` with this O-Net score threshold "
                         "(with --factor, also at that step)")
+    parser.add_argument("--face-free", default="", metavar="FOLDER",
+                        help="also count false detections on the held-out fifth of this folder of face-free pictures "
+                             "(`minorage detector train --negatives`)")
     parser.add_argument("--min-face-size", type=int, default=DetectorConfig().min_face_size,
                         help="every detector's smallest face (default: %(default)s, `predict`'s; `scan`'s is 32)")
     args = parser.parse_args()
@@ -73,6 +78,9 @@ def main() -> None:
     settings = {w: replace(base, weights=w) for w in args.detectors}
     if args.tuned:
         settings.update({f"{w} with {args.tuned}": replace(base, weights=w, tuned=args.tuned) for w in args.detectors if w in UNIONS})
+        if args.factor is not None:
+            settings.update({f"{w} with {args.tuned}, pyramid factor {args.factor}": replace(base, weights=w, tuned=args.tuned, factor=args.factor)
+                             for w in args.detectors if w in UNIONS})
     if args.yunet_threshold is not None:
         settings.update({f"{w} at YuNet {args.yunet_threshold}": replace(base, weights=w, yunet_threshold=args.yunet_threshold)
                          for w in args.detectors if "yunet" in w})
@@ -96,7 +104,7 @@ def main() -> None:
             print(f"{name:9s} {size:5d} px: {ms:7.1f} ms/image", flush=True)
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
-    report["recall"] = evaluate_detectors(settings, held, progress=False)
+    report["recall"] = evaluate_detectors(settings, held, progress=False, face_free=args.face_free)
     print(json.dumps(report, indent=2))
 
 

@@ -84,3 +84,55 @@ def test_scene_samples_are_added_and_the_chips_samples_stay_as_they_were():
     added = both["labels"][first : first + extra]
     assert np.sum(added == 1) >= 4 and np.sum(added == 0) > 0  # faces and background from the scenes
     assert np.all(np.abs(both["boxes"][first : first + extra][added == 1]) < 0.5)  # positives lie on the face
+
+
+def _face_free_folder(root):
+    """A folder as `--negatives` takes one: crops of scikit-image's coffee picture, some with a
+    transparent half (as stamps and cut-outs are), in nested folders, beside a drawing in SVG."""
+    from minorage.faces.detector_training import face_free_pictures
+
+    coffee = face_free_pictures(("coffee.png",))[0]
+    (root / "cups" / "close").mkdir(parents=True)
+    for k in range(12):
+        crop = coffee[10 * k : 10 * k + 200, 15 * k : 15 * k + 260]
+        if k % 2:
+            crop = np.dstack([crop, np.full(crop.shape[:2], 255, np.uint8)])
+            crop[:, :100, 3] = 0
+        cv2.imwrite(str(root / ("cups/close" if k % 3 else "cups") / f"cup{k}.png"), crop)
+    (root / "cups" / "drawing.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    return coffee
+
+
+def test_a_folder_of_face_free_pictures_is_split_by_content_and_laid_on_grey(tmp_path):
+    from minorage.faces.detector_training import folder_pictures
+
+    _face_free_folder(tmp_path)
+    train, held = folder_pictures(tmp_path, False), folder_pictures(tmp_path, True)
+    assert train and held and not set(train) & set(held)
+    assert sorted({*train, *held}) == sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))  # no SVG
+    assert {name: is_held_out(tmp_path / name) for name in held} == dict.fromkeys(held, True)
+    pictures = {**train, **held}
+    see_through = pictures[next(n for n in pictures if n.endswith(("cup1.png", "cup5.png", "cup7.png")))]
+    assert see_through.shape[2] == 3 and np.all(see_through[:, :100] == 128) and not np.all(see_through[:, 100:] == 128)
+    (tmp_path / "cups" / "broken.png").write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match="broken.png"):
+        folder_pictures(tmp_path, is_held_out(tmp_path / "cups" / "broken.png"))
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        folder_pictures(tmp_path / "nowhere", False)
+
+
+def test_a_folder_of_face_free_pictures_adds_only_negatives_after_the_others(tmp_path):
+    """`negatives` adds P-Net's proposals on the folder's training pictures as negatives, at most
+    `negatives_per_folder_picture` a scale and mirror image, after every other sample."""
+    from minorage.faces.detector_training import build_samples, folder_pictures, split_photos
+
+    _face_free_folder(tmp_path)
+    photos = split_photos(DetectorTrainingConfig())[0][:2]
+    cfg = DetectorTrainingConfig(negative_scales=(1.0, 2.0), negatives_per_picture=10, negatives_per_folder_picture=3)
+    without = build_samples(photos, cfg, progress=False)["onet"]
+    with_folder = build_samples(photos, dataclasses.replace(cfg, negatives=str(tmp_path)), progress=False)["onet"]
+    extra = len(with_folder["labels"]) - len(without["labels"])
+    assert 0 < extra <= 3 * 2 * 2 * len(folder_pictures(tmp_path, False))
+    for key in ("patches", "labels", "boxes", "points"):
+        assert np.array_equal(with_folder[key][: len(without[key])], without[key])
+    assert np.all(with_folder["labels"][-extra:] == 0) and np.all(with_folder["boxes"][-extra:] == 0)

@@ -136,7 +136,8 @@ def cmd_detector_train(args: argparse.Namespace) -> int:
     from minorage.config import DetectorTrainingConfig
     from minorage.faces.detector_training import train_detector
 
-    cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr, scenes=args.scenes)
+    cfg = DetectorTrainingConfig(photos=args.photos, epochs=args.epochs, seed=args.seed, lr=args.lr, scenes=args.scenes,
+                                 negatives=args.negatives)
     card = train_detector(Path(args.out), cfg, progress=True)
     print(json.dumps(card, indent=2))
     return 0
@@ -149,7 +150,7 @@ def cmd_detector_evaluate(args: argparse.Namespace) -> int:
     _, held = split_photos(DetectorTrainingConfig())
     held = held[: args.photos] if args.photos else held
     settings = {name: DetectorConfig(weights=name) for name in args.weights}
-    results = evaluate_detectors(settings, held, progress=_progress_wanted())
+    results = evaluate_detectors(settings, held, progress=_progress_wanted(), face_free=args.face_free)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -515,10 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, nargs="?", const=1, default=t.scenes, metavar="N",
                    help="also train on each photo and its barred copy pasted into N face-free scenes (1 if N is not given), "
                         "turned and degraded (grayscale, sepia, low resolution, JPEG, blur, noise, cut by the edge)")
+    p.add_argument("--negatives", default=t.negatives, metavar="FOLDER",
+                   help="a folder of more face-free pictures (animals, toys), searched through: the four fifths not held out "
+                        "by content hash also give negatives, so that faces which are not human are not taken for faces")
     p.set_defaults(func=cmd_detector_train)
     p = det_sub.add_parser("evaluate", help="recall on held-out faces, as they are and eye-barred, and false detections")
     p.add_argument("weights", nargs="+", help="stock, occlusion (shipped) or weight folders")
     p.add_argument("--photos", type=int, default=0, help="use only the first N held-out photos (default: all)")
+    p.add_argument("--face-free", default="", metavar="FOLDER",
+                   help="also count false detections on the held-out fifth of this folder of face-free pictures (`train --negatives`)")
     p.set_defaults(func=cmd_detector_evaluate)
 
     ds = sub.add_parser("dataset", help="build and inspect the balanced minors and young adults data set")

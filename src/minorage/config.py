@@ -254,6 +254,10 @@ class DetectorTrainingConfig:
     scenes: int = 0  # scenes per photo: each photo and its eye-barred copy also pasted into that
     # many training face-free pictures, turned and degraded (`faces.wild`: grayscale, sepia, low
     # resolution, JPEG, blur, noise, cut by the edge): R-Net rejected such faces that P-Net proposed
+    negatives: str = ""  # a folder of more face-free pictures searched through (animals, toys: faces
+    # that are not human); the part not held out by content hash (`holdout_every`) gives negatives too
+    negatives_per_folder_picture: int = 30  # per scale and mirror image: the folder's many small
+    # pictures must not crowd out the other negatives
 
 
 

@@ -59,6 +59,37 @@ def face_free_pictures(names: tuple[str, ...]) -> list[np.ndarray]:
     return pictures
 
 
+#: the picture files a folder of face-free pictures is searched for (others, such as drawings in SVG, are passed over)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def folder_pictures(folder: str | Path, held_out: bool, every: int = 5) -> dict[str, np.ndarray]:
+    """The pictures under a folder on one side of its split by content hash, by their path in it,
+    as BGR with any transparency laid on mid-grey (stamps and cut-outs are mostly transparent)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"face-free pictures: {root} is not a folder")
+    pictures = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()):
+        if is_held_out(path, every) != held_out:
+            continue
+        picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if picture is None:
+            raise ValueError(f"face-free pictures: {path} cannot be read as a picture")
+        pictures[str(path.relative_to(root))] = on_grey(picture)
+    return pictures
+
+
+def on_grey(picture: np.ndarray) -> np.ndarray:
+    """A grey, BGR or BGRA picture as BGR, its transparent parts mid-grey."""
+    if picture.ndim == 2:
+        return cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR)
+    if picture.shape[2] == 3:
+        return picture
+    alpha = picture[:, :, 3:].astype(np.float32) / 255.0
+    return np.round(picture[:, :, :3] * alpha + 128.0 * (1.0 - alpha)).astype(np.uint8)
+
+
 def random_bar(face: Face, rng: np.random.Generator) -> EyeBar:
     """A bar unlike the paper's: other heights, widths, angles and a shifted centre."""
     bar = eye_bar(face)
@@ -160,16 +191,26 @@ def build_samples(photos: list[Path], cfg: DetectorTrainingConfig, progress: boo
                 samples.add(rgb, boxes, labels, truth, size)
     if cfg.scenes:
         scene_samples(photos, cfg, stock, sets, progress)
-    for picture in tqdm(face_free_pictures(FACE_FREE_TRAIN), desc="negatives", disable=not progress):
-        for scale, mirror in ((s, m) for s in cfg.negative_scales for m in (False, True)):
-            resized = cv2.resize(picture, None, fx=scale, fy=scale)
-            rgb = cv2.cvtColor(resized[:, ::-1] if mirror else resized, cv2.COLOR_BGR2RGB)
-            with torch.inference_mode():
-                proposals = stock.propose(rgb)
-            boxes = rng.permutation(proposals[:, :4])[: cfg.negatives_per_picture] if len(proposals) else np.zeros((0, 4))
-            for size, samples in sets.items():
-                samples.add(rgb, boxes, np.zeros(len(boxes)), None, size)
+    pictures = [(p, cfg.negatives_per_picture) for p in face_free_pictures(FACE_FREE_TRAIN)]
+    if cfg.negatives:
+        pictures += [(p, cfg.negatives_per_folder_picture) for p in folder_pictures(cfg.negatives, False, cfg.holdout_every).values()]
+    for picture, limit in tqdm(pictures, desc="negatives", disable=not progress):
+        picture_negatives(picture, limit, stock, rng, sets, cfg)
     return {"rnet": sets[24].arrays(), "onet": sets[48].arrays()}
+
+
+def picture_negatives(picture: np.ndarray, limit: int, stock: FaceDetector, rng: np.random.Generator,
+                      sets: dict[int, Samples], cfg: DetectorTrainingConfig) -> None:
+    """Negatives from a face-free picture: up to `limit` of stock P-Net's proposals at each scale
+    and mirror image, the windows it wrongly takes for faces."""
+    for scale, mirror in ((s, m) for s in cfg.negative_scales for m in (False, True)):
+        resized = cv2.resize(picture, None, fx=scale, fy=scale)
+        rgb = cv2.cvtColor(resized[:, ::-1] if mirror else resized, cv2.COLOR_BGR2RGB)
+        with torch.inference_mode():
+            proposals = stock.propose(rgb)
+        boxes = rng.permutation(proposals[:, :4])[:limit] if len(proposals) else np.zeros((0, 4))
+        for size, samples in sets.items():
+            samples.add(rgb, boxes, np.zeros(len(boxes)), None, size)
 
 
 def scene_samples(photos: list[Path], cfg: DetectorTrainingConfig, stock: FaceDetector, sets: dict[int, Samples],
@@ -277,6 +318,7 @@ def train_detector(out_dir: Path, cfg: DetectorTrainingConfig = DetectorTraining
         "data": {
             "photos": f"UTKFace ({len(train)} training photos, {len(held)} held out by content hash)",
             "face_free": {"train": list(FACE_FREE_TRAIN), "eval": list(FACE_FREE_EVAL), "source": "scikit-image sample data"},
+            "face_free_folder": folder_record(cfg) if cfg.negatives else None,
             "samples": {k: {"total": int(len(v["labels"])), **{name: int((v["labels"] == lab).sum()) for name, lab in (("positive", 1), ("part", -1), ("negative", 0))}} for k, v in samples.items()},
         },
         "loss_per_epoch": history,
@@ -284,6 +326,12 @@ def train_detector(out_dir: Path, cfg: DetectorTrainingConfig = DetectorTraining
     }
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def folder_record(cfg: DetectorTrainingConfig) -> dict:
+    """Which of the folder's pictures gave negatives and which are held out, for the card."""
+    return {"folder": cfg.negatives, "train": sorted(folder_pictures(cfg.negatives, False, cfg.holdout_every)),
+            "held_out": sorted(folder_pictures(cfg.negatives, True, cfg.holdout_every))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,13 +375,16 @@ def face_pairs(photos: list[Path]) -> tuple[list[tuple[np.ndarray, Face]], list[
     return originals, barred
 
 
-def evaluate_detectors(settings: dict[str, DetectorConfig], photos: list[Path], progress: bool = True) -> dict[str, dict]:
+def evaluate_detectors(settings: dict[str, DetectorConfig], photos: list[Path], progress: bool = True,
+                       face_free: str = "") -> dict[str, dict]:
     """Recall on originals and eye-barred copies, as chips and pasted into scenes (`wild`: each
-    degradation apart), and false detections, per detector setting."""
+    degradation apart), and false detections, per detector setting; with `face_free` a folder of
+    pictures (`DetectorTrainingConfig.negatives`), also on its held-out fifth, never trained on."""
     from minorage.faces.wild import recall_by_degradation, wild_set
 
     originals, barred = face_pairs(photos)
     pictures = face_free_pictures(FACE_FREE_EVAL)
+    folder = folder_pictures(face_free, True) if face_free else {}
     scenes = {"original": wild_set(originals, pictures, seed=1), "occluded": wild_set(barred, pictures, seed=1)}
     results = {}
     for name, cfg in tqdm(settings.items(), desc="detectors", disable=not progress):
@@ -353,4 +404,7 @@ def evaluate_detectors(settings: dict[str, DetectorConfig], photos: list[Path], 
             "false_detections_face_free": found,
             "face_free_pictures": count,
         }
+        if folder:
+            found, count = false_detections(detector, list(folder.values()))
+            results[name].update(false_detections_folder=found, folder_pictures=count)
     return results
