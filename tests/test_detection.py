@@ -281,3 +281,18 @@ def test_a_pasted_face_is_where_the_scene_says(some_faces):
     there = main_face(stock.detect(scene.image), scene.image.shape)
     assert iou(np.array([there.box]), np.array(scene.face.box))[0] > 0.7
     assert np.abs(there.points - scene.face.points).max() < 0.1 * scene.face.width
+
+
+def test_the_tuned_pair_a_detector_runs_has_a_fingerprint(tmp_path):
+    """A scan case records which eye-bar-tuned pair found its faces: none for stock MTCNN, the
+    shipped pair's for the default, another for a folder holding other weights."""
+    import shutil
+
+    from minorage.faces.detection import stock_weights_dir, tuned_pair_digest
+
+    shipped = tuned_pair_digest(DetectorConfig())
+    assert tuned_pair_digest(DetectorConfig(weights="stock")) is None
+    assert len(shipped) == 16 and tuned_pair_digest(DetectorConfig(weights="occlusion")) == shipped
+    for name in ("rnet.pt", "onet.pt"):
+        shutil.copy(stock_weights_dir() / name, tmp_path / name)
+    assert tuned_pair_digest(DetectorConfig(tuned=str(tmp_path))) not in (None, shipped)

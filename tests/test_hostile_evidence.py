@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from minorage.cli import main
+from minorage.config import DetectorConfig
+from minorage.faces.detection import tuned_pair_digest
 
 from .conftest import scan_in_background, wait_for_files
 
@@ -281,9 +283,15 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
                                 ("--max-bytes", "1000000", "(this run: 1000000)"),
                                 ("--video-every", "2", "--video-every 1.0 (this run: 2.0)"),
                                 ("--yunet-threshold", "0.3", "--yunet-threshold 0.5 (this run: 0.3)"),
-                                ("--pyramid-factor", "0.842", "--pyramid-factor 0.709 (this run: 0.842)")):
+                                ("--pyramid-factor", "0.709", "--pyramid-factor 0.842 (this run: 0.709)")):
         assert main(["scan", str(ev), "--out", str(case), "--workers", "1", option, value]) == 2
         assert said in capsys.readouterr().err
+    for recorded, said in (("0123456789abcdef", "--detector (its eye-bar-tuned R/O-Net weights) 0123456789abcdef (this run: "),
+                           (None, "--detector (its eye-bar-tuned R/O-Net weights) not recorded (an earlier version's) (this run: ")):
+        _recorded_setting(case, "tuned_pair", recorded)  # as a case scanned with another pair, or before the pair was recorded
+        assert main(["scan", str(ev), "--out", str(case), "--workers", "1"]) == 2
+        assert said in capsys.readouterr().err
+    _recorded_setting(case, "tuned_pair", tuned_pair_digest(DetectorConfig()))
     with sqlite3.connect(case / "case.sqlite") as db:  # as a case scanned before YuNet's threshold was recorded
         settings = json.loads(dict(db.execute("SELECT key, value FROM case_info"))["settings"])
         del settings["yunet_threshold"]
@@ -297,6 +305,16 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
     runs = [json.loads(s) for (s,) in db.execute("SELECT sources FROM runs WHERE outcome = 'finished' ORDER BY id")]
     assert runs == [[str(ev)], [str(other)]]
     assert json.loads(dict(db.execute("SELECT key, value FROM case_info"))["sources"]) == sorted([str(ev), str(other)])
+
+
+def _recorded_setting(case, key: str, value) -> None:
+    """Set (or, with None, remove) one setting a case recorded."""
+    with sqlite3.connect(case / "case.sqlite") as db:
+        settings = json.loads(dict(db.execute("SELECT key, value FROM case_info"))["settings"])
+        settings.pop(key, None)
+        settings.update({key: value} if value is not None else {})
+        db.execute("UPDATE case_info SET value = ? WHERE key = 'settings'", (json.dumps(settings),))
+    db.close()
 
 
 # --- 11: access times --------------------------------------------------------------------------

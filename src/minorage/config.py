@@ -189,7 +189,8 @@ class ScanConfig:
     workers: int = 0  # processes that read and detect; 0 = one per CPU core
     min_face_size: int = 32  # px: smaller faces hold too little detail for a 64x64 age model, and
     # looking for them costs a third more time per photo (--min-face-size 20 finds them)
-    pyramid_factor: float = 0.709  # MTCNN's; --pyramid-factor 0.842 is `predict`'s finer pyramid
+    pyramid_factor: float = 0.842  # `predict`'s finer pyramid: at 32 px it finds 98 % of the barred faces in
+    # scenes, MTCNN's 0.709 96 % (docs/research.md, animal faces among the negatives), for more detection time
     video_every: float = InferenceConfig.video_every
     max_video_frames: int = InferenceConfig.max_video_frames
     max_pixels: int = InferenceConfig.max_pixels  # images and frames above are refused

@@ -14,6 +14,7 @@ defined in PyTorch (`mtcnn`) and run here from their ONNX exports beside the wei
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,18 @@ def _torch_network(name: str, path: Path) -> Network:
 UNIONS = {"union": ("stock", "tuned"), "yunet": ("stock", "tuned"), "union+yunet": ("stock", "tuned")}
 #: Where each weight choice takes its proposals from: P-Net's pyramid, YuNet (`minorage.yunet`), or both.
 PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
+
+
+def tuned_pair_digest(cfg: DetectorConfig) -> str | None:
+    """A short fingerprint of the eye-bar-tuned R/O-Net pair a detector setting runs (None where
+    it runs none): a scan case records it, so that a resume with another pair is refused rather
+    than mixing two detectors' faces."""
+    choices = UNIONS.get(cfg.weights, (cfg.weights,))
+    tuned = [cfg.tuned if w == "tuned" else w for w in choices if w != "stock"]
+    if not tuned:
+        return None
+    files = weights_files(tuned[0])
+    return hashlib.sha256(files["rnet"].read_bytes() + files["onet"].read_bytes()).hexdigest()[:16]
 
 
 def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[Network, list[tuple[Network, Network]]]:

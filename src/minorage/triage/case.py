@@ -107,7 +107,8 @@ CREATE VIEW IF NOT EXISTS decisions AS  -- each reviewed face's latest decision
 SETTING_OPTIONS = {
     "model": "--model", "model_sha256": "--model (SHA-256)", "minor_below": "--minor-below", "minor_above": "--minor-above",
     "calibration": "--model (its calibration)", "routes": "--minor-below (flags per route: normal, barred, edge normal, edge barred)",
-    "detector": "--detector", "min_face_size": "--min-face-size", "thresholds": "--thresholds",
+    "detector": "--detector", "tuned_pair": "--detector (its eye-bar-tuned R/O-Net weights)",
+    "min_face_size": "--min-face-size", "thresholds": "--thresholds",
     "yunet_threshold": "--yunet-threshold", "crop_padding": "--crop-padding", "pyramid_factor": "--pyramid-factor",
     "max_pixels": "--max-pixels", "max_bytes": "--max-bytes", "video_every": "--video-every",
     "max_video_frames": "--max-video-frames", "follow_links": "--follow-links",
@@ -247,7 +248,8 @@ def _differences(case: dict, run: dict) -> list[str]:
     out = []
     for key in sorted(set(case) | set(run)):
         if case.get(key) != run.get(key):
-            out.append(f"{SETTING_OPTIONS.get(key, key)} {_shown(case.get(key))} (this run: {_shown(run.get(key))})")
+            was = _shown(case[key]) if key in case else "not recorded (an earlier version's)"
+            out.append(f"{SETTING_OPTIONS.get(key, key)} {was} (this run: {_shown(run.get(key))})")
     return out
 
 

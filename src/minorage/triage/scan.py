@@ -46,7 +46,7 @@ from minorage.evidence.io import (
 from minorage.evidence.paths import display_path
 from minorage.evidence.sources import Entry, Walk, real_sources, walk
 from minorage.exported import file_sha256
-from minorage.faces.detection import Face, FaceDetector
+from minorage.faces.detection import Face, FaceDetector, tuned_pair_digest
 from minorage.faces.framing import frame_face
 from minorage.faces.occlusion import eyes_occluded
 from minorage.model.estimator import AgeEstimator
@@ -284,6 +284,7 @@ def scan_settings(estimator: AgeEstimator, reading: Reading, detector_cfg: Detec
         **({"second_opinion": _second_opinion(estimator.card.second_opinion)} if estimator.opinion else {}),
         "calibration": _digest(estimator.card.calibration) if estimator.card.calibration else None,
         "detector": detector_cfg.weights, "min_face_size": detector_cfg.min_face_size,
+        **({"tuned_pair": pair} if (pair := tuned_pair_digest(detector_cfg)) else {}),
         "thresholds": list(detector_cfg.thresholds), "yunet_threshold": detector_cfg.yunet_threshold,
         "crop_padding": detector_cfg.crop_padding,
         "pyramid_factor": detector_cfg.factor,
