@@ -136,3 +136,24 @@ def test_a_folder_of_face_free_pictures_adds_only_negatives_after_the_others(tmp
     for key in ("patches", "labels", "boxes", "points"):
         assert np.array_equal(with_folder[key][: len(without[key])], without[key])
     assert np.all(with_folder["labels"][-extra:] == 0) and np.all(with_folder["boxes"][-extra:] == 0)
+
+
+@pytest.mark.slow
+def test_false_detections_are_counted_on_the_held_out_part_of_a_folder(tmp_path, utkface_files):
+    """`evaluate_detectors(face_free=...)` looks at the folder's held-out pictures at three sizes:
+    a face put among them (a held-out UTKFace photo) is counted, the training part is not looked at."""
+    import shutil
+
+    from minorage.faces.detector_training import evaluate_detectors, folder_pictures
+
+    _face_free_folder(tmp_path)
+    face = next(p for p in utkface_files if is_held_out(p))
+    shutil.copy(face, tmp_path / "cups" / "not_a_cup.jpg")
+    held = folder_pictures(tmp_path, True)
+    stock = DetectorConfig(weights="stock")
+    result = evaluate_detectors({"stock": stock}, [face], progress=False, face_free=str(tmp_path))["stock"]
+    assert result["folder_pictures"] == 3 * len(held)
+    assert result["false_detections_folder"] >= 2  # the face, at least at its own size and twice it
+    shutil.move(tmp_path / "cups" / "not_a_cup.jpg", tmp_path / "face.jpg")
+    without = evaluate_detectors({"stock": stock}, [face], progress=False, face_free=str(tmp_path / "cups"))["stock"]
+    assert without["folder_pictures"] == 3 * (len(held) - 1) and without["false_detections_folder"] < result["false_detections_folder"]

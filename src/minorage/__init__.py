@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from minorage.model.estimator import AgeEstimator
 
 __all__ = ["AgeEstimator"]
-__version__ = "0.6.8"
+__version__ = "0.6.9"
 
 
 def __getattr__(name: str):
