@@ -8,7 +8,8 @@ negatives with their box and point targets) cut from
 - real face photos, as they are and eye-barred (the paper's bar and bars of other sizes,
   angles and positions), whose true box and points come from stock MTCNN on the original;
 - face-free pictures shipped in scikit-image's wheel, for negatives (P-Net's own false
-  proposals there, the hard ones);
+  proposals there, the hard ones), and with `negatives` a folder of more, such as animals, whose
+  faces the tuned pair must not take for barred human ones;
 - with `scenes`, the same photos pasted into those pictures as seized photos hold faces
   (`minorage.faces.wild`): turned, small, grayscale or sepia, blurred, noisy, cut by the edge.
 
