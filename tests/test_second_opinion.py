@@ -54,8 +54,12 @@ def _blurred(chip: np.ndarray) -> np.ndarray:
 def test_a_tilted_face_gives_the_chip_of_the_upright_one(some_faces, detector):
     """Real faces in a photo twice as large (edge pixels around them) and the same photo turned
     by 20 degrees: the two chips (smoothed) differ far less than the upright chip differs from a
-    turned copy of itself, since the eyes and nose go on the template either way."""
-    for path in some_faces[:6]:
+    turned copy of itself, since the eyes and nose go on the template either way. A chip that
+    ignored the tilt would differ about as much (a ratio near 1); the points O-Net places on a
+    turned face move a little, more on some faces than on others (the detector of 0.6.9: 0.26 on
+    average over these 24, 0.70 at worst; 0.6.8's 0.25 and 0.55)."""
+    ratios = []
+    for path in some_faces:
         photo = cv2.imread(str(path))
         h, w = photo.shape[:2]
         photo = cv2.copyMakeBorder(photo, h // 2, h // 2, w // 2, w // 2, cv2.BORDER_REPLICATE)
@@ -64,7 +68,9 @@ def test_a_tilted_face_gives_the_chip_of_the_upright_one(some_faces, detector):
         upright, from_tilted = _blurred(_chip_of(photo, detector)), _blurred(_chip_of(tilted, detector))
         self_turned = cv2.warpAffine(upright, cv2.getRotationMatrix2D((32, 32), 20, 1.0), (64, 64), borderMode=cv2.BORDER_REPLICATE)
         assert upright.shape == (64, 64, 3)
-        assert np.abs(upright - from_tilted).mean() < 0.6 * np.abs(upright - self_turned).mean(), path.name
+        ratios.append(np.abs(upright - from_tilted).mean() / np.abs(upright - self_turned).mean())
+        assert ratios[-1] < 0.8, path.name
+    assert np.mean(ratios) < 0.4
 
 
 def test_a_large_face_is_shrunk_without_aliasing(some_faces, detector):
@@ -544,7 +550,7 @@ def test_evaluate_in_scenes_applies_the_second_opinion(joined, small_dataset, ca
     assert "second_opinion" not in plain["org"]
     assert second["org"]["second_opinion"]["read"] > 0.9 and second["ocl"]["second_opinion"]["read"] < 0.2
     for variant in ("org", "ocl"):
-        assert second[variant]["MAE"] == pytest.approx(plain[variant]["MAE"])
+        assert second[variant]["MAE"] == pytest.approx(plain[variant]["MAE"], abs=1e-4)  # runtimes round apart
         assert second[variant]["scenes"]["found"] == plain[variant]["scenes"]["found"]
 
 
