@@ -292,11 +292,7 @@ def test_a_resume_with_other_settings_is_refused_naming_each(tmp_path, face, cap
         assert main(["scan", str(ev), "--out", str(case), "--workers", "1"]) == 2
         assert said in capsys.readouterr().err
     _recorded_setting(case, "tuned_pair", tuned_pair_digest(DetectorConfig()))
-    with sqlite3.connect(case / "case.sqlite") as db:  # as a case scanned before YuNet's threshold was recorded
-        settings = json.loads(dict(db.execute("SELECT key, value FROM case_info"))["settings"])
-        del settings["yunet_threshold"]
-        db.execute("UPDATE case_info SET value = ? WHERE key = 'settings'", (json.dumps(settings),))
-    db.close()
+    _recorded_setting(case, "yunet_threshold", None)  # as a case scanned before YuNet's threshold was recorded
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(face, other / "b.jpg")

@@ -120,12 +120,16 @@ UNIONS = {"union": ("stock", "tuned"), "yunet": ("stock", "tuned"), "union+yunet
 PROPOSERS = {"yunet": ("yunet",), "union+yunet": ("pnet", "yunet")}
 
 
+def pair_choices(weights: str, tuned: str = "occlusion") -> list[str]:
+    """The weight choice of each R/O-Net pair a weights choice runs, a union's `tuned` named."""
+    return [tuned if w == "tuned" else w for w in UNIONS.get(weights, (weights,))]
+
+
 def tuned_pair_digest(cfg: DetectorConfig) -> str | None:
     """A short fingerprint of the eye-bar-tuned R/O-Net pair a detector setting runs (None where
     it runs none): a scan case records it, so that a resume with another pair is refused rather
     than mixing two detectors' faces."""
-    choices = UNIONS.get(cfg.weights, (cfg.weights,))
-    tuned = [cfg.tuned if w == "tuned" else w for w in choices if w != "stock"]
+    tuned = [w for w in pair_choices(cfg.weights, cfg.tuned) if w != "stock"]
     if not tuned:
         return None
     files = weights_files(tuned[0])
@@ -135,7 +139,7 @@ def tuned_pair_digest(cfg: DetectorConfig) -> str | None:
 def load_cascade(weights: str, tuned: str = "occlusion") -> tuple[Network, list[tuple[Network, Network]]]:
     """P-Net and the R/O-Net pairs a weights choice runs (one pair, or several for a union), each
     network loaded once: a union's pairs share the first choice's P-Net."""
-    files = [weights_files(tuned if w == "tuned" else w) for w in UNIONS.get(weights, (weights,))]
+    files = [weights_files(w) for w in pair_choices(weights, tuned)]
     return load_network("pnet", files[0]["pnet"]), [(load_network("rnet", f["rnet"]), load_network("onet", f["onet"])) for f in files]
 
 

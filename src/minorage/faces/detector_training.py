@@ -64,16 +64,21 @@ def face_free_pictures(names: tuple[str, ...]) -> list[np.ndarray]:
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def folder_picture_paths(folder: str | Path, held_out: bool, every: int = 5) -> list[Path]:
+    """The picture files under a folder on one side of its split by content hash."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"face-free pictures: {root} is not a folder")
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
+    return [path for path in found if is_held_out(path, every) == held_out]
+
+
 def folder_pictures(folder: str | Path, held_out: bool, every: int = 5) -> dict[str, np.ndarray]:
     """The pictures under a folder on one side of its split by content hash, by their path in it,
     as BGR with any transparency laid on mid-grey (stamps and cut-outs are mostly transparent)."""
     root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"face-free pictures: {root} is not a folder")
     pictures = {}
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file()):
-        if is_held_out(path, every) != held_out:
-            continue
+    for path in folder_picture_paths(root, held_out, every):
         picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if picture is None:
             raise ValueError(f"face-free pictures: {path} cannot be read as a picture")
@@ -331,8 +336,10 @@ def train_detector(out_dir: Path, cfg: DetectorTrainingConfig = DetectorTraining
 
 def folder_record(cfg: DetectorTrainingConfig) -> dict:
     """Which of the folder's pictures gave negatives and which are held out, for the card."""
-    return {"folder": cfg.negatives, "train": sorted(folder_pictures(cfg.negatives, False, cfg.holdout_every)),
-            "held_out": sorted(folder_pictures(cfg.negatives, True, cfg.holdout_every))}
+    def names(held_out: bool) -> list[str]:
+        return sorted(str(p.relative_to(cfg.negatives)) for p in folder_picture_paths(cfg.negatives, held_out, cfg.holdout_every))
+
+    return {"folder": cfg.negatives, "train": names(False), "held_out": names(True)}
 
 
 # ---------------------------------------------------------------------------------------------
